@@ -1,0 +1,332 @@
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chacha20poly1305::{AeadInPlace, Tag, XNonce};
+use rand::RngCore;
+
+use crate::hint::is_valid_hint;
+use crate::{Hint, KeyId, KeyRing, MAX_HINT_LEN, TokenError};
+
+/// Format byte written first in every sealed part; bump it when the layout changes.
+pub const TOKEN_FORMAT_VERSION: u8 = 1;
+
+/// Longest cookie name a codec accepts; it is bound into every token as associated data.
+const MAX_COOKIE_NAME_LEN: usize = 64;
+
+// Layout of the sealed part, before base64:
+//   [0]      format version
+//   [1]      key id
+//   [2..26]  XChaCha20 nonce (random)
+//   [26..46] ciphertext of session id (16 bytes) | issued_at (u32, big endian)
+//   [46..62] Poly1305 tag
+const HEADER_LEN: usize = 2;
+const NONCE_LEN: usize = 24;
+const PLAIN_LEN: usize = 16 + 4;
+const TAG_LEN: usize = 16;
+const NONCE_AT: usize = HEADER_LEN;
+const CIPHER_AT: usize = NONCE_AT + NONCE_LEN;
+const TAG_AT: usize = CIPHER_AT + PLAIN_LEN;
+const SEALED_LEN: usize = TAG_AT + TAG_LEN;
+/// base64url without padding of [`SEALED_LEN`] bytes.
+const ENCODED_LEN: usize = (SEALED_LEN * 4).div_ceil(3);
+/// Associated data: name length, name, hint length, hint, header.
+const AAD_MAX: usize = 1 + MAX_COOKIE_NAME_LEN + 1 + MAX_HINT_LEN + HEADER_LEN;
+
+/// What a token proves once opened: which session, and when the token was issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claims {
+    /// The 128-bit session id.
+    pub session_id: [u8; 16],
+    /// When this token was sealed, in seconds since the Unix epoch. The session layer uses it to
+    /// know when the cookie's own expiry needs moving.
+    pub issued_at: u32,
+}
+
+/// A successfully opened token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened<'a> {
+    /// The authenticated claims.
+    pub claims: Claims,
+    /// The routing hint, authenticated.
+    pub hint: &'a str,
+    /// The key that sealed the token.
+    pub key_id: KeyId,
+    /// Whether that key is the ring's primary; if not, the token should be re-sealed.
+    pub sealed_with_primary: bool,
+}
+
+/// Seals and opens tokens for one cookie name with one key ring.
+#[derive(Clone, Debug)]
+pub struct TokenCodec {
+    keys: KeyRing,
+    cookie_name: Box<str>,
+}
+
+impl TokenCodec {
+    /// A codec for tokens carried in the cookie called `cookie_name`.
+    pub fn new(keys: KeyRing, cookie_name: &str) -> Result<Self, TokenError> {
+        if !is_valid_cookie_name(cookie_name) {
+            return Err(TokenError::BadCookieName {
+                max: MAX_COOKIE_NAME_LEN,
+            });
+        }
+        Ok(Self {
+            keys,
+            cookie_name: cookie_name.into(),
+        })
+    }
+
+    /// The key ring.
+    pub fn keys(&self) -> &KeyRing {
+        &self.keys
+    }
+
+    /// The cookie name bound into every token.
+    pub fn cookie_name(&self) -> &str {
+        &self.cookie_name
+    }
+
+    /// Seals `claims` with the primary key, binding `hint` and the cookie name.
+    pub fn seal(&self, claims: &Claims, hint: &Hint) -> String {
+        let (key_id, aead) = self.keys.primary();
+        let mut buf = [0u8; SEALED_LEN];
+        buf[0] = TOKEN_FORMAT_VERSION;
+        buf[1] = *key_id;
+        let mut nonce = [0u8; NONCE_LEN];
+        // ThreadRng is a CSPRNG (ChaCha, reseeded from the OS); it avoids a syscall per token.
+        rand::rng().fill_bytes(&mut nonce);
+        buf[NONCE_AT..CIPHER_AT].copy_from_slice(&nonce);
+        buf[CIPHER_AT..CIPHER_AT + 16].copy_from_slice(&claims.session_id);
+        buf[CIPHER_AT + 16..TAG_AT].copy_from_slice(&claims.issued_at.to_be_bytes());
+
+        let mut aad = [0u8; AAD_MAX];
+        let aad = self.aad(&mut aad, hint.as_str(), [buf[0], buf[1]]);
+        let tag = aead
+            .encrypt_in_place_detached(
+                XNonce::from_slice(&nonce),
+                aad,
+                &mut buf[CIPHER_AT..TAG_AT],
+            )
+            .expect("XChaCha20-Poly1305 seals 20 bytes without error");
+        buf[TAG_AT..].copy_from_slice(&tag);
+
+        let mut out = String::with_capacity(hint.as_str().len() + 1 + ENCODED_LEN);
+        out.push_str(hint.as_str());
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(buf, &mut out);
+        out
+    }
+
+    /// Opens a token. Every failure is a [`TokenError`]; nothing here panics on any input.
+    pub fn open<'t>(&self, token: &'t str) -> Result<Opened<'t>, TokenError> {
+        let (hint, sealed) = token.split_once('.').ok_or(TokenError::Malformed)?;
+        if !is_valid_hint(hint) || sealed.len() != ENCODED_LEN {
+            return Err(TokenError::Malformed);
+        }
+        // Decoding 83 characters may need room for 63 bytes before it knows the last is partial.
+        let mut raw = [0u8; SEALED_LEN + 3];
+        let n = URL_SAFE_NO_PAD
+            .decode_slice(sealed, &mut raw)
+            .map_err(|_| TokenError::Malformed)?;
+        if n != SEALED_LEN {
+            return Err(TokenError::Malformed);
+        }
+        let buf = &mut raw[..SEALED_LEN];
+        if buf[0] != TOKEN_FORMAT_VERSION {
+            return Err(TokenError::UnsupportedVersion(buf[0]));
+        }
+        let key_id = buf[1];
+        let aead = self.keys.get(key_id).ok_or(TokenError::UnknownKey(key_id))?;
+
+        let mut aad = [0u8; AAD_MAX];
+        let aad = self.aad(&mut aad, hint, [buf[0], buf[1]]);
+        let (head, rest) = buf.split_at_mut(CIPHER_AT);
+        let (cipher, tag) = rest.split_at_mut(PLAIN_LEN);
+        aead.decrypt_in_place_detached(
+            XNonce::from_slice(&head[NONCE_AT..]),
+            aad,
+            cipher,
+            Tag::from_slice(tag),
+        )
+        .map_err(|_| TokenError::Invalid)?;
+
+        let mut session_id = [0u8; 16];
+        session_id.copy_from_slice(&cipher[..16]);
+        let mut issued = [0u8; 4];
+        issued.copy_from_slice(&cipher[16..]);
+        Ok(Opened {
+            claims: Claims {
+                session_id,
+                issued_at: u32::from_be_bytes(issued),
+            },
+            hint,
+            key_id,
+            sealed_with_primary: key_id == self.keys.primary_id(),
+        })
+    }
+
+    /// Length-prefixed cookie name and hint, then the header: unambiguous, so no two different
+    /// (name, hint) pairs produce the same associated data.
+    fn aad<'b>(&self, out: &'b mut [u8; AAD_MAX], hint: &str, header: [u8; 2]) -> &'b [u8] {
+        let name = self.cookie_name.as_bytes();
+        let mut at = 0;
+        for part in [name, hint.as_bytes()] {
+            // Both lengths are bounded (64 and 32) by validation, so they fit in one byte.
+            out[at] = part.len() as u8;
+            out[at + 1..at + 1 + part.len()].copy_from_slice(part);
+            at += 1 + part.len();
+        }
+        out[at..at + HEADER_LEN].copy_from_slice(&header);
+        &out[..at + HEADER_LEN]
+    }
+}
+
+/// Reads the routing hint of a token without any key. The result is *not* authenticated: use it to
+/// route, never to decide anything that matters for security. Returns `None` when the token has no
+/// well-formed hint.
+pub fn hint_of(token: &str) -> Option<&str> {
+    let (hint, _) = token.split_once('.')?;
+    is_valid_hint(hint).then_some(hint)
+}
+
+fn is_valid_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_COOKIE_NAME_LEN
+        && name.bytes().all(|b| {
+            b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn codec(name: &str) -> TokenCodec {
+        TokenCodec::new(KeyRing::new(1, &[9; 32]).expect("ring"), name).expect("codec")
+    }
+
+    fn claims(id: [u8; 16], t: u32) -> Claims {
+        Claims {
+            session_id: id,
+            issued_at: t,
+        }
+    }
+
+    #[test]
+    fn token_is_about_a_hundred_characters() {
+        let c = codec("__Host-session");
+        let t = c.seal(&claims([1; 16], 5), &Hint::new("node-12").expect("hint"));
+        assert_eq!(t.len(), "node-12.".len() + ENCODED_LEN);
+        assert!(t.len() <= 100, "{} chars", t.len());
+        let longest = c.seal(&claims([1; 16], 5), &Hint::new(&"h".repeat(32)).expect("hint"));
+        assert_eq!(longest.len(), 116);
+    }
+
+    #[test]
+    fn two_seals_of_the_same_claims_differ() {
+        let c = codec("id");
+        let h = Hint::empty();
+        assert_ne!(c.seal(&claims([1; 16], 5), &h), c.seal(&claims([1; 16], 5), &h));
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        let c = codec("id");
+        for bad in ["", ".", "..", "abc", "a.b", "é.é", &"A".repeat(5000), "x.\u{0}"] {
+            assert!(c.open(bad).is_err(), "{bad:?}");
+        }
+        let good = c.seal(&claims([3; 16], 7), &Hint::empty());
+        let mut raw = URL_SAFE_NO_PAD.decode(&good[1..]).expect("base64");
+        raw[0] = 9;
+        let wrong_version = format!(".{}", URL_SAFE_NO_PAD.encode(&raw));
+        assert_eq!(c.open(&wrong_version), Err(TokenError::UnsupportedVersion(9)));
+    }
+
+    #[test]
+    fn bad_cookie_names_are_refused() {
+        let ring = KeyRing::new(1, &[9; 32]).expect("ring");
+        for bad in ["", "a b", "a;b", "a=b", &"n".repeat(65)] {
+            assert!(TokenCodec::new(ring.clone(), bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn old_key_opens_and_dropped_key_does_not() {
+        let old = KeyRing::new(1, &[1; 32]).expect("ring");
+        let rotated = old.clone().with_key(2, &[2; 32]).expect("ring");
+        let dropped = rotated.clone().without_key(1).expect("ring");
+        let t_old = TokenCodec::new(old, "id").expect("c").seal(&claims([5; 16], 1), &Hint::empty());
+
+        let opened_rotated = TokenCodec::new(rotated, "id").expect("c");
+        let o = opened_rotated.open(&t_old).expect("old key still in ring");
+        assert_eq!((o.key_id, o.sealed_with_primary), (1, false));
+        let fresh = opened_rotated.seal(&o.claims, &Hint::empty());
+        assert!(opened_rotated.open(&fresh).expect("opens").sealed_with_primary);
+
+        let opened_dropped = TokenCodec::new(dropped, "id").expect("c");
+        assert_eq!(opened_dropped.open(&t_old), Err(TokenError::UnknownKey(1)));
+    }
+
+    #[test]
+    fn same_id_with_another_secret_fails_authentication() {
+        let a = TokenCodec::new(KeyRing::new(1, &[1; 32]).expect("r"), "id").expect("c");
+        let b = TokenCodec::new(KeyRing::new(1, &[2; 32]).expect("r"), "id").expect("c");
+        let t = a.seal(&claims([5; 16], 1), &Hint::empty());
+        assert_eq!(b.open(&t), Err(TokenError::Invalid));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn round_trip(id in any::<[u8; 16]>(), t in any::<u32>(), hint in "[A-Za-z0-9_-]{0,32}") {
+            let c = codec("sid");
+            let token = c.seal(&claims(id, t), &Hint::new(&hint).expect("valid"));
+            let opened = c.open(&token).expect("opens");
+            prop_assert_eq!(opened.claims, claims(id, t));
+            prop_assert_eq!(opened.hint, hint.as_str());
+            prop_assert_eq!(hint_of(&token), Some(hint.as_str()));
+        }
+
+        #[test]
+        fn every_single_bit_flip_is_rejected(id in any::<[u8; 16]>(), hint in "[a-z0-9-]{0,8}") {
+            let c = codec("sid");
+            let token = c.seal(&claims(id, 77), &Hint::new(&hint).expect("valid"));
+            let bytes = token.as_bytes();
+            for i in 0..bytes.len() {
+                for bit in 0..8 {
+                    let mut flipped = bytes.to_vec();
+                    flipped[i] ^= 1 << bit;
+                    // A flip that breaks UTF-8 cannot even be handed to `open` as text.
+                    if let Ok(s) = String::from_utf8(flipped) {
+                        prop_assert!(c.open(&s).is_err(), "flip of bit {} in byte {} accepted", bit, i);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn every_truncation_is_rejected(id in any::<[u8; 16]>()) {
+            let c = codec("sid");
+            let token = c.seal(&claims(id, 1), &Hint::new("n1").expect("valid"));
+            for len in 0..token.len() {
+                prop_assert!(c.open(&token[..len]).is_err(), "prefix of {} accepted", len);
+            }
+            let mut longer = token.clone();
+            longer.push('A');
+            prop_assert!(c.open(&longer).is_err());
+        }
+
+        #[test]
+        fn hint_or_cookie_name_swap_is_rejected(id in any::<[u8; 16]>(), other in "[a-z]{1,8}") {
+            let c = codec("sid");
+            let token = c.seal(&claims(id, 1), &Hint::new("node-a").expect("valid"));
+            let (_, sealed) = token.split_once('.').expect("dot");
+            let swapped = format!("{other}.{sealed}");
+            prop_assert_eq!(c.open(&swapped), Err(TokenError::Invalid));
+            let other_cookie = codec(&format!("x{other}"));
+            prop_assert_eq!(other_cookie.open(&token), Err(TokenError::Invalid));
+        }
+    }
+}
