@@ -1,0 +1,71 @@
+use thiserror::Error;
+
+use crate::store::StoreError;
+
+/// An error from the typed session API.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// A value could not be serialized.
+    #[error("value for session key {key:?} could not be serialized")]
+    Serialize {
+        /// The key.
+        key: String,
+        /// Why.
+        #[source]
+        source: rmp_serde::encode::Error,
+    },
+    /// A stored value is not of the requested type.
+    #[error("value under session key {key:?} is not of the requested type")]
+    Deserialize {
+        /// The key.
+        key: String,
+        /// Why.
+        #[source]
+        source: rmp_serde::decode::Error,
+    },
+    /// The change would take the payload over the configured limit; it was not applied.
+    #[error("session payload would be {size} bytes, over the limit of {limit}")]
+    PayloadTooLarge {
+        /// Size the payload would have had.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The operation needs a logged-in user (`set_user_id`) and there is none.
+    #[error("the session has no user id")]
+    NoUser,
+    /// The store failed.
+    #[error("session store operation failed")]
+    Store(#[source] StoreError),
+}
+
+/// Why the changes a request made to its session were not saved.
+///
+/// The layer never turns this into a silent empty response: the handler's response goes out as it
+/// was (without a new cookie), and the error is logged, counted, and attached to the response's
+/// extensions as [`SaveFailed`] for an outer layer to act on.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SaveError {
+    /// The store failed (timeout, unavailable, corrupt record, too large).
+    #[error("session store failed while saving")]
+    Store(#[source] StoreError),
+    /// Replaying this request's operations on a newer version of the record failed.
+    #[error("session changes could not be replayed on the current record")]
+    Replay(#[source] SessionError),
+    /// The record kept changing under this request.
+    #[error("session changed concurrently on {attempts} attempts; changes not saved")]
+    Contended {
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The session was destroyed, rotated away or expired while the request ran. Its changes were
+    /// discarded on purpose: a logout is final.
+    #[error("session ended while the request ran; its changes were discarded")]
+    Ended,
+}
+
+/// Response extension present when a request's session changes were not saved.
+#[derive(Debug, Clone)]
+pub struct SaveFailed(pub std::sync::Arc<SaveError>);

@@ -1,0 +1,74 @@
+//! Server-side sessions for axum and any tower stack.
+//!
+//! Wrap a router in a [`SessionManagerLayer`] and take a [`Session`] in the handlers that need one:
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use sessile::{KeyRing, MemoryStore, Session, SessionManagerLayer};
+//!
+//! async fn hello(session: Session) -> Result<String, sessile::SessionError> {
+//!     let n = session.update("visits", |n: Option<u64>| n.unwrap_or(0) + 1)?;
+//!     Ok(format!("hello, visit {n}"))
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // In production, read the secrets from configuration: KeyRing::parse("1:<64 hex digits>").
+//! let keys = KeyRing::random(1);
+//! let sessions = SessionManagerLayer::builder(MemoryStore::new(), keys)
+//!     .cookie_name("__Host-sid")
+//!     .build()?;
+//! let app = Router::new().route("/", get(hello)).layer(sessions);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # What happens per request
+//!
+//! 1. The cookie's token is opened with the key ring (no store call; a token that does not open
+//!    is "no session", so garbage cookies cost nothing).
+//! 2. The handler extracts [`Session`]; only then is the record loaded. Handlers that do not ask
+//!    for the session cost no store call and get no `Set-Cookie`.
+//! 3. After the handler, the layer writes only what changed: `create` for a new session, a
+//!    compare-and-set `save` for changes (replaying the request's operations on a conflict), an
+//!    atomic `rotate` after [`Session::cycle_id`], a `destroy` after [`Session::destroy`], or, for a
+//!    read-only request, at most a throttled `touch`.
+//! 4. `Set-Cookie` is sent only when the token changes or the cookie's expiry must move; such
+//!    responses get `Cache-Control: no-store`, and every response that used the session gets
+//!    `Vary: Cookie`.
+//!
+//! # Failure
+//!
+//! Every store call has a deadline. If the record cannot be loaded the extractor rejects with 503
+//! and `Retry-After`, and nothing is written over the record. If changes cannot be saved, the
+//! response goes out unchanged, without a new cookie, and carries [`SaveFailed`] in its extensions;
+//! the failure is logged and counted.
+//!
+//! # Security
+//!
+//! * Session ids are 128 random bits, made only by the server; clients hold a sealed token.
+//! * Cookies default to `Secure; HttpOnly; SameSite=Lax; Path=/`. Prefer a `__Host-` name.
+//! * [`Session::cycle_id`] on login prevents fixation; [`Session::destroy`] on logout is final even
+//!   against requests still in flight.
+//! * Ids and tokens never appear in full in logs or `Debug` output.
+
+pub mod clock;
+pub mod config;
+mod error;
+mod extract;
+mod hint;
+mod id;
+mod manager;
+pub mod record;
+mod session;
+pub mod store;
+
+pub use config::ConfigError;
+pub use error::{SaveError, SaveFailed, SessionError};
+pub use extract::SessionRejection;
+pub use hint::HintSource;
+pub use id::SessionId;
+pub use manager::{ResponseFuture, SessionManager, SessionManagerBuilder, SessionManagerLayer};
+pub use session::Session;
+pub use sessile_token::{Hint, KeyRing};
+pub use store::{MemoryStore, SessionStore, StoreError};

@@ -1,0 +1,207 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cookie::SameSite;
+use sessile_token::{Hint, KeyRing, TokenCodec};
+use tower_layer::Layer;
+
+use super::{SessionManager, Shared, StoreHandle};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{ConfigError, SessionConfig};
+use crate::hint::HintSource;
+use crate::store::SessionStore;
+
+/// Adds sessions to every request of the wrapped service.
+///
+/// Built with [`SessionManagerLayer::builder`]; cloning is cheap (one `Arc`).
+#[derive(Clone)]
+pub struct SessionManagerLayer {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for SessionManagerLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionManagerLayer")
+            .field("config", &self.shared.config)
+            .field("keys", self.shared.codec.keys())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionManagerLayer {
+    /// Starts configuring a layer over `store`, sealing tokens with `keys`.
+    pub fn builder(store: impl SessionStore, keys: KeyRing) -> SessionManagerBuilder {
+        SessionManagerBuilder {
+            store: Arc::new(store),
+            keys,
+            config: SessionConfig::default(),
+            hints: Arc::new(Hint::empty()),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl<S> Layer<S> for SessionManagerLayer {
+    type Service = SessionManager<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SessionManager::from_shared(inner, Arc::clone(&self.shared))
+    }
+}
+
+/// Configures a [`SessionManagerLayer`]. Every setting has a documented default (see
+/// [`crate::config`]); [`build`](Self::build) checks them together.
+///
+/// # Security
+///
+/// The defaults are the safe ones: `Secure`, `HttpOnly`, `SameSite=Lax`, `Path=/`, a 30-minute idle
+/// timeout and a 24-hour absolute lifetime, no save after a 5xx. A `__Host-` cookie name is
+/// recommended in production (it stops subdomains from planting a session cookie); `build` refuses
+/// the attributes browsers would reject with it. Turning `secure` off is only for plain-HTTP
+/// development.
+#[must_use]
+pub struct SessionManagerBuilder {
+    store: Arc<dyn crate::store::DynStore>,
+    keys: KeyRing,
+    config: SessionConfig,
+    hints: Arc<dyn HintSource>,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for SessionManagerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionManagerBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionManagerBuilder {
+    /// Cookie name (default [`crate::config::DEFAULT_COOKIE_NAME`]). It is bound into every token.
+    pub fn cookie_name(mut self, name: impl Into<String>) -> Self {
+        self.config.cookie.name = name.into();
+        self
+    }
+
+    /// Cookie `Path` (default `/`).
+    pub fn cookie_path(mut self, path: impl Into<String>) -> Self {
+        self.config.cookie.path = path.into();
+        self
+    }
+
+    /// Cookie `Domain` (default none: host-only).
+    pub fn cookie_domain(mut self, domain: impl Into<String>) -> Self {
+        self.config.cookie.domain = Some(domain.into());
+        self
+    }
+
+    /// Cookie `Secure` attribute (default on).
+    pub fn secure(mut self, on: bool) -> Self {
+        self.config.cookie.secure = on;
+        self
+    }
+
+    /// Cookie `HttpOnly` attribute (default on).
+    pub fn http_only(mut self, on: bool) -> Self {
+        self.config.cookie.http_only = on;
+        self
+    }
+
+    /// Cookie `SameSite` attribute (default `Lax`).
+    pub fn same_site(mut self, same_site: SameSite) -> Self {
+        self.config.cookie.same_site = same_site;
+        self
+    }
+
+    /// Whether the cookie carries `Max-Age` (default on, following the idle deadline). Off gives a
+    /// browser-session cookie; deadlines are enforced on the server either way.
+    pub fn persistent_cookie(mut self, on: bool) -> Self {
+        self.config.cookie.persistent = on;
+        self
+    }
+
+    /// Idle timeout (default [`crate::config::DEFAULT_IDLE_TIMEOUT`]).
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.config.idle_timeout = d;
+        self
+    }
+
+    /// Absolute lifetime (default [`crate::config::DEFAULT_ABSOLUTE_TIMEOUT`]); restarts when the
+    /// id is cycled (login).
+    pub fn absolute_timeout(mut self, d: Duration) -> Self {
+        self.config.absolute_timeout = d;
+        self
+    }
+
+    /// Fraction of the idle timeout that must pass before a read-only request extends the idle
+    /// deadline (default [`crate::config::DEFAULT_RENEW_FRACTION`]); `0.0` extends on every request.
+    pub fn renew_fraction(mut self, f: f64) -> Self {
+        self.config.renew_fraction = f;
+        self
+    }
+
+    /// Deadline for each store operation (default [`crate::config::DEFAULT_STORE_TIMEOUT`]).
+    pub fn store_timeout(mut self, d: Duration) -> Self {
+        self.config.store_timeout = d;
+        self
+    }
+
+    /// Payload limit in bytes (default [`crate::config::DEFAULT_MAX_PAYLOAD_BYTES`]).
+    pub fn max_payload_bytes(mut self, n: usize) -> Self {
+        self.config.max_payload_bytes = n;
+        self
+    }
+
+    /// Save attempts on version conflicts (default [`crate::config::DEFAULT_MAX_SAVE_ATTEMPTS`]).
+    pub fn max_save_attempts(mut self, n: u32) -> Self {
+        self.config.max_save_attempts = n;
+        self
+    }
+
+    /// Whether to save after a 5xx response (default off: a failing handler may have left the
+    /// session half-changed).
+    pub fn save_on_server_error(mut self, on: bool) -> Self {
+        self.config.save_on_server_error = on;
+        self
+    }
+
+    /// Tenant recorded in new sessions' metadata.
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.config.tenant = Some(tenant.into());
+        self
+    }
+
+    /// A fixed routing hint (this node's id) for new sessions. Default: the empty hint.
+    pub fn node_hint(mut self, hint: Hint) -> Self {
+        self.hints = Arc::new(hint);
+        self
+    }
+
+    /// Chooses routing hints per session (overrides [`node_hint`](Self::node_hint)).
+    pub fn hint_source(mut self, source: impl HintSource) -> Self {
+        self.hints = Arc::new(source);
+        self
+    }
+
+    /// The wall clock (default the system clock). Give the store the same clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Validates the settings and builds the layer.
+    pub fn build(self) -> Result<SessionManagerLayer, ConfigError> {
+        self.config.validate()?;
+        let codec = TokenCodec::new(self.keys, &self.config.cookie.name)?;
+        Ok(SessionManagerLayer {
+            shared: Arc::new(Shared {
+                store: StoreHandle::new(self.store, self.config.store_timeout),
+                codec,
+                config: self.config,
+                hints: self.hints,
+                clock: self.clock,
+            }),
+        })
+    }
+}

@@ -1,0 +1,201 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use cookie::Cookie;
+use http::header::{CACHE_CONTROL, COOKIE, SET_COOKIE, VARY};
+use http::{HeaderMap, HeaderValue, Request, Response};
+use tower_service::Service;
+
+use super::Shared;
+use super::commit::CookieAction;
+use crate::SessionId;
+use crate::error::SaveFailed;
+use crate::session::{Incoming, RequestSession};
+
+/// The service built by [`SessionManagerLayer`](super::SessionManagerLayer).
+///
+/// Per request it reads the session cookie (opening the token costs no store call; a token that
+/// fails to open is simply no session), puts a lazy session handle into the request extensions,
+/// runs the inner service, and then saves what the handler changed.
+#[derive(Clone)]
+pub struct SessionManager<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> std::fmt::Debug for SessionManager<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionManager").finish_non_exhaustive()
+    }
+}
+
+impl<S> SessionManager<S> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// The handle the layer puts into request extensions; the `Session` extractor takes it from there.
+#[derive(Clone)]
+pub(crate) struct SessionHandle(pub(crate) Arc<RequestSession>);
+
+/// Response future of [`SessionManager`].
+pub type ResponseFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionManager<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let incoming = read_token(&self.shared, req.headers());
+        let session = Arc::new(RequestSession::new(Arc::clone(&self.shared), incoming));
+        req.extensions_mut()
+            .insert(SessionHandle(Arc::clone(&session)));
+        // The clone that was polled ready is the one that must be called.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let mut res = inner.call(req).await?;
+            finish(&session, &mut res).await;
+            Ok(res)
+        })
+    }
+}
+
+fn read_token(shared: &Shared, headers: &HeaderMap) -> Option<Incoming> {
+    let name = shared.codec.cookie_name();
+    for header in headers.get_all(COOKIE) {
+        let Ok(header) = header.to_str() else { continue };
+        for cookie in Cookie::split_parse(header).flatten() {
+            if cookie.name() != name {
+                continue;
+            }
+            match shared.codec.open(cookie.value()) {
+                Ok(opened) => {
+                    return Some(Incoming {
+                        id: SessionId::from_bytes(opened.claims.session_id),
+                        issued_at: opened.claims.issued_at,
+                        sealed_with_primary: opened.sealed_with_primary,
+                    });
+                }
+                Err(e) => {
+                    // A bad token is "no session": it never reaches the store.
+                    let reason = match e {
+                        sessile_token::TokenError::UnknownKey(_) => "unknown_key",
+                        sessile_token::TokenError::Invalid => "invalid",
+                        _ => "malformed",
+                    };
+                    metrics::counter!("sessile_tokens_rejected_total", "reason" => reason)
+                        .increment(1);
+                    tracing::debug!(reason, "session cookie rejected");
+                }
+            }
+        }
+    }
+    None
+}
+
+async fn finish<B>(session: &RequestSession, res: &mut Response<B>) {
+    if !session.loaded.initialized() {
+        // The handler never asked for the session: nothing to save, no cookie to send.
+        return;
+    }
+    // The response was built from session state, so shared caches must key it on the cookie.
+    append_vary_cookie(res.headers_mut());
+    let commit = session.commit(res.status()).await;
+    if let Some(error) = commit.error {
+        metrics::counter!("sessile_save_failures_total", "kind" => error.kind()).increment(1);
+        tracing::warn!(error = %error, source = ?std::error::Error::source(&error), "session changes not saved");
+        res.extensions_mut().insert(SaveFailed(Arc::new(error)));
+    }
+    let cookie = match commit.cookie {
+        CookieAction::Keep => return,
+        CookieAction::Set { token, max_age } => session.shared.set_cookie(token, max_age),
+        CookieAction::Remove => session.shared.removal_cookie(),
+    };
+    let headers = res.headers_mut();
+    match HeaderValue::try_from(cookie) {
+        Ok(v) => {
+            headers.append(SET_COOKIE, v);
+        }
+        Err(e) => tracing::error!(error = %e, "session cookie is not a valid header value"),
+    }
+    // A response that sets a session cookie must never be stored by a shared cache.
+    let cacheable = headers.get(CACHE_CONTROL).is_none_or(|v| {
+        v.to_str()
+            .map_or(true, |s| !s.contains("no-store") && !s.contains("private"))
+    });
+    if cacheable {
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+}
+
+fn append_vary_cookie(headers: &mut HeaderMap) {
+    let already = headers.get_all(VARY).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("cookie") || t.trim() == "*")
+        })
+    });
+    if !already {
+        headers.append(VARY, HeaderValue::from_static("cookie"));
+    }
+}
+
+impl Shared {
+    fn base_cookie(&self, value: String) -> Cookie<'static> {
+        let c = &self.config.cookie;
+        let mut cookie = Cookie::build((c.name.clone(), value))
+            .path(c.path.clone())
+            .secure(c.secure)
+            .http_only(c.http_only)
+            .same_site(c.same_site)
+            .build();
+        if let Some(domain) = &c.domain {
+            cookie.set_domain(domain.clone());
+        }
+        cookie
+    }
+
+    fn set_cookie(&self, token: String, max_age: Option<u64>) -> String {
+        let mut cookie = self.base_cookie(token);
+        if let Some(secs) = max_age {
+            cookie.set_max_age(cookie::time::Duration::seconds(secs.min(i64::MAX as u64) as i64));
+        }
+        cookie.to_string()
+    }
+
+    fn removal_cookie(&self) -> String {
+        let mut cookie = self.base_cookie(String::new());
+        cookie.make_removal();
+        cookie.to_string()
+    }
+}

@@ -1,0 +1,90 @@
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::Instrument as _;
+
+use crate::SessionId;
+use crate::clock::UnixMillis;
+use crate::record::Record;
+use crate::store::{BoxFuture, DynStore, StoreError};
+
+/// The store as the layer sees it: every call gets a deadline, a trace span and metrics.
+pub(crate) struct StoreHandle {
+    store: Arc<dyn DynStore>,
+    timeout: Duration,
+}
+
+impl StoreHandle {
+    pub(crate) fn new(store: Arc<dyn DynStore>, timeout: Duration) -> Self {
+        Self { store, timeout }
+    }
+
+    async fn run<T>(
+        &self,
+        op: &'static str,
+        session: Option<SessionId>,
+        call: BoxFuture<'_, Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        // `session` is the redacted Display form: never the full id.
+        let span = tracing::debug_span!(
+            "sessile.store",
+            op,
+            session = session.map(tracing::field::display),
+            outcome = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.timeout, call)
+            .instrument(span.clone())
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.kind(),
+        };
+        span.record("outcome", outcome);
+        metrics::histogram!("sessile_store_op_seconds", "op" => op)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("sessile_store_ops_total", "op" => op, "outcome" => outcome)
+            .increment(1);
+        result
+    }
+
+    pub(crate) async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
+        self.run("load", Some(id), self.store.load(id)).await
+    }
+
+    pub(crate) async fn create(&self, record: &Record) -> Result<(), StoreError> {
+        self.run("create", Some(record.id), self.store.create(record)).await
+    }
+
+    pub(crate) async fn save(&self, record: &Record, expected: u64) -> Result<(), StoreError> {
+        self.run("save", Some(record.id), self.store.save(record, expected))
+            .await
+    }
+
+    pub(crate) async fn touch(&self, id: SessionId, deadline: UnixMillis) -> Result<(), StoreError> {
+        self.run("touch", Some(id), self.store.touch(id, deadline)).await
+    }
+
+    pub(crate) async fn rotate(
+        &self,
+        old: SessionId,
+        record: &Record,
+        expected: u64,
+    ) -> Result<(), StoreError> {
+        self.run("rotate", Some(old), self.store.rotate(old, record, expected))
+            .await
+    }
+
+    pub(crate) async fn destroy(&self, id: SessionId) -> Result<(), StoreError> {
+        self.run("destroy", Some(id), self.store.destroy(id)).await
+    }
+
+    pub(crate) async fn destroy_user(&self, user: &str) -> Result<u64, StoreError> {
+        self.run("destroy_user", None, self.store.destroy_user(user))
+            .await
+    }
+}

@@ -1,0 +1,274 @@
+//! The session record: identity, metadata and payload, and its one compact codec.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_bytes::ByteBuf;
+use thiserror::Error;
+
+use crate::SessionId;
+use crate::clock::UnixMillis;
+
+/// First byte of every encoded record body. A new layout gets a new number, and the decoder keeps
+/// reading the old ones, so records survive an upgrade.
+pub const CODEC_VERSION: u8 = 1;
+
+/// A stored session.
+///
+/// `id`, `version` and `idle_deadline` travel beside the encoded body rather than inside it, because
+/// stores compare and update them without decoding the body (the version for compare-and-set, the
+/// idle deadline for a touch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Identity: never chosen by a client.
+    pub id: SessionId,
+    /// Incremented by every save; a save is a compare-and-set on it.
+    pub version: u64,
+    /// When the session expires if nothing touches it. Always at or before the absolute deadline,
+    /// so it is also the record's time to live in the store.
+    pub idle_deadline: UnixMillis,
+    /// Facts about the session.
+    pub meta: Metadata,
+    /// The application's data.
+    pub data: Payload,
+}
+
+/// Facts about a session that change rarely.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// When the session was created.
+    pub created_at: UnixMillis,
+    /// The latest moment the session can live to, however active it is.
+    pub absolute_deadline: UnixMillis,
+    /// The logged-in user, for "log out everywhere".
+    pub user_id: Option<String>,
+    /// The tenant the session belongs to, when the application is multi-tenant.
+    pub tenant: Option<String>,
+    /// The routing hint the session was stamped with.
+    pub hint: String,
+}
+
+impl Record {
+    /// When the store may forget the record.
+    pub fn expires_at(&self) -> UnixMillis {
+        self.idle_deadline.min(self.meta.absolute_deadline)
+    }
+
+    /// Whether the record is past its idle or absolute deadline at `now`.
+    pub fn is_expired(&self, now: UnixMillis) -> bool {
+        now >= self.expires_at()
+    }
+
+    /// Encodes metadata and payload: [`CODEC_VERSION`], then MessagePack.
+    pub fn encode_body(&self) -> Result<Vec<u8>, CodecError> {
+        let mut out = Vec::with_capacity(64 + self.data.size());
+        out.push(CODEC_VERSION);
+        rmp_serde::encode::write(&mut out, &(&self.meta, &self.data))
+            .map_err(|e| CodecError::Encode(Box::new(e)))?;
+        Ok(out)
+    }
+
+    /// Rebuilds a record from the parts a store keeps.
+    pub fn decode(
+        id: SessionId,
+        version: u64,
+        idle_deadline: UnixMillis,
+        body: &[u8],
+    ) -> Result<Self, CodecError> {
+        let (&codec, rest) = body.split_first().ok_or(CodecError::Empty)?;
+        if codec != CODEC_VERSION {
+            return Err(CodecError::UnknownVersion(codec));
+        }
+        let (meta, data): (Metadata, Payload) =
+            rmp_serde::from_slice(rest).map_err(|e| CodecError::Decode(Box::new(e)))?;
+        Ok(Self {
+            id,
+            version,
+            idle_deadline,
+            meta,
+            data,
+        })
+    }
+}
+
+/// A record body could not be encoded or decoded.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The body is empty.
+    #[error("record body is empty")]
+    Empty,
+    /// The body was written by a codec version this build does not know.
+    #[error("record codec version {0} is unknown")]
+    UnknownVersion(u8),
+    /// MessagePack encoding failed.
+    #[error("record could not be encoded")]
+    Encode(#[source] Box<rmp_serde::encode::Error>),
+    /// MessagePack decoding failed.
+    #[error("record could not be decoded")]
+    Decode(#[source] Box<rmp_serde::decode::Error>),
+}
+
+/// The application's data: string keys to MessagePack-encoded values.
+///
+/// Values stay encoded until read, so a record that passes through a request untouched is never
+/// decoded into application types, and replaying a request's operations after a conflict works on
+/// bytes. The payload tracks its own size (keys plus values) for the size limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Payload {
+    map: BTreeMap<String, ByteBuf>,
+    size: usize,
+}
+
+impl Payload {
+    /// The encoded value under `key`.
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.map.get(key).map(|v| v.as_slice())
+    }
+
+    /// Stores an encoded value, returning the old one.
+    pub fn insert(&mut self, key: String, value: Vec<u8>) -> Option<Vec<u8>> {
+        let (key_len, new_len) = (key.len(), value.len());
+        match self.map.insert(key, ByteBuf::from(value)) {
+            Some(old) => {
+                self.size = self.size - old.len() + new_len;
+                Some(old.into_vec())
+            }
+            None => {
+                self.size += key_len + new_len;
+                None
+            }
+        }
+    }
+
+    /// Removes a value, returning it.
+    pub fn remove(&mut self, key: &str) -> Option<Vec<u8>> {
+        let old = self.map.remove(key)?;
+        self.size -= key.len() + old.len();
+        Some(old.into_vec())
+    }
+
+    /// Removes everything.
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.size = 0;
+    }
+
+    /// Keys and encoded values, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.map.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Bytes of keys and encoded values.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The size after replacing `key`'s value with one of `new_len` bytes.
+    pub fn size_with(&self, key: &str, new_len: usize) -> usize {
+        match self.map.get(key) {
+            Some(old) => self.size - old.len() + new_len,
+            None => self.size + key.len() + new_len,
+        }
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.map.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<String, ByteBuf>::deserialize(d)?;
+        let size = map.iter().map(|(k, v)| k.len() + v.len()).sum();
+        Ok(Self { map, size })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        let mut data = Payload::default();
+        data.insert("user".into(), rmp_serde::to_vec("alice").expect("encode"));
+        data.insert("n".into(), rmp_serde::to_vec(&7u32).expect("encode"));
+        Record {
+            id: SessionId::random(),
+            version: 3,
+            idle_deadline: 1_000,
+            meta: Metadata {
+                created_at: 10,
+                absolute_deadline: 900,
+                user_id: Some("alice".into()),
+                tenant: None,
+                hint: "n1".into(),
+            },
+            data,
+        }
+    }
+
+    #[test]
+    fn body_round_trips() {
+        let r = record();
+        let body = r.encode_body().expect("encode");
+        assert_eq!(body[0], CODEC_VERSION);
+        let back = Record::decode(r.id, r.version, r.idle_deadline, &body).expect("decode");
+        assert_eq!(back, r);
+        assert_eq!(back.data.size(), r.data.size());
+    }
+
+    #[test]
+    fn corrupt_bodies_are_typed_errors() {
+        let r = record();
+        let body = r.encode_body().expect("encode");
+        let id = r.id;
+        assert!(matches!(Record::decode(id, 1, 1, &[]), Err(CodecError::Empty)));
+        assert!(matches!(
+            Record::decode(id, 1, 1, &[9, 1, 2]),
+            Err(CodecError::UnknownVersion(9))
+        ));
+        for cut in 1..body.len() {
+            assert!(Record::decode(id, 1, 1, &body[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn payload_tracks_its_size() {
+        let mut p = Payload::default();
+        p.insert("ab".into(), vec![0; 10]);
+        assert_eq!(p.size(), 12);
+        assert_eq!(p.size_with("ab", 3), 5);
+        assert_eq!(p.size_with("cde", 3), 18);
+        p.insert("ab".into(), vec![0; 4]);
+        assert_eq!(p.size(), 6);
+        p.insert("c".into(), vec![0; 1]);
+        assert_eq!(p.size(), 8);
+        assert_eq!(p.remove("ab"), Some(vec![0; 4]));
+        assert_eq!(p.size(), 2);
+        p.clear();
+        assert_eq!((p.size(), p.len()), (0, 0));
+    }
+
+    #[test]
+    fn expiry_uses_the_earlier_deadline() {
+        let mut r = record();
+        assert_eq!(r.expires_at(), 900);
+        assert!(!r.is_expired(899));
+        assert!(r.is_expired(900));
+        r.idle_deadline = 100;
+        assert!(r.is_expired(100));
+    }
+}

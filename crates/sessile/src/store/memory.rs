@@ -1,0 +1,416 @@
+//! The embedded default store.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use super::{DEFAULT_MAX_RECORD_BYTES, SessionStore, StoreError};
+use crate::SessionId;
+use crate::clock::{Clock, SystemClock, UnixMillis};
+use crate::record::Record;
+
+/// Number of independently locked shards. A power of two well above the core count keeps two
+/// requests from waiting on each other unless they share a shard; ids are random, so the first
+/// byte spreads them evenly.
+const SHARDS: usize = 64;
+
+/// How often the background sweeper wakes; each wake sweeps one shard, so every record is looked at
+/// once per `SHARDS * DEFAULT_SWEEP_INTERVAL` (about a minute). Expired records are also dropped
+/// whenever they are read, so the sweep only bounds memory, never correctness.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// An in-process session store: fast, bounded, and shared by every clone.
+///
+/// Records are kept encoded (the same bytes a network store would hold) in [`SHARDS`] maps, each
+/// behind a `std::sync::Mutex`: critical sections are a hash lookup and a copy, never an `.await`,
+/// so a blocking mutex is cheaper than an async one.
+///
+/// * Expired records vanish on read and are swept in the background (when built inside a tokio
+///   runtime; otherwise only on read and through [`MemoryStore::purge_expired`]).
+/// * With a [capacity](MemoryStoreBuilder::capacity), creating a session in a full shard first
+///   drops that shard's expired records and then evicts its oldest-created ones, so memory stays
+///   bounded under a flood of new sessions.
+/// * Sessions are lost when the process exits and are not shared between instances: use the Redis
+///   store for that.
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: Box<[Mutex<Shard>]>,
+    clock: Arc<dyn Clock>,
+    per_shard_capacity: Option<usize>,
+    max_record_bytes: usize,
+    /// user id -> sessions that had that user when last written. Entries go stale when sessions
+    /// expire or change user; `destroy_user` re-checks each record, and the sweeper prunes.
+    users: Mutex<HashMap<Box<str>, Vec<SessionId>>>,
+}
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<SessionId, Entry>,
+    /// Creation order, kept only when a capacity is set: the eviction queue. May hold ids that are
+    /// already gone; it is compacted when it grows past twice the map.
+    order: VecDeque<SessionId>,
+}
+
+struct Entry {
+    version: u64,
+    idle_deadline: UnixMillis,
+    user: bool,
+    body: Box<[u8]>,
+}
+
+/// Configures a [`MemoryStore`].
+#[must_use]
+pub struct MemoryStoreBuilder {
+    capacity: Option<usize>,
+    clock: Arc<dyn Clock>,
+    sweep_interval: Option<Duration>,
+    max_record_bytes: usize,
+}
+
+impl Default for MemoryStoreBuilder {
+    fn default() -> Self {
+        Self {
+            capacity: None,
+            clock: Arc::new(SystemClock),
+            sweep_interval: Some(DEFAULT_SWEEP_INTERVAL),
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+        }
+    }
+}
+
+impl MemoryStoreBuilder {
+    /// Bounds the number of sessions (approximately: the bound is split evenly across shards).
+    pub fn capacity(mut self, sessions: usize) -> Self {
+        self.capacity = Some(sessions.max(1));
+        self
+    }
+
+    /// The clock deadlines are checked against. Use the same clock as the session layer.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// How often the background sweeper runs; `None` turns it off.
+    pub fn sweep_interval(mut self, every: Option<Duration>) -> Self {
+        self.sweep_interval = every.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// Largest encoded record accepted (default [`DEFAULT_MAX_RECORD_BYTES`]).
+    pub fn max_record_bytes(mut self, bytes: usize) -> Self {
+        self.max_record_bytes = bytes;
+        self
+    }
+
+    /// Builds the store, starting the sweeper if a tokio runtime is running.
+    pub fn build(self) -> MemoryStore {
+        let inner = Arc::new(Inner {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            clock: self.clock,
+            per_shard_capacity: self.capacity.map(|c| c.div_ceil(SHARDS)),
+            max_record_bytes: self.max_record_bytes,
+            users: Mutex::default(),
+        });
+        if let (Some(every), Ok(rt)) = (self.sweep_interval, tokio::runtime::Handle::try_current())
+        {
+            rt.spawn(sweep(Arc::downgrade(&inner), every));
+        }
+        MemoryStore { inner }
+    }
+}
+
+/// Sweeps one shard per tick; ends when the store is dropped (it holds only a `Weak`).
+async fn sweep(store: Weak<Inner>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next = 0;
+    loop {
+        tick.tick().await;
+        let Some(inner) = store.upgrade() else { return };
+        let now = inner.clock.now_ms();
+        inner.purge_shard(next, now);
+        next = (next + 1) % SHARDS;
+        if next == 0 {
+            inner.prune_users();
+        }
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("sessions", &self.len())
+            .field("per_shard_capacity", &self.inner.per_shard_capacity)
+            .finish()
+    }
+}
+
+impl MemoryStore {
+    /// A store with no capacity bound, the system clock and the background sweeper.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// Configures a store.
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder::default()
+    }
+
+    /// Records held, expired or not.
+    pub fn len(&self) -> usize {
+        self.inner.shards.iter().map(|s| lock(s).map.len()).sum()
+    }
+
+    /// Whether no records are held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops every expired record now; returns how many.
+    pub fn purge_expired(&self) -> usize {
+        let now = self.inner.clock.now_ms();
+        let dropped = (0..SHARDS).map(|i| self.inner.purge_shard(i, now)).sum();
+        self.inner.prune_users();
+        dropped
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a shard lock cannot leave a half-written entry (each write is one
+    // `insert`/`remove`), so a poisoned lock is safe to keep using.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn shard_of(id: &SessionId) -> usize {
+    id.as_bytes()[0] as usize % SHARDS
+}
+
+impl Inner {
+    fn shard(&self, id: &SessionId) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[shard_of(id)])
+    }
+
+    fn encode(&self, record: &Record) -> Result<Box<[u8]>, StoreError> {
+        let body = record.encode_body().map_err(StoreError::Corrupt)?;
+        if body.len() > self.max_record_bytes {
+            return Err(StoreError::TooLarge {
+                size: body.len(),
+                limit: self.max_record_bytes,
+            });
+        }
+        Ok(body.into_boxed_slice())
+    }
+
+    fn entry(&self, record: &Record) -> Result<Entry, StoreError> {
+        Ok(Entry {
+            version: record.version,
+            idle_deadline: record.expires_at(),
+            user: record.meta.user_id.is_some(),
+            body: self.encode(record)?,
+        })
+    }
+
+    fn purge_shard(&self, shard: usize, now: UnixMillis) -> usize {
+        let mut s = lock(&self.shards[shard]);
+        let before = s.map.len();
+        s.map.retain(|_, e| e.idle_deadline > now);
+        let dropped = before - s.map.len();
+        s.compact_order();
+        dropped
+    }
+
+    fn prune_users(&self) {
+        let mut users = lock(&self.users);
+        users.retain(|_, ids| {
+            ids.retain(|id| self.shard(id).map.contains_key(id));
+            !ids.is_empty()
+        });
+    }
+
+    fn index_user(&self, record: &Record) {
+        if let Some(user) = &record.meta.user_id {
+            let mut users = lock(&self.users);
+            let ids = users.entry(user.as_str().into()).or_default();
+            if !ids.contains(&record.id) {
+                ids.push(record.id);
+            }
+        }
+    }
+
+    /// The body of `rotate`, with the shards locked; `new_shard` is `None` when both ids share one.
+    #[allow(clippy::too_many_arguments)]
+    fn rotate_locked(
+        &self,
+        old_shard: &mut Shard,
+        mut new_shard: Option<&mut Shard>,
+        old: SessionId,
+        new: SessionId,
+        entry: Entry,
+        expected: u64,
+        now: UnixMillis,
+    ) -> Result<(), StoreError> {
+        old_shard.check(&old, expected, now)?;
+        let taken = match new_shard.as_deref_mut() {
+            Some(s) => s.live(&new, now).is_some(),
+            None => old_shard.live(&new, now).is_some(),
+        };
+        if taken {
+            return Err(StoreError::Conflict);
+        }
+        old_shard.map.remove(&old);
+        self.insert_new(new_shard.unwrap_or(old_shard), new, entry, now);
+        Ok(())
+    }
+
+    /// Inserts a new entry into a locked shard, evicting to make room if a capacity is set.
+    fn insert_new(&self, shard: &mut Shard, id: SessionId, entry: Entry, now: UnixMillis) {
+        if let Some(cap) = self.per_shard_capacity {
+            if shard.map.len() >= cap {
+                shard.map.retain(|_, e| e.idle_deadline > now);
+            }
+            while shard.map.len() >= cap {
+                let Some(victim) = shard.order.pop_front() else { break };
+                if shard.map.remove(&victim).is_some() {
+                    metrics::counter!("sessile_memory_evictions_total").increment(1);
+                }
+            }
+            shard.order.push_back(id);
+            shard.compact_order();
+        }
+        shard.map.insert(id, entry);
+    }
+}
+
+impl Shard {
+    fn compact_order(&mut self) {
+        if !self.order.is_empty() && self.order.len() > 2 * self.map.len() + 16 {
+            let map = &self.map;
+            self.order.retain(|id| map.contains_key(id));
+        }
+    }
+
+    /// The live entry for `id`, dropping it if it has expired.
+    fn live(&mut self, id: &SessionId, now: UnixMillis) -> Option<&mut Entry> {
+        if self.map.get(id).is_some_and(|e| e.idle_deadline <= now) {
+            self.map.remove(id);
+        }
+        self.map.get_mut(id)
+    }
+
+    /// Checks that `id` is live at `expected` version.
+    fn check(&mut self, id: &SessionId, expected: u64, now: UnixMillis) -> Result<(), StoreError> {
+        match self.live(id, now) {
+            None => Err(StoreError::NotFound),
+            Some(e) if e.version != expected => Err(StoreError::Conflict),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+impl SessionStore for MemoryStore {
+    async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
+        let now = self.inner.clock.now_ms();
+        let mut shard = self.inner.shard(&id);
+        let Some(e) = shard.live(&id, now) else {
+            return Ok(None);
+        };
+        Record::decode(id, e.version, e.idle_deadline, &e.body)
+            .map(Some)
+            .map_err(StoreError::Corrupt)
+    }
+
+    async fn create(&self, record: &Record) -> Result<(), StoreError> {
+        let entry = self.inner.entry(record)?;
+        let now = self.inner.clock.now_ms();
+        {
+            let mut shard = self.inner.shard(&record.id);
+            if shard.live(&record.id, now).is_some() {
+                return Err(StoreError::Conflict);
+            }
+            self.inner.insert_new(&mut shard, record.id, entry, now);
+        }
+        self.inner.index_user(record);
+        Ok(())
+    }
+
+    async fn save(&self, record: &Record, expected_version: u64) -> Result<(), StoreError> {
+        let entry = self.inner.entry(record)?;
+        let now = self.inner.clock.now_ms();
+        {
+            let mut shard = self.inner.shard(&record.id);
+            shard.check(&record.id, expected_version, now)?;
+            shard.map.insert(record.id, entry);
+        }
+        self.inner.index_user(record);
+        Ok(())
+    }
+
+    async fn touch(&self, id: SessionId, idle_deadline: UnixMillis) -> Result<(), StoreError> {
+        let now = self.inner.clock.now_ms();
+        let mut shard = self.inner.shard(&id);
+        let e = shard.live(&id, now).ok_or(StoreError::NotFound)?;
+        e.idle_deadline = idle_deadline;
+        Ok(())
+    }
+
+    async fn rotate(
+        &self,
+        old: SessionId,
+        record: &Record,
+        expected_version: u64,
+    ) -> Result<(), StoreError> {
+        let entry = self.inner.entry(record)?;
+        let now = self.inner.clock.now_ms();
+        let (a, b) = (shard_of(&old), shard_of(&record.id));
+        {
+            // Lock both shards, lower index first, so two rotations can never deadlock.
+            let mut lo = lock(&self.inner.shards[a.min(b)]);
+            let mut hi = (a != b).then(|| lock(&self.inner.shards[a.max(b)]));
+            let (old_shard, new_shard) = match hi.as_deref_mut() {
+                None => (&mut *lo, None),
+                Some(h) if a < b => (&mut *lo, Some(h)),
+                Some(h) => (h, Some(&mut *lo)),
+            };
+            self.inner
+                .rotate_locked(old_shard, new_shard, old, record.id, entry, expected_version, now)?;
+        }
+        self.inner.index_user(record);
+        Ok(())
+    }
+
+    async fn destroy(&self, id: SessionId) -> Result<(), StoreError> {
+        self.inner.shard(&id).map.remove(&id);
+        Ok(())
+    }
+
+    async fn destroy_user(&self, user_id: &str) -> Result<u64, StoreError> {
+        let ids = lock(&self.inner.users).remove(user_id).unwrap_or_default();
+        let mut destroyed = 0;
+        for id in ids {
+            let mut shard = self.inner.shard(&id);
+            // The index can be stale: only delete the record if it still belongs to this user.
+            let owned = shard.map.get(&id).is_some_and(|e| {
+                e.user
+                    && Record::decode(id, e.version, e.idle_deadline, &e.body)
+                        .is_ok_and(|r| r.meta.user_id.as_deref() == Some(user_id))
+            });
+            if owned {
+                shard.map.remove(&id);
+                destroyed += 1;
+            }
+        }
+        Ok(destroyed)
+    }
+}
