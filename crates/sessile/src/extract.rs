@@ -61,3 +61,27 @@ impl<S: Send + Sync> FromRequestParts<S> for Session {
         Ok(Session(handle.0))
     }
 }
+
+impl IntoResponse for crate::SessionError {
+    /// Lets handlers use `?` on the session API. Store trouble is a 503 with `Retry-After`; a
+    /// value of the wrong type is a server bug (500, logged); an oversized payload is 413; a
+    /// session without a user where one is needed is 401.
+    fn into_response(self) -> Response {
+        use crate::SessionError as E;
+        let status = match &self {
+            E::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            E::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            E::NoUser => StatusCode::UNAUTHORIZED,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %self, source = ?std::error::Error::source(&self), "session error");
+        }
+        let mut res = (status, self.to_string()).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            res.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        }
+        res
+    }
+}

@@ -1,0 +1,358 @@
+//! The conformance suite for [`sessile::SessionStore`] implementations.
+//!
+//! Every store must pass it. Invoke the macro in a test file with an async factory that returns a
+//! fresh, empty store (each test gets its own), and run the tests on a multi-threaded runtime:
+//!
+//! ```ignore
+//! sessile_conformance::store_conformance!(|| async { sessile::MemoryStore::new() });
+//! ```
+//!
+//! Records are made with deadlines relative to the system clock, so the store under test must use
+//! the system clock (a Redis server does).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sessile::record::{Metadata, Payload, Record};
+use sessile::{SessionId, SessionStore, StoreError};
+
+/// Expands to one `#[tokio::test]` per conformance case, in a module named `conformance`.
+#[macro_export]
+macro_rules! store_conformance {
+    ($factory:expr) => {
+        mod conformance {
+            use super::*;
+
+            async fn fresh() -> ::std::sync::Arc<impl ::sessile::SessionStore> {
+                ::std::sync::Arc::new(($factory)().await)
+            }
+
+            $crate::__cases!(
+                create_then_load_round_trips,
+                create_refuses_an_existing_id,
+                save_is_compare_and_set,
+                save_never_creates,
+                destroy_is_final,
+                rotate_moves_the_record_atomically,
+                touch_moves_the_deadline_only,
+                expired_records_are_gone,
+                destroy_user_ends_only_that_users_sessions,
+                concurrent_increments_are_never_lost,
+                destroy_beats_concurrent_saves,
+                oversized_records_are_refused,
+            );
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cases {
+    ($($case:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::$case(fresh().await).await;
+            }
+        )*
+    };
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A record that lives for an hour, with `counter = n` and an optional user.
+pub fn record(user: Option<&str>, n: u64) -> Record {
+    let now = now_ms();
+    let mut data = Payload::default();
+    data.insert("counter".into(), n.to_be_bytes().to_vec());
+    data.insert("theme".into(), b"dark".to_vec());
+    Record {
+        id: SessionId::random(),
+        version: 1,
+        idle_deadline: now + 3_600_000,
+        meta: Metadata {
+            created_at: now,
+            absolute_deadline: now + 7_200_000,
+            user_id: user.map(str::to_owned),
+            tenant: Some("t1".into()),
+            hint: "node-1".into(),
+        },
+        data,
+    }
+}
+
+fn counter(r: &Record) -> u64 {
+    let bytes = r.data.get("counter").expect("counter present");
+    u64::from_be_bytes(bytes.try_into().expect("8 bytes"))
+}
+
+fn with_counter(r: &Record, n: u64) -> Record {
+    let mut next = r.clone();
+    next.version = r.version + 1;
+    next.data.insert("counter".into(), n.to_be_bytes().to_vec());
+    next
+}
+
+async fn must_load<S: SessionStore>(store: &S, id: SessionId) -> Record {
+    store
+        .load(id)
+        .await
+        .expect("load succeeds")
+        .expect("record present")
+}
+
+async fn absent<S: SessionStore>(store: &S, id: SessionId) -> bool {
+    store.load(id).await.expect("load succeeds").is_none()
+}
+
+/// What was created is what loads.
+pub async fn create_then_load_round_trips<S: SessionStore>(store: Arc<S>) {
+    let r = record(Some("alice"), 5);
+    store.create(&r).await.expect("create");
+    assert_eq!(must_load(&*store, r.id).await, r);
+    assert!(absent(&*store, SessionId::random()).await);
+}
+
+/// `create` never overwrites.
+pub async fn create_refuses_an_existing_id<S: SessionStore>(store: Arc<S>) {
+    let r = record(None, 1);
+    store.create(&r).await.expect("create");
+    let mut other = record(None, 2);
+    other.id = r.id;
+    assert!(matches!(store.create(&other).await, Err(StoreError::Conflict)));
+    assert_eq!(counter(&must_load(&*store, r.id).await), 1);
+}
+
+/// A save with the stored version wins; a stale one is a conflict and changes nothing.
+pub async fn save_is_compare_and_set<S: SessionStore>(store: Arc<S>) {
+    let r = record(None, 1);
+    store.create(&r).await.expect("create");
+    let v2 = with_counter(&r, 2);
+    store.save(&v2, 1).await.expect("save at version 1");
+    let loaded = must_load(&*store, r.id).await;
+    assert_eq!((loaded.version, counter(&loaded)), (2, 2));
+
+    let stale = with_counter(&r, 99);
+    assert!(matches!(store.save(&stale, 1).await, Err(StoreError::Conflict)));
+    let loaded = must_load(&*store, r.id).await;
+    assert_eq!((loaded.version, counter(&loaded)), (2, 2));
+}
+
+/// `save` on a missing record is `NotFound` and does not create it.
+pub async fn save_never_creates<S: SessionStore>(store: Arc<S>) {
+    let r = record(None, 1);
+    assert!(matches!(
+        store.save(&with_counter(&r, 2), 1).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(absent(&*store, r.id).await);
+}
+
+/// After `destroy`, nothing with the old version can bring the record back.
+pub async fn destroy_is_final<S: SessionStore>(store: Arc<S>) {
+    let r = record(None, 1);
+    store.create(&r).await.expect("create");
+    store.destroy(r.id).await.expect("destroy");
+    assert!(absent(&*store, r.id).await);
+    assert!(matches!(
+        store.save(&with_counter(&r, 2), 1).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.touch(r.id, now_ms() + 60_000).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(absent(&*store, r.id).await);
+    store.destroy(r.id).await.expect("destroying twice is fine");
+}
+
+/// `rotate` moves the data to the new id in one step; the old id is gone; a stale rotate does
+/// nothing.
+pub async fn rotate_moves_the_record_atomically<S: SessionStore>(store: Arc<S>) {
+    let r = record(Some("alice"), 7);
+    store.create(&r).await.expect("create");
+    let mut moved = with_counter(&r, 8);
+    moved.id = SessionId::random();
+
+    let mut stale = moved.clone();
+    stale.id = SessionId::random();
+    assert!(matches!(
+        store.rotate(r.id, &stale, 5).await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(absent(&*store, stale.id).await);
+    assert_eq!(must_load(&*store, r.id).await, r);
+
+    store.rotate(r.id, &moved, 1).await.expect("rotate");
+    assert!(absent(&*store, r.id).await);
+    let loaded = must_load(&*store, moved.id).await;
+    assert_eq!((loaded.version, counter(&loaded)), (2, 8));
+    assert_eq!(loaded.meta.user_id.as_deref(), Some("alice"));
+
+    // A request still holding the old id cannot save or rotate it back.
+    assert!(matches!(
+        store.save(&with_counter(&r, 9), 1).await,
+        Err(StoreError::NotFound)
+    ));
+    let mut again = with_counter(&r, 9);
+    again.id = SessionId::random();
+    assert!(matches!(
+        store.rotate(r.id, &again, 1).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(absent(&*store, again.id).await);
+}
+
+/// `touch` moves the idle deadline and nothing else.
+pub async fn touch_moves_the_deadline_only<S: SessionStore>(store: Arc<S>) {
+    let r = record(None, 3);
+    store.create(&r).await.expect("create");
+    let later = r.idle_deadline + 60_000;
+    store.touch(r.id, later).await.expect("touch");
+    let loaded = must_load(&*store, r.id).await;
+    assert_eq!(loaded.idle_deadline, later);
+    assert_eq!(loaded.version, r.version);
+    assert_eq!(loaded.data, r.data);
+    assert!(matches!(
+        store.touch(SessionId::random(), later).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+/// A record past its deadline is not loaded, saved or touched.
+pub async fn expired_records_are_gone<S: SessionStore>(store: Arc<S>) {
+    let mut r = record(None, 1);
+    r.idle_deadline = now_ms().saturating_sub(1_000);
+    // Creating an already-expired record may be refused or accepted; either way it is gone.
+    let _ = store.create(&r).await;
+    assert!(absent(&*store, r.id).await);
+    assert!(matches!(
+        store.save(&with_counter(&r, 2), 1).await,
+        Err(StoreError::NotFound)
+    ));
+
+    // A live record whose touch moves its deadline into the past expires too.
+    let live = record(None, 1);
+    store.create(&live).await.expect("create");
+    store
+        .touch(live.id, now_ms().saturating_sub(1))
+        .await
+        .expect("touch");
+    assert!(absent(&*store, live.id).await);
+}
+
+/// "Log out everywhere" ends that user's sessions and no one else's.
+pub async fn destroy_user_ends_only_that_users_sessions<S: SessionStore>(store: Arc<S>) {
+    let alice: Vec<Record> = (0..3).map(|i| record(Some("alice"), i)).collect();
+    let bob = record(Some("bob"), 9);
+    let anon = record(None, 9);
+    for r in alice.iter().chain([&bob, &anon]) {
+        store.create(r).await.expect("create");
+    }
+    // One of alice's sessions moved to another id: the moved one must be found.
+    let mut moved = with_counter(&alice[0], 1);
+    moved.id = SessionId::random();
+    store.rotate(alice[0].id, &moved, 1).await.expect("rotate");
+
+    assert_eq!(store.destroy_user("alice").await.expect("destroy_user"), 3);
+    for id in [alice[1].id, alice[2].id, moved.id] {
+        assert!(absent(&*store, id).await);
+    }
+    assert!(!absent(&*store, bob.id).await);
+    assert!(!absent(&*store, anon.id).await);
+    assert_eq!(store.destroy_user("alice").await.expect("again"), 0);
+    assert_eq!(store.destroy_user("nobody").await.expect("nobody"), 0);
+}
+
+/// 16 tasks increment one record by load / compare-and-set / retry: none is lost.
+pub async fn concurrent_increments_are_never_lost<S: SessionStore>(store: Arc<S>) {
+    const TASKS: u64 = 16;
+    const EACH: u64 = 25;
+    let r = record(None, 0);
+    store.create(&r).await.expect("create");
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for _ in 0..EACH {
+                    // Bounded: each attempt either wins or sees a newer version.
+                    for attempt in 0.. {
+                        assert!(attempt < 10_000, "no progress");
+                        let cur = must_load(&*store, r.id).await;
+                        match store.save(&with_counter(&cur, counter(&cur) + 1), cur.version).await {
+                            Ok(()) => break,
+                            Err(StoreError::Conflict) => tokio::task::yield_now().await,
+                            Err(e) => panic!("unexpected {e:?}"),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let end = must_load(&*store, r.id).await;
+    assert_eq!(counter(&end), TASKS * EACH);
+    assert_eq!(end.version, 1 + TASKS * EACH);
+}
+
+/// Saves racing a destroy either land before it or fail with `NotFound`; afterwards the record is
+/// gone for good.
+pub async fn destroy_beats_concurrent_saves<S: SessionStore>(store: Arc<S>) {
+    let r = record(None, 0);
+    store.create(&r).await.expect("create");
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                while tokio::time::Instant::now() < deadline {
+                    let Some(cur) = store.load(r.id).await.expect("load") else {
+                        return;
+                    };
+                    match store.save(&with_counter(&cur, counter(&cur) + 1), cur.version).await {
+                        Ok(()) | Err(StoreError::Conflict) => tokio::task::yield_now().await,
+                        Err(StoreError::NotFound) => return,
+                        Err(e) => panic!("unexpected {e:?}"),
+                    }
+                }
+                panic!("writer never saw the destroy");
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    store.destroy(r.id).await.expect("destroy");
+    for w in writers {
+        w.await.expect("writer");
+    }
+    assert!(absent(&*store, r.id).await);
+}
+
+/// A record over the store's limit is refused with `TooLarge`, and the old one stays.
+pub async fn oversized_records_are_refused<S: SessionStore>(store: Arc<S>) {
+    let r = record(None, 1);
+    store.create(&r).await.expect("create");
+    let mut big = with_counter(&r, 2);
+    big.data.insert(
+        "blob".into(),
+        vec![7; sessile::store::DEFAULT_MAX_RECORD_BYTES + 1],
+    );
+    assert!(matches!(
+        store.save(&big, 1).await,
+        Err(StoreError::TooLarge { .. })
+    ));
+    let mut fresh = big.clone();
+    fresh.id = SessionId::random();
+    fresh.version = 1;
+    assert!(matches!(
+        store.create(&fresh).await,
+        Err(StoreError::TooLarge { .. })
+    ));
+    assert_eq!(must_load(&*store, r.id).await, r);
+    assert!(absent(&*store, fresh.id).await);
+}
