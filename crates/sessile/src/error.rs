@@ -69,3 +69,10 @@ pub enum SaveError {
 /// Response extension present when a request's session changes were not saved.
 #[derive(Debug, Clone)]
 pub struct SaveFailed(pub std::sync::Arc<SaveError>);
+
+impl std::ops::Deref for SaveFailed {
+    type Target = SaveError;
+    fn deref(&self) -> &SaveError {
+        &self.0
+    }
+}

@@ -1,0 +1,245 @@
+//! Support for sessile's integration tests: store wrappers that count or fail operations, and a
+//! minimal HTTP client that drives a `Router` in-process with a cookie.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use http::{HeaderMap, Method, Request, StatusCode, header};
+use sessile::clock::UnixMillis;
+use sessile::record::Record;
+use sessile::{SaveFailed, SessionId, SessionStore, StoreError};
+use tower::ServiceExt as _;
+
+/// Wraps a store and counts calls per operation.
+#[derive(Clone)]
+pub struct CountingStore<S> {
+    inner: S,
+    counts: Arc<Mutex<HashMap<&'static str, u64>>>,
+}
+
+impl<S> CountingStore<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            counts: Arc::default(),
+        }
+    }
+
+    /// Calls of `op` so far.
+    pub fn count(&self, op: &str) -> u64 {
+        self.counts
+            .lock()
+            .expect("lock")
+            .get(op)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Calls of every operation so far.
+    pub fn total(&self) -> u64 {
+        self.counts.lock().expect("lock").values().sum()
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// Forgets the counts.
+    pub fn reset(&self) {
+        self.counts.lock().expect("lock").clear();
+    }
+
+    fn hit(&self, op: &'static str) {
+        *self.counts.lock().expect("lock").entry(op).or_default() += 1;
+    }
+}
+
+impl<S: SessionStore> SessionStore for CountingStore<S> {
+    async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
+        self.hit("load");
+        self.inner.load(id).await
+    }
+    async fn create(&self, record: &Record) -> Result<(), StoreError> {
+        self.hit("create");
+        self.inner.create(record).await
+    }
+    async fn save(&self, record: &Record, expected: u64) -> Result<(), StoreError> {
+        self.hit("save");
+        self.inner.save(record, expected).await
+    }
+    async fn touch(&self, id: SessionId, deadline: UnixMillis) -> Result<(), StoreError> {
+        self.hit("touch");
+        self.inner.touch(id, deadline).await
+    }
+    async fn rotate(&self, old: SessionId, record: &Record, expected: u64) -> Result<(), StoreError> {
+        self.hit("rotate");
+        self.inner.rotate(old, record, expected).await
+    }
+    async fn destroy(&self, id: SessionId) -> Result<(), StoreError> {
+        self.hit("destroy");
+        self.inner.destroy(id).await
+    }
+    async fn destroy_user(&self, user: &str) -> Result<u64, StoreError> {
+        self.hit("destroy_user");
+        self.inner.destroy_user(user).await
+    }
+}
+
+/// Wraps a store; while a switch is on, the chosen operations fail as `Unavailable` or hang.
+#[derive(Clone)]
+pub struct FaultyStore<S> {
+    inner: S,
+    fail_writes: Arc<AtomicBool>,
+    fail_loads: Arc<AtomicBool>,
+    hang: Arc<AtomicBool>,
+}
+
+#[derive(Debug)]
+struct Injected;
+impl std::fmt::Display for Injected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("injected fault")
+    }
+}
+impl std::error::Error for Injected {}
+
+impl<S> FaultyStore<S> {
+    /// Wraps `inner` with every fault off.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            fail_writes: Arc::default(),
+            fail_loads: Arc::default(),
+            hang: Arc::default(),
+        }
+    }
+    /// Makes writes (create, save, touch, rotate, destroy) fail.
+    pub fn fail_writes(&self, on: bool) {
+        self.fail_writes.store(on, Ordering::SeqCst);
+    }
+    /// Makes loads fail.
+    pub fn fail_loads(&self, on: bool) {
+        self.fail_loads.store(on, Ordering::SeqCst);
+    }
+    /// Makes every operation wait forever (a paused server).
+    pub fn hang(&self, on: bool) {
+        self.hang.store(on, Ordering::SeqCst);
+    }
+
+    async fn gate(&self, write: bool) -> Result<(), StoreError> {
+        if self.hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        let flag = if write { &self.fail_writes } else { &self.fail_loads };
+        if flag.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(Box::new(Injected)));
+        }
+        Ok(())
+    }
+}
+
+impl<S: SessionStore> SessionStore for FaultyStore<S> {
+    async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
+        self.gate(false).await?;
+        self.inner.load(id).await
+    }
+    async fn create(&self, record: &Record) -> Result<(), StoreError> {
+        self.gate(true).await?;
+        self.inner.create(record).await
+    }
+    async fn save(&self, record: &Record, expected: u64) -> Result<(), StoreError> {
+        self.gate(true).await?;
+        self.inner.save(record, expected).await
+    }
+    async fn touch(&self, id: SessionId, deadline: UnixMillis) -> Result<(), StoreError> {
+        self.gate(true).await?;
+        self.inner.touch(id, deadline).await
+    }
+    async fn rotate(&self, old: SessionId, record: &Record, expected: u64) -> Result<(), StoreError> {
+        self.gate(true).await?;
+        self.inner.rotate(old, record, expected).await
+    }
+    async fn destroy(&self, id: SessionId) -> Result<(), StoreError> {
+        self.gate(true).await?;
+        self.inner.destroy(id).await
+    }
+    async fn destroy_user(&self, user: &str) -> Result<u64, StoreError> {
+        self.gate(true).await?;
+        self.inner.destroy_user(user).await
+    }
+}
+
+/// What a test needs from a response.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body as text.
+    pub body: String,
+    /// The save error the layer attached, if any.
+    pub save_failed: Option<SaveFailed>,
+}
+
+impl Reply {
+    /// The `Set-Cookie` header for `name`, if any.
+    pub fn set_cookie(&self, name: &str) -> Option<String> {
+        self.headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with(&format!("{name}=")))
+            .map(str::to_owned)
+    }
+
+    /// The cookie value set for `name` (empty for a removal).
+    pub fn cookie_value(&self, name: &str) -> Option<String> {
+        let set = self.set_cookie(name)?;
+        let first = set.split(';').next()?;
+        Some(first[name.len() + 1..].to_owned())
+    }
+}
+
+/// Sends one request to `app` with an optional cookie header and form body.
+pub async fn send(
+    app: &Router,
+    method: Method,
+    uri: &str,
+    cookie: Option<&str>,
+    form: Option<&str>,
+) -> Reply {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(c) = cookie {
+        req = req.header(header::COOKIE, c);
+    }
+    let body = match form {
+        Some(f) => {
+            req = req.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+            Body::from(f.to_owned())
+        }
+        None => Body::empty(),
+    };
+    let res = app
+        .clone()
+        .oneshot(req.body(body).expect("request"))
+        .await
+        .expect("router is infallible");
+    let status = res.status();
+    let save_failed = res.extensions().get::<SaveFailed>().cloned();
+    let headers = res.headers().clone();
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+        save_failed,
+    }
+}

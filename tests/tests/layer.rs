@@ -1,0 +1,519 @@
+//! The session layer over HTTP: laziness, cookies, concurrency, logout, rotation, expiry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Path;
+use axum::routing::{get, post};
+use http::{Method, StatusCode, header};
+use sessile::clock::ManualClock;
+use sessile::{Hint, KeyRing, MemoryStore, Session, SessionError, SessionManagerLayer};
+use sessile_tests::{CountingStore, FaultyStore, Reply, send};
+use tokio::sync::Notify;
+
+const NAME: &str = "sid";
+const T0: u64 = 1_700_000_000_000;
+const MIN: Duration = Duration::from_secs(60);
+
+fn keys() -> KeyRing {
+    KeyRing::new(1, &[1; 32]).expect("keys")
+}
+
+struct Gate {
+    entered: Notify,
+    release: Notify,
+}
+
+fn routes(gate: Arc<Gate>) -> Router {
+    Router::new()
+        .route("/none", get(|| async { "ok" }))
+        .route(
+            "/read",
+            get(|s: Session| async move {
+                Ok::<_, SessionError>(s.get::<String>("name")?.unwrap_or_else(|| "-".into()))
+            }),
+        )
+        .route(
+            "/set/{v}",
+            post(|s: Session, Path(v): Path<String>| async move { s.insert("name", &v) }),
+        )
+        .route(
+            "/put/{k}",
+            post(|s: Session, Path(k): Path<String>| async move { s.insert(&k, &true) }),
+        )
+        .route(
+            "/keys",
+            get(|s: Session| async move { s.keys().join(",") }),
+        )
+        .route(
+            "/incr",
+            post(|s: Session| async move {
+                s.update("n", |n: Option<u64>| n.unwrap_or(0) + 1)
+                    .map(|n| n.to_string())
+            }),
+        )
+        .route(
+            "/n",
+            get(|s: Session| async move {
+                Ok::<_, SessionError>(s.get::<u64>("n")?.unwrap_or(0).to_string())
+            }),
+        )
+        .route(
+            "/login/{user}",
+            post(|s: Session, Path(user): Path<String>| async move {
+                s.cycle_id();
+                s.set_user_id(Some(&user));
+                s.insert("user", &user)
+            }),
+        )
+        .route("/logout", post(|s: Session| async move { s.destroy() }))
+        .route(
+            "/logout-everywhere",
+            post(|s: Session| async move { s.destroy_everywhere().await.map(|n| n.to_string()) }),
+        )
+        .route(
+            "/fail",
+            post(|s: Session| async move {
+                s.insert("name", "from a failing handler")?;
+                Ok::<_, SessionError>(StatusCode::INTERNAL_SERVER_ERROR)
+            }),
+        )
+        .route(
+            "/big",
+            post(|s: Session| async move { s.insert("blob", &"x".repeat(20_000)) }),
+        )
+        .route(
+            "/slow-incr",
+            post(move |s: Session| {
+                let gate = Arc::clone(&gate);
+                async move {
+                    gate.entered.notify_one();
+                    gate.release.notified().await;
+                    s.update("n", |n: Option<u64>| n.unwrap_or(0) + 1)
+                        .map(|n| n.to_string())
+                }
+            }),
+        )
+}
+
+struct Fixture {
+    app: Router,
+    store: CountingStore<FaultyStore<MemoryStore>>,
+    memory: MemoryStore,
+    clock: Arc<ManualClock>,
+    gate: Arc<Gate>,
+}
+
+fn fixture() -> Fixture {
+    fixture_with(keys(), |b| b)
+}
+
+fn fixture_with(
+    keys: KeyRing,
+    tweak: impl FnOnce(sessile::SessionManagerBuilder) -> sessile::SessionManagerBuilder,
+) -> Fixture {
+    let clock = Arc::new(ManualClock::new(T0));
+    let memory = MemoryStore::builder().clock(clock.clone()).build();
+    let store = CountingStore::new(FaultyStore::new(memory.clone()));
+    let layer = tweak(
+        SessionManagerLayer::builder(store.clone(), keys)
+            .cookie_name(NAME)
+            .node_hint(Hint::new("node-a").expect("hint"))
+            .clock(clock.clone()),
+    )
+    .build()
+    .expect("valid config");
+    let gate = Arc::new(Gate {
+        entered: Notify::new(),
+        release: Notify::new(),
+    });
+    Fixture {
+        app: routes(Arc::clone(&gate)).layer(layer),
+        store,
+        memory,
+        clock,
+        gate,
+    }
+}
+
+impl Fixture {
+    async fn get(&self, uri: &str, token: Option<&str>) -> Reply {
+        let cookie = token.map(|t| format!("{NAME}={t}"));
+        send(&self.app, Method::GET, uri, cookie.as_deref(), None).await
+    }
+    async fn post(&self, uri: &str, token: Option<&str>) -> Reply {
+        let cookie = token.map(|t| format!("{NAME}={t}"));
+        send(&self.app, Method::POST, uri, cookie.as_deref(), None).await
+    }
+    /// Creates a session holding `name = v` and returns its token.
+    async fn session(&self, v: &str) -> String {
+        let r = self.post(&format!("/set/{v}"), None).await;
+        assert_eq!(r.status, StatusCode::OK);
+        r.cookie_value(NAME).expect("new session sets a cookie")
+    }
+}
+
+#[tokio::test]
+async fn untouched_request_makes_no_store_call_and_sets_no_cookie() {
+    let f = fixture();
+    let token = f.session("ann").await;
+    f.store.reset();
+    for cookie in [None, Some(token.as_str()), Some("garbage")] {
+        let r = f.get("/none", cookie).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.set_cookie(NAME).is_none());
+        assert!(r.headers.get(header::VARY).is_none());
+    }
+    assert_eq!(f.store.total(), 0);
+}
+
+#[tokio::test]
+async fn garbage_or_tampered_cookie_is_a_fresh_session_without_store_lookup() {
+    let f = fixture();
+    let token = f.session("ann").await;
+    let mut tampered = token.clone().into_bytes();
+    let last = tampered.len() - 5;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).expect("ascii");
+    let forged_hint = format!("node-b{}", &token[token.find('.').expect("dot")..]);
+    f.store.reset();
+
+    for bad in ["", "x", "node-a.AAAA", tampered.as_str(), forged_hint.as_str()] {
+        let r = f.get("/read", Some(bad)).await;
+        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "-"), "{bad:?}");
+        assert!(r.set_cookie(NAME).is_none(), "read-only new session stores nothing");
+    }
+    assert_eq!(f.store.total(), 0, "no store call for any bad cookie");
+
+    let r = f.post("/set/eve", Some(&tampered)).await;
+    let fresh = r.cookie_value(NAME).expect("new cookie");
+    assert_ne!(fresh, token);
+    assert_eq!((f.store.count("create"), f.store.total()), (1, 1));
+    assert_eq!(f.get("/read", Some(&token)).await.body, "ann", "real session untouched");
+}
+
+#[tokio::test]
+async fn new_session_cookie_has_secure_defaults_and_cache_headers() {
+    let f = fixture();
+    let r = f.post("/set/ann", None).await;
+    let set = r.set_cookie(NAME).expect("cookie");
+    for attr in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/", "Max-Age=1800"] {
+        assert!(set.contains(attr), "{attr} missing from {set}");
+    }
+    let token = r.cookie_value(NAME).expect("value");
+    assert!(token.starts_with("node-a."), "{token}");
+    assert!(token.len() <= 100, "{} chars", token.len());
+    assert_eq!(r.headers[header::CACHE_CONTROL], "no-store");
+    assert_eq!(r.headers[header::VARY], "cookie");
+    assert_eq!(f.store.count("create"), 1);
+}
+
+#[tokio::test]
+async fn reading_a_session_loads_once_and_sends_no_cookie() {
+    let f = fixture();
+    let token = f.session("ann").await;
+    f.store.reset();
+    let r = f.get("/read", Some(&token)).await;
+    assert_eq!(r.body, "ann");
+    assert!(r.set_cookie(NAME).is_none());
+    assert!(r.headers.get(header::CACHE_CONTROL).is_none());
+    assert_eq!(r.headers[header::VARY], "cookie");
+    assert_eq!((f.store.count("load"), f.store.total()), (1, 1));
+}
+
+#[tokio::test]
+async fn read_only_request_without_session_creates_nothing() {
+    let f = fixture();
+    let r = f.get("/read", None).await;
+    assert!(r.set_cookie(NAME).is_none());
+    assert_eq!(f.store.total(), 0);
+    assert!(f.memory.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_clients_times_two_hundred_increments_end_at_3200() {
+    let f = Arc::new(fixture());
+    let token = Arc::new(f.session("ann").await);
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (f, token) = (Arc::clone(&f), Arc::clone(&token));
+            tokio::spawn(async move {
+                for _ in 0..200 {
+                    let r = f.post("/incr", Some(&token)).await;
+                    assert_eq!(r.status, StatusCode::OK);
+                    assert!(r.save_failed.is_none(), "{:?}", r.save_failed);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("client");
+    }
+    assert_eq!(f.get("/n", Some(&token)).await.body, "3200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_to_different_keys_merge() {
+    let f = Arc::new(fixture());
+    let token = Arc::new(f.session("ann").await);
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let (f, token) = (Arc::clone(&f), Arc::clone(&token));
+            tokio::spawn(async move { f.post(&format!("/put/k{i}"), Some(&token)).await })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.expect("task").save_failed.is_none());
+    }
+    let keys = f.get("/keys", Some(&token)).await.body;
+    assert_eq!(keys, "k0,k1,k2,k3,k4,k5,k6,k7,name");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_cannot_be_undone_by_a_request_in_flight() {
+    let f = Arc::new(fixture());
+    let token = f.session("ann").await;
+    let slow = {
+        let (f, token) = (Arc::clone(&f), token.clone());
+        tokio::spawn(async move { f.post("/slow-incr", Some(&token)).await })
+    };
+    // The slow request has loaded the session and is inside its handler.
+    f.gate.entered.notified().await;
+    let out = f.post("/logout", Some(&token)).await;
+    assert_eq!(out.cookie_value(NAME).as_deref(), Some(""), "logout removes the cookie");
+    f.gate.release.notify_one();
+    let r = slow.await.expect("slow request");
+
+    assert!(
+        matches!(r.save_failed.as_deref(), Some(sessile::SaveError::Ended)),
+        "{:?}",
+        r.save_failed
+    );
+    assert_eq!(r.cookie_value(NAME).as_deref(), Some(""), "no live cookie handed out");
+    assert!(f.memory.is_empty(), "the session stayed gone");
+    let after = f.get("/read", Some(&token)).await;
+    assert_eq!(after.body, "-");
+}
+
+#[tokio::test]
+async fn cycle_id_moves_the_data_and_kills_the_old_token() {
+    let f = fixture();
+    let old = f.session("ann").await;
+    f.store.reset();
+    let r = f.post("/login/ann", Some(&old)).await;
+    let new = r.cookie_value(NAME).expect("rotated cookie");
+    assert_ne!(new, old);
+    assert_eq!((f.store.count("rotate"), f.store.total()), (1, 2), "load + rotate");
+    assert_eq!(f.get("/read", Some(&new)).await.body, "ann");
+    assert_eq!(f.get("/read", Some(&old)).await.body, "-");
+    assert_eq!(f.memory.len(), 1);
+}
+
+#[tokio::test]
+async fn destroy_everywhere_ends_every_session_of_the_user() {
+    let f = fixture();
+    let laptop = f.post("/login/ann", None).await.cookie_value(NAME).expect("cookie");
+    let phone = f.post("/login/ann", None).await.cookie_value(NAME).expect("cookie");
+    let other = f.post("/login/bob", None).await.cookie_value(NAME).expect("cookie");
+    let r = f.post("/logout-everywhere", Some(&phone)).await;
+    assert_eq!(r.body, "2");
+    assert_eq!(r.cookie_value(NAME).as_deref(), Some(""));
+    assert_eq!(f.get("/read", Some(&laptop)).await.body, "-");
+    assert_eq!(f.memory.len(), 1, "bob's session stays");
+    assert!(f.get("/keys", Some(&other)).await.body.contains("user"));
+}
+
+#[tokio::test]
+async fn idle_sessions_expire() {
+    let f = fixture();
+    let token = f.session("ann").await;
+    f.clock.advance(29 * MIN);
+    assert_eq!(f.get("/read", Some(&token)).await.body, "ann");
+    // That read renewed the idle deadline: 29 more minutes are fine, 31 are not.
+    f.clock.advance(29 * MIN);
+    assert_eq!(f.get("/read", Some(&token)).await.body, "ann");
+    f.clock.advance(31 * MIN);
+    let r = f.get("/read", Some(&token)).await;
+    assert_eq!(r.body, "-");
+    assert_eq!(r.cookie_value(NAME).as_deref(), Some(""), "dead cookie removed");
+}
+
+#[tokio::test]
+async fn absolute_lifetime_ends_even_an_active_session() {
+    let f = fixture_with(keys(), |b| b.absolute_timeout(Duration::from_secs(2 * 3600)));
+    let token = f.session("ann").await;
+    for _ in 0..5 {
+        f.clock.advance(20 * MIN);
+        assert_eq!(f.get("/read", Some(&token)).await.body, "ann");
+    }
+    f.clock.advance(20 * MIN);
+    assert_eq!(f.get("/read", Some(&token)).await.body, "-");
+}
+
+#[tokio::test]
+async fn reads_renew_the_deadline_only_after_a_quarter_of_it() {
+    let f = fixture();
+    let token = f.session("ann").await;
+    f.store.reset();
+    f.clock.advance(MIN);
+    let r = f.get("/read", Some(&token)).await;
+    assert!(r.set_cookie(NAME).is_none());
+    assert_eq!(f.store.count("touch"), 0);
+
+    f.clock.advance(7 * MIN);
+    let r = f.get("/read", Some(&token)).await;
+    assert_eq!(f.store.count("touch"), 1);
+    let set = r.set_cookie(NAME).expect("cookie expiry moved");
+    assert!(set.contains("Max-Age=1800"), "{set}");
+    let renewed = r.cookie_value(NAME).expect("value");
+
+    f.clock.advance(MIN);
+    let r = f.get("/read", Some(&renewed)).await;
+    assert!(r.set_cookie(NAME).is_none());
+    assert_eq!(f.store.count("touch"), 1);
+    assert_eq!(f.store.count("save"), 0, "reads never rewrite the record");
+}
+
+#[tokio::test]
+async fn nothing_is_saved_after_a_server_error() {
+    let f = fixture();
+    let token = f.session("ann").await;
+    f.store.reset();
+    let r = f.post("/fail", Some(&token)).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(r.set_cookie(NAME).is_none());
+    assert_eq!(f.store.count("save"), 0);
+    assert_eq!(f.get("/read", Some(&token)).await.body, "ann");
+
+    let saving = fixture_with(keys(), |b| b.save_on_server_error(true));
+    let token = saving.session("ann").await;
+    saving.post("/fail", Some(&token)).await;
+    assert_eq!(saving.get("/read", Some(&token)).await.body, "from a failing handler");
+}
+
+#[tokio::test]
+async fn key_rotation_reseals_old_tokens_and_a_dropped_key_logs_out() {
+    let old_keys = keys();
+    let f = fixture_with(old_keys.clone(), |b| b);
+    let token = f.session("ann").await;
+
+    // Same store, a new layer whose ring has a newer primary key.
+    let rotated = old_keys.clone().with_key(2, &[2; 32]).expect("ring");
+    let layer = SessionManagerLayer::builder(f.store.clone(), rotated.clone())
+        .cookie_name(NAME)
+        .clock(f.clock.clone())
+        .build()
+        .expect("layer");
+    let app = routes(Arc::clone(&f.gate)).layer(layer);
+    let cookie = format!("{NAME}={token}");
+    let r = send(&app, Method::GET, "/read", Some(&cookie), None).await;
+    assert_eq!(r.body, "ann");
+    let resealed = r.cookie_value(NAME).expect("re-sealed with the new key");
+    assert_ne!(resealed, token);
+
+    let dropped = rotated.without_key(1).expect("ring");
+    let layer = SessionManagerLayer::builder(f.store.clone(), dropped)
+        .cookie_name(NAME)
+        .clock(f.clock.clone())
+        .build()
+        .expect("layer");
+    let app = routes(Arc::clone(&f.gate)).layer(layer);
+    let stale = send(&app, Method::GET, "/read", Some(&cookie), None).await;
+    assert_eq!(stale.body, "-");
+    let fresh = send(&app, Method::GET, "/read", Some(&format!("{NAME}={resealed}")), None).await;
+    assert_eq!(fresh.body, "ann");
+}
+
+#[tokio::test]
+async fn oversized_payload_is_a_413_and_nothing_is_stored() {
+    let f = fixture();
+    let token = f.session("ann").await;
+    let r = f.post("/big", Some(&token)).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(r.body.contains("limit of 16384"), "{}", r.body);
+    assert_eq!(f.get("/keys", Some(&token)).await.body, "name");
+}
+
+#[tokio::test]
+async fn failed_save_is_reported_and_the_response_kept() {
+    let f = fixture();
+    let token = f.session("ann").await;
+    f.store_faults().fail_writes(true);
+    let r = f.post("/set/bob", Some(&token)).await;
+    assert_eq!(r.status, StatusCode::OK, "the handler's response is kept");
+    assert!(r.set_cookie(NAME).is_none());
+    assert!(matches!(
+        r.save_failed.as_deref(),
+        Some(sessile::SaveError::Store(sessile::StoreError::Unavailable(_)))
+    ));
+    let r = f.post("/set/new", None).await;
+    assert!(r.set_cookie(NAME).is_none(), "no cookie for a session that was not stored");
+    assert!(r.save_failed.is_some());
+    f.store_faults().fail_writes(false);
+    assert_eq!(f.get("/read", Some(&token)).await.body, "ann");
+}
+
+#[tokio::test]
+async fn failed_load_is_a_503_and_writes_nothing() {
+    let f = fixture();
+    let token = f.session("ann").await;
+    f.store_faults().fail_loads(true);
+    f.store.reset();
+    let r = f.post("/set/bob", Some(&token)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers[header::RETRY_AFTER], "1");
+    assert!(r.set_cookie(NAME).is_none());
+    assert_eq!(f.store.total(), 1, "only the failed load");
+    f.store_faults().fail_loads(false);
+    assert_eq!(f.get("/read", Some(&token)).await.body, "ann");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_store_costs_one_deadline_not_forever() {
+    let f = fixture_with(keys(), |b| b.store_timeout(Duration::from_millis(250)));
+    let token = f.session("ann").await;
+    f.store_faults().hang(true);
+    let started = tokio::time::Instant::now();
+    let r = f.get("/read", Some(&token)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(started.elapsed(), Duration::from_millis(250));
+}
+
+#[tokio::test]
+async fn config_mistakes_are_typed_errors() {
+    let build = |tweak: fn(sessile::SessionManagerBuilder) -> sessile::SessionManagerBuilder| {
+        tweak(SessionManagerLayer::builder(MemoryStore::new(), keys())).build()
+    };
+    use sessile::ConfigError as E;
+    assert!(matches!(
+        build(|b| b.cookie_name("__Host-sid").cookie_path("/app")),
+        Err(E::CookiePrefix(_))
+    ));
+    assert!(matches!(
+        build(|b| b.cookie_name("__Host-sid").secure(false)),
+        Err(E::CookiePrefix(_))
+    ));
+    assert!(matches!(build(|b| b.cookie_name("bad name")), Err(E::Token(_))));
+    assert!(matches!(build(|b| b.idle_timeout(Duration::ZERO)), Err(E::Zero(_))));
+    assert!(matches!(
+        build(|b| b.idle_timeout(Duration::from_secs(10)).absolute_timeout(Duration::from_secs(5))),
+        Err(E::IdleExceedsAbsolute { .. })
+    ));
+    assert!(matches!(build(|b| b.renew_fraction(1.5)), Err(E::RenewFraction(_))));
+    assert!(build(|b| b.cookie_name("__Host-sid")).is_ok());
+}
+
+#[tokio::test]
+async fn session_extractor_without_the_layer_explains_the_fix() {
+    let app: Router = Router::new().route("/", get(|_s: Session| async { "unreachable" }));
+    let r = send(&app, Method::GET, "/", None, None).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(r.body.contains("SessionManagerLayer"), "{}", r.body);
+}
+
+impl Fixture {
+    fn store_faults(&self) -> &FaultyStore<MemoryStore> {
+        self.store.inner()
+    }
+}
