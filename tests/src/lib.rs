@@ -76,7 +76,12 @@ impl<S: SessionStore> SessionStore for CountingStore<S> {
         self.hit("touch");
         self.inner.touch(id, deadline).await
     }
-    async fn rotate(&self, old: SessionId, record: &Record, expected: u64) -> Result<(), StoreError> {
+    async fn rotate(
+        &self,
+        old: SessionId,
+        record: &Record,
+        expected: u64,
+    ) -> Result<(), StoreError> {
         self.hit("rotate");
         self.inner.rotate(old, record, expected).await
     }
@@ -135,7 +140,11 @@ impl<S> FaultyStore<S> {
         if self.hang.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
-        let flag = if write { &self.fail_writes } else { &self.fail_loads };
+        let flag = if write {
+            &self.fail_writes
+        } else {
+            &self.fail_loads
+        };
         if flag.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable(Box::new(Injected)));
         }
@@ -160,7 +169,12 @@ impl<S: SessionStore> SessionStore for FaultyStore<S> {
         self.gate(true).await?;
         self.inner.touch(id, deadline).await
     }
-    async fn rotate(&self, old: SessionId, record: &Record, expected: u64) -> Result<(), StoreError> {
+    async fn rotate(
+        &self,
+        old: SessionId,
+        record: &Record,
+        expected: u64,
+    ) -> Result<(), StoreError> {
         self.gate(true).await?;
         self.inner.rotate(old, record, expected).await
     }

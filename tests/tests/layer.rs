@@ -42,10 +42,7 @@ fn routes(gate: Arc<Gate>) -> Router {
             "/put/{k}",
             post(|s: Session, Path(k): Path<String>| async move { s.insert(&k, &true) }),
         )
-        .route(
-            "/keys",
-            get(|s: Session| async move { s.keys().join(",") }),
-        )
+        .route("/keys", get(|s: Session| async move { s.keys().join(",") }))
         .route(
             "/incr",
             post(|s: Session| async move {
@@ -179,10 +176,23 @@ async fn garbage_or_tampered_cookie_is_a_fresh_session_without_store_lookup() {
     let forged_hint = format!("node-b{}", &token[token.find('.').expect("dot")..]);
     f.store.reset();
 
-    for bad in ["", "x", "node-a.AAAA", tampered.as_str(), forged_hint.as_str()] {
+    for bad in [
+        "",
+        "x",
+        "node-a.AAAA",
+        tampered.as_str(),
+        forged_hint.as_str(),
+    ] {
         let r = f.get("/read", Some(bad)).await;
-        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "-"), "{bad:?}");
-        assert!(r.set_cookie(NAME).is_none(), "read-only new session stores nothing");
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (StatusCode::OK, "-"),
+            "{bad:?}"
+        );
+        assert!(
+            r.set_cookie(NAME).is_none(),
+            "read-only new session stores nothing"
+        );
     }
     assert_eq!(f.store.total(), 0, "no store call for any bad cookie");
 
@@ -190,7 +200,11 @@ async fn garbage_or_tampered_cookie_is_a_fresh_session_without_store_lookup() {
     let fresh = r.cookie_value(NAME).expect("new cookie");
     assert_ne!(fresh, token);
     assert_eq!((f.store.count("create"), f.store.total()), (1, 1));
-    assert_eq!(f.get("/read", Some(&token)).await.body, "ann", "real session untouched");
+    assert_eq!(
+        f.get("/read", Some(&token)).await.body,
+        "ann",
+        "real session untouched"
+    );
 }
 
 #[tokio::test]
@@ -198,7 +212,13 @@ async fn new_session_cookie_has_secure_defaults_and_cache_headers() {
     let f = fixture();
     let r = f.post("/set/ann", None).await;
     let set = r.set_cookie(NAME).expect("cookie");
-    for attr in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/", "Max-Age=1800"] {
+    for attr in [
+        "HttpOnly",
+        "Secure",
+        "SameSite=Lax",
+        "Path=/",
+        "Max-Age=1800",
+    ] {
         assert!(set.contains(attr), "{attr} missing from {set}");
     }
     let token = r.cookie_value(NAME).expect("value");
@@ -281,7 +301,11 @@ async fn logout_cannot_be_undone_by_a_request_in_flight() {
     // The slow request has loaded the session and is inside its handler.
     f.gate.entered.notified().await;
     let out = f.post("/logout", Some(&token)).await;
-    assert_eq!(out.cookie_value(NAME).as_deref(), Some(""), "logout removes the cookie");
+    assert_eq!(
+        out.cookie_value(NAME).as_deref(),
+        Some(""),
+        "logout removes the cookie"
+    );
     f.gate.release.notify_one();
     let r = slow.await.expect("slow request");
 
@@ -290,7 +314,11 @@ async fn logout_cannot_be_undone_by_a_request_in_flight() {
         "{:?}",
         r.save_failed
     );
-    assert_eq!(r.cookie_value(NAME).as_deref(), Some(""), "no live cookie handed out");
+    assert_eq!(
+        r.cookie_value(NAME).as_deref(),
+        Some(""),
+        "no live cookie handed out"
+    );
     assert!(f.memory.is_empty(), "the session stayed gone");
     let after = f.get("/read", Some(&token)).await;
     assert_eq!(after.body, "-");
@@ -304,7 +332,11 @@ async fn cycle_id_moves_the_data_and_kills_the_old_token() {
     let r = f.post("/login/ann", Some(&old)).await;
     let new = r.cookie_value(NAME).expect("rotated cookie");
     assert_ne!(new, old);
-    assert_eq!((f.store.count("rotate"), f.store.total()), (1, 2), "load + rotate");
+    assert_eq!(
+        (f.store.count("rotate"), f.store.total()),
+        (1, 2),
+        "load + rotate"
+    );
     assert_eq!(f.get("/read", Some(&new)).await.body, "ann");
     assert_eq!(f.get("/read", Some(&old)).await.body, "-");
     assert_eq!(f.memory.len(), 1);
@@ -313,9 +345,21 @@ async fn cycle_id_moves_the_data_and_kills_the_old_token() {
 #[tokio::test]
 async fn destroy_everywhere_ends_every_session_of_the_user() {
     let f = fixture();
-    let laptop = f.post("/login/ann", None).await.cookie_value(NAME).expect("cookie");
-    let phone = f.post("/login/ann", None).await.cookie_value(NAME).expect("cookie");
-    let other = f.post("/login/bob", None).await.cookie_value(NAME).expect("cookie");
+    let laptop = f
+        .post("/login/ann", None)
+        .await
+        .cookie_value(NAME)
+        .expect("cookie");
+    let phone = f
+        .post("/login/ann", None)
+        .await
+        .cookie_value(NAME)
+        .expect("cookie");
+    let other = f
+        .post("/login/bob", None)
+        .await
+        .cookie_value(NAME)
+        .expect("cookie");
     let r = f.post("/logout-everywhere", Some(&phone)).await;
     assert_eq!(r.body, "2");
     assert_eq!(r.cookie_value(NAME).as_deref(), Some(""));
@@ -336,12 +380,18 @@ async fn idle_sessions_expire() {
     f.clock.advance(31 * MIN);
     let r = f.get("/read", Some(&token)).await;
     assert_eq!(r.body, "-");
-    assert_eq!(r.cookie_value(NAME).as_deref(), Some(""), "dead cookie removed");
+    assert_eq!(
+        r.cookie_value(NAME).as_deref(),
+        Some(""),
+        "dead cookie removed"
+    );
 }
 
 #[tokio::test]
 async fn absolute_lifetime_ends_even_an_active_session() {
-    let f = fixture_with(keys(), |b| b.absolute_timeout(Duration::from_secs(2 * 3600)));
+    let f = fixture_with(keys(), |b| {
+        b.absolute_timeout(Duration::from_secs(2 * 3600))
+    });
     let token = f.session("ann").await;
     for _ in 0..5 {
         f.clock.advance(20 * MIN);
@@ -389,7 +439,10 @@ async fn nothing_is_saved_after_a_server_error() {
     let saving = fixture_with(keys(), |b| b.save_on_server_error(true));
     let token = saving.session("ann").await;
     saving.post("/fail", Some(&token)).await;
-    assert_eq!(saving.get("/read", Some(&token)).await.body, "from a failing handler");
+    assert_eq!(
+        saving.get("/read", Some(&token)).await.body,
+        "from a failing handler"
+    );
 }
 
 #[tokio::test]
@@ -421,7 +474,14 @@ async fn key_rotation_reseals_old_tokens_and_a_dropped_key_logs_out() {
     let app = routes(Arc::clone(&f.gate)).layer(layer);
     let stale = send(&app, Method::GET, "/read", Some(&cookie), None).await;
     assert_eq!(stale.body, "-");
-    let fresh = send(&app, Method::GET, "/read", Some(&format!("{NAME}={resealed}")), None).await;
+    let fresh = send(
+        &app,
+        Method::GET,
+        "/read",
+        Some(&format!("{NAME}={resealed}")),
+        None,
+    )
+    .await;
     assert_eq!(fresh.body, "ann");
 }
 
@@ -445,10 +505,15 @@ async fn failed_save_is_reported_and_the_response_kept() {
     assert!(r.set_cookie(NAME).is_none());
     assert!(matches!(
         r.save_failed.as_deref(),
-        Some(sessile::SaveError::Store(sessile::StoreError::Unavailable(_)))
+        Some(sessile::SaveError::Store(sessile::StoreError::Unavailable(
+            _
+        )))
     ));
     let r = f.post("/set/new", None).await;
-    assert!(r.set_cookie(NAME).is_none(), "no cookie for a session that was not stored");
+    assert!(
+        r.set_cookie(NAME).is_none(),
+        "no cookie for a session that was not stored"
+    );
     assert!(r.save_failed.is_some());
     f.store_faults().fail_writes(false);
     assert_eq!(f.get("/read", Some(&token)).await.body, "ann");
@@ -494,13 +559,24 @@ async fn config_mistakes_are_typed_errors() {
         build(|b| b.cookie_name("__Host-sid").secure(false)),
         Err(E::CookiePrefix(_))
     ));
-    assert!(matches!(build(|b| b.cookie_name("bad name")), Err(E::Token(_))));
-    assert!(matches!(build(|b| b.idle_timeout(Duration::ZERO)), Err(E::Zero(_))));
     assert!(matches!(
-        build(|b| b.idle_timeout(Duration::from_secs(10)).absolute_timeout(Duration::from_secs(5))),
+        build(|b| b.cookie_name("bad name")),
+        Err(E::Token(_))
+    ));
+    assert!(matches!(
+        build(|b| b.idle_timeout(Duration::ZERO)),
+        Err(E::Zero(_))
+    ));
+    assert!(matches!(
+        build(|b| b
+            .idle_timeout(Duration::from_secs(10))
+            .absolute_timeout(Duration::from_secs(5))),
         Err(E::IdleExceedsAbsolute { .. })
     ));
-    assert!(matches!(build(|b| b.renew_fraction(1.5)), Err(E::RenewFraction(_))));
+    assert!(matches!(
+        build(|b| b.renew_fraction(1.5)),
+        Err(E::RenewFraction(_))
+    ));
     assert!(build(|b| b.cookie_name("__Host-sid")).is_ok());
 }
 

@@ -123,7 +123,10 @@ pub async fn create_refuses_an_existing_id<S: SessionStore>(store: Arc<S>) {
     store.create(&r).await.expect("create");
     let mut other = record(None, 2);
     other.id = r.id;
-    assert!(matches!(store.create(&other).await, Err(StoreError::Conflict)));
+    assert!(matches!(
+        store.create(&other).await,
+        Err(StoreError::Conflict)
+    ));
     assert_eq!(counter(&must_load(&*store, r.id).await), 1);
 }
 
@@ -137,7 +140,10 @@ pub async fn save_is_compare_and_set<S: SessionStore>(store: Arc<S>) {
     assert_eq!((loaded.version, counter(&loaded)), (2, 2));
 
     let stale = with_counter(&r, 99);
-    assert!(matches!(store.save(&stale, 1).await, Err(StoreError::Conflict)));
+    assert!(matches!(
+        store.save(&stale, 1).await,
+        Err(StoreError::Conflict)
+    ));
     let loaded = must_load(&*store, r.id).await;
     assert_eq!((loaded.version, counter(&loaded)), (2, 2));
 }
@@ -283,7 +289,10 @@ pub async fn concurrent_increments_are_never_lost<S: SessionStore>(store: Arc<S>
                     for attempt in 0.. {
                         assert!(attempt < 10_000, "no progress");
                         let cur = must_load(&*store, r.id).await;
-                        match store.save(&with_counter(&cur, counter(&cur) + 1), cur.version).await {
+                        match store
+                            .save(&with_counter(&cur, counter(&cur) + 1), cur.version)
+                            .await
+                        {
                             Ok(()) => break,
                             Err(StoreError::Conflict) => tokio::task::yield_now().await,
                             Err(e) => panic!("unexpected {e:?}"),
@@ -315,7 +324,10 @@ pub async fn destroy_beats_concurrent_saves<S: SessionStore>(store: Arc<S>) {
                     let Some(cur) = store.load(r.id).await.expect("load") else {
                         return;
                     };
-                    match store.save(&with_counter(&cur, counter(&cur) + 1), cur.version).await {
+                    match store
+                        .save(&with_counter(&cur, counter(&cur) + 1), cur.version)
+                        .await
+                    {
                         Ok(()) | Err(StoreError::Conflict) => tokio::task::yield_now().await,
                         Err(StoreError::NotFound) => return,
                         Err(e) => panic!("unexpected {e:?}"),

@@ -101,11 +101,7 @@ impl TokenCodec {
         let mut aad = [0u8; AAD_MAX];
         let aad = self.aad(&mut aad, hint.as_str(), [buf[0], buf[1]]);
         let tag = aead
-            .encrypt_in_place_detached(
-                XNonce::from_slice(&nonce),
-                aad,
-                &mut buf[CIPHER_AT..TAG_AT],
-            )
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), aad, &mut buf[CIPHER_AT..TAG_AT])
             .expect("XChaCha20-Poly1305 seals 20 bytes without error");
         buf[TAG_AT..].copy_from_slice(&tag);
 
@@ -135,7 +131,10 @@ impl TokenCodec {
             return Err(TokenError::UnsupportedVersion(buf[0]));
         }
         let key_id = buf[1];
-        let aead = self.keys.get(key_id).ok_or(TokenError::UnknownKey(key_id))?;
+        let aead = self
+            .keys
+            .get(key_id)
+            .ok_or(TokenError::UnknownKey(key_id))?;
 
         let mut aad = [0u8; AAD_MAX];
         let aad = self.aad(&mut aad, hint, [buf[0], buf[1]]);
@@ -191,9 +190,9 @@ pub fn hint_of(token: &str) -> Option<&str> {
 fn is_valid_cookie_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_COOKIE_NAME_LEN
-        && name.bytes().all(|b| {
-            b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)
-        })
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
 }
 
 #[cfg(test)]
@@ -219,7 +218,10 @@ mod tests {
         let t = c.seal(&claims([1; 16], 5), &Hint::new("node-12").expect("hint"));
         assert_eq!(t.len(), "node-12.".len() + ENCODED_LEN);
         assert!(t.len() <= 100, "{} chars", t.len());
-        let longest = c.seal(&claims([1; 16], 5), &Hint::new(&"h".repeat(32)).expect("hint"));
+        let longest = c.seal(
+            &claims([1; 16], 5),
+            &Hint::new(&"h".repeat(32)).expect("hint"),
+        );
         assert_eq!(longest.len(), 116);
     }
 
@@ -227,20 +229,35 @@ mod tests {
     fn two_seals_of_the_same_claims_differ() {
         let c = codec("id");
         let h = Hint::empty();
-        assert_ne!(c.seal(&claims([1; 16], 5), &h), c.seal(&claims([1; 16], 5), &h));
+        assert_ne!(
+            c.seal(&claims([1; 16], 5), &h),
+            c.seal(&claims([1; 16], 5), &h)
+        );
     }
 
     #[test]
     fn garbage_is_malformed_not_a_panic() {
         let c = codec("id");
-        for bad in ["", ".", "..", "abc", "a.b", "é.é", &"A".repeat(5000), "x.\u{0}"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "abc",
+            "a.b",
+            "é.é",
+            &"A".repeat(5000),
+            "x.\u{0}",
+        ] {
             assert!(c.open(bad).is_err(), "{bad:?}");
         }
         let good = c.seal(&claims([3; 16], 7), &Hint::empty());
         let mut raw = URL_SAFE_NO_PAD.decode(&good[1..]).expect("base64");
         raw[0] = 9;
         let wrong_version = format!(".{}", URL_SAFE_NO_PAD.encode(&raw));
-        assert_eq!(c.open(&wrong_version), Err(TokenError::UnsupportedVersion(9)));
+        assert_eq!(
+            c.open(&wrong_version),
+            Err(TokenError::UnsupportedVersion(9))
+        );
     }
 
     #[test]
@@ -256,13 +273,20 @@ mod tests {
         let old = KeyRing::new(1, &[1; 32]).expect("ring");
         let rotated = old.clone().with_key(2, &[2; 32]).expect("ring");
         let dropped = rotated.clone().without_key(1).expect("ring");
-        let t_old = TokenCodec::new(old, "id").expect("c").seal(&claims([5; 16], 1), &Hint::empty());
+        let t_old = TokenCodec::new(old, "id")
+            .expect("c")
+            .seal(&claims([5; 16], 1), &Hint::empty());
 
         let opened_rotated = TokenCodec::new(rotated, "id").expect("c");
         let o = opened_rotated.open(&t_old).expect("old key still in ring");
         assert_eq!((o.key_id, o.sealed_with_primary), (1, false));
         let fresh = opened_rotated.seal(&o.claims, &Hint::empty());
-        assert!(opened_rotated.open(&fresh).expect("opens").sealed_with_primary);
+        assert!(
+            opened_rotated
+                .open(&fresh)
+                .expect("opens")
+                .sealed_with_primary
+        );
 
         let opened_dropped = TokenCodec::new(dropped, "id").expect("c");
         assert_eq!(opened_dropped.open(&t_old), Err(TokenError::UnknownKey(1)));

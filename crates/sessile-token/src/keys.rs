@@ -73,15 +73,16 @@ impl KeyRing {
     pub fn parse(spec: &str) -> Result<Self, TokenError> {
         let mut ring: Option<Self> = None;
         for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let (id, hex) = entry
-                .split_once(':')
-                .ok_or(TokenError::BadKeySpec("each entry must be <id>:<hex secret>"))?;
+            let (id, hex) = entry.split_once(':').ok_or(TokenError::BadKeySpec(
+                "each entry must be <id>:<hex secret>",
+            ))?;
             let id: KeyId = id
                 .trim()
                 .parse()
                 .map_err(|_| TokenError::BadKeySpec("key id must be a number from 0 to 255"))?;
-            let secret = decode_hex(hex.trim())
-                .ok_or(TokenError::BadKeySpec("secret must be an even number of hex digits"))?;
+            let secret = decode_hex(hex.trim()).ok_or(TokenError::BadKeySpec(
+                "secret must be an even number of hex digits",
+            ))?;
             ring = Some(match ring {
                 None => Self::new(id, &secret)?,
                 Some(r) => r.with_key(id, &secret)?,

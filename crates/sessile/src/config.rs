@@ -150,17 +150,25 @@ impl SessionConfig {
                 return Err(ConfigError::CookiePrefix("__Host- cookies must be Secure"));
             }
             if c.path != "/" {
-                return Err(ConfigError::CookiePrefix("__Host- cookies must have Path=/"));
+                return Err(ConfigError::CookiePrefix(
+                    "__Host- cookies must have Path=/",
+                ));
             }
             if c.domain.is_some() {
-                return Err(ConfigError::CookiePrefix("__Host- cookies must not set Domain"));
+                return Err(ConfigError::CookiePrefix(
+                    "__Host- cookies must not set Domain",
+                ));
             }
         }
         if c.name.starts_with("__Secure-") && !c.secure {
-            return Err(ConfigError::CookiePrefix("__Secure- cookies must be Secure"));
+            return Err(ConfigError::CookiePrefix(
+                "__Secure- cookies must be Secure",
+            ));
         }
         if c.same_site == SameSite::None && !c.secure {
-            return Err(ConfigError::CookiePrefix("SameSite=None cookies must be Secure"));
+            return Err(ConfigError::CookiePrefix(
+                "SameSite=None cookies must be Secure",
+            ));
         }
         Ok(())
     }

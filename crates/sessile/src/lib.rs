@@ -69,6 +69,6 @@ pub use extract::SessionRejection;
 pub use hint::HintSource;
 pub use id::SessionId;
 pub use manager::{ResponseFuture, SessionManager, SessionManagerBuilder, SessionManagerLayer};
-pub use session::Session;
 pub use sessile_token::{Hint, KeyRing};
+pub use session::Session;
 pub use store::{MemoryStore, SessionStore, StoreError};

@@ -235,13 +235,19 @@ mod tests {
         let r = record();
         let body = r.encode_body().expect("encode");
         let id = r.id;
-        assert!(matches!(Record::decode(id, 1, 1, &[]), Err(CodecError::Empty)));
+        assert!(matches!(
+            Record::decode(id, 1, 1, &[]),
+            Err(CodecError::Empty)
+        ));
         assert!(matches!(
             Record::decode(id, 1, 1, &[9, 1, 2]),
             Err(CodecError::UnknownVersion(9))
         ));
         for cut in 1..body.len() {
-            assert!(Record::decode(id, 1, 1, &body[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                Record::decode(id, 1, 1, &body[..cut]).is_err(),
+                "cut at {cut}"
+            );
         }
     }
 

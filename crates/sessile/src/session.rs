@@ -7,12 +7,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::OnceCell;
 
+use crate::SessionId;
 use crate::clock::UnixMillis;
 use crate::error::SessionError;
 use crate::manager::Shared;
 use crate::record::{Metadata, Payload};
 use crate::store::StoreError;
-use crate::SessionId;
 
 /// A valid token's claims, read from the request cookie before the handler runs.
 #[derive(Debug, Clone, Copy)]
@@ -132,7 +132,12 @@ impl RequestSession {
                 let Some(incoming) = self.incoming else {
                     return Ok(());
                 };
-                let record = self.shared.store.load(incoming.id).await.map_err(Arc::new)?;
+                let record = self
+                    .shared
+                    .store
+                    .load(incoming.id)
+                    .await
+                    .map_err(Arc::new)?;
                 let now = self.shared.clock.now_ms();
                 if let Some(r) = record.filter(|r| r.id == incoming.id && !r.is_expired(now)) {
                     let mut st = self.state();
@@ -333,7 +338,11 @@ impl Session {
 
     /// When the session expires regardless of activity.
     pub fn absolute_deadline(&self) -> Option<UnixMillis> {
-        self.0.state().base.as_ref().map(|b| b.meta.absolute_deadline)
+        self.0
+            .state()
+            .base
+            .as_ref()
+            .map(|b| b.meta.absolute_deadline)
     }
 
     /// The routing hint the session was stamped with.
@@ -343,7 +352,12 @@ impl Session {
 
     /// Keys present in the payload.
     pub fn keys(&self) -> Vec<String> {
-        self.0.state().data.iter().map(|(k, _)| k.to_owned()).collect()
+        self.0
+            .state()
+            .data
+            .iter()
+            .map(|(k, _)| k.to_owned())
+            .collect()
     }
 
     fn apply(&self, op: Op) -> Result<(), SessionError> {

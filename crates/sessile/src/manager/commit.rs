@@ -127,7 +127,9 @@ impl RequestSession {
     }
 
     async fn commit_existing(&self, base: Base, st: State, now: UnixMillis, out: &mut Commit) {
-        let incoming = self.incoming.expect("a stored session was loaded from a cookie");
+        let incoming = self
+            .incoming
+            .expect("a stored session was loaded from a cookie");
         let cookie_due = !incoming.sealed_with_primary
             || (self.shared.config.cookie.persistent
                 && (now / 1000).saturating_sub(u64::from(incoming.issued_at)) * 1000

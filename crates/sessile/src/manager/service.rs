@@ -93,7 +93,9 @@ where
 fn read_token(shared: &Shared, headers: &HeaderMap) -> Option<Incoming> {
     let name = shared.codec.cookie_name();
     for header in headers.get_all(COOKIE) {
-        let Ok(header) = header.to_str() else { continue };
+        let Ok(header) = header.to_str() else {
+            continue;
+        };
         for cookie in Cookie::split_parse(header).flatten() {
             if cookie.name() != name {
                 continue;
@@ -188,7 +190,9 @@ impl Shared {
     fn set_cookie(&self, token: String, max_age: Option<u64>) -> String {
         let mut cookie = self.base_cookie(token);
         if let Some(secs) = max_age {
-            cookie.set_max_age(cookie::time::Duration::seconds(secs.min(i64::MAX as u64) as i64));
+            cookie.set_max_age(cookie::time::Duration::seconds(
+                secs.min(i64::MAX as u64) as i64
+            ));
         }
         cookie.to_string()
     }

@@ -47,8 +47,7 @@ impl StoreHandle {
         span.record("outcome", outcome);
         metrics::histogram!("sessile_store_op_seconds", "op" => op)
             .record(started.elapsed().as_secs_f64());
-        metrics::counter!("sessile_store_ops_total", "op" => op, "outcome" => outcome)
-            .increment(1);
+        metrics::counter!("sessile_store_ops_total", "op" => op, "outcome" => outcome).increment(1);
         result
     }
 
@@ -57,7 +56,8 @@ impl StoreHandle {
     }
 
     pub(crate) async fn create(&self, record: &Record) -> Result<(), StoreError> {
-        self.run("create", Some(record.id), self.store.create(record)).await
+        self.run("create", Some(record.id), self.store.create(record))
+            .await
     }
 
     pub(crate) async fn save(&self, record: &Record, expected: u64) -> Result<(), StoreError> {
@@ -65,8 +65,13 @@ impl StoreHandle {
             .await
     }
 
-    pub(crate) async fn touch(&self, id: SessionId, deadline: UnixMillis) -> Result<(), StoreError> {
-        self.run("touch", Some(id), self.store.touch(id, deadline)).await
+    pub(crate) async fn touch(
+        &self,
+        id: SessionId,
+        deadline: UnixMillis,
+    ) -> Result<(), StoreError> {
+        self.run("touch", Some(id), self.store.touch(id, deadline))
+            .await
     }
 
     pub(crate) async fn rotate(
@@ -75,8 +80,12 @@ impl StoreHandle {
         record: &Record,
         expected: u64,
     ) -> Result<(), StoreError> {
-        self.run("rotate", Some(old), self.store.rotate(old, record, expected))
-            .await
+        self.run(
+            "rotate",
+            Some(old),
+            self.store.rotate(old, record, expected),
+        )
+        .await
     }
 
     pub(crate) async fn destroy(&self, id: SessionId) -> Result<(), StoreError> {

@@ -281,7 +281,9 @@ impl Inner {
                 shard.map.retain(|_, e| e.idle_deadline > now);
             }
             while shard.map.len() >= cap {
-                let Some(victim) = shard.order.pop_front() else { break };
+                let Some(victim) = shard.order.pop_front() else {
+                    break;
+                };
                 if shard.map.remove(&victim).is_some() {
                     metrics::counter!("sessile_memory_evictions_total").increment(1);
                 }
@@ -383,8 +385,15 @@ impl SessionStore for MemoryStore {
                 Some(h) if a < b => (&mut *lo, Some(h)),
                 Some(h) => (h, Some(&mut *lo)),
             };
-            self.inner
-                .rotate_locked(old_shard, new_shard, old, record.id, entry, expected_version, now)?;
+            self.inner.rotate_locked(
+                old_shard,
+                new_shard,
+                old,
+                record.id,
+                entry,
+                expected_version,
+                now,
+            )?;
         }
         self.inner.index_user(record);
         Ok(())

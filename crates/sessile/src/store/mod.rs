@@ -29,9 +29,9 @@ use thiserror::Error;
 
 pub use memory::{DEFAULT_SWEEP_INTERVAL, MemoryStore, MemoryStoreBuilder};
 
+use crate::SessionId;
 use crate::clock::UnixMillis;
 use crate::record::{CodecError, Record};
-use crate::SessionId;
 
 /// Largest encoded record a store accepts unless configured otherwise: 1 MiB, which is far beyond
 /// what belongs in a session and well under Redis's limits.
@@ -134,10 +134,16 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub(crate) trait DynStore: Send + Sync + 'static {
     fn load(&self, id: SessionId) -> BoxFuture<'_, Result<Option<Record>, StoreError>>;
     fn create<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, Result<(), StoreError>>;
-    fn save<'a>(&'a self, record: &'a Record, expected: u64)
-    -> BoxFuture<'a, Result<(), StoreError>>;
-    fn touch(&self, id: SessionId, idle_deadline: UnixMillis)
-    -> BoxFuture<'_, Result<(), StoreError>>;
+    fn save<'a>(
+        &'a self,
+        record: &'a Record,
+        expected: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn touch(
+        &self,
+        id: SessionId,
+        idle_deadline: UnixMillis,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
     fn rotate<'a>(
         &'a self,
         old: SessionId,

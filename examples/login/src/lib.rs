@@ -1,0 +1,366 @@
+//! The login example: HTML pages for logging in, a per-session counter, logout, and logout on
+//! every device, on sessile with the embedded memory store.
+//!
+//! Every form carries a CSRF token kept in the session and compared in constant time; the session
+//! id is cycled on login; passwords are Argon2id hashes checked off the async runtime.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, LazyLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use axum::Router;
+use axum::extract::{Form, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use rand::RngCore;
+use serde::Deserialize;
+use sessile::{
+    ConfigError, Hint, KeyRing, MemoryStore, Session, SessionError, SessionManagerLayer,
+};
+use subtle::ConstantTimeEq;
+
+/// Session key of the CSRF token.
+const CSRF: &str = "csrf";
+/// Session key of the logged-in user's name.
+const USER: &str = "user";
+/// Session key of the counter.
+const COUNTER: &str = "counter";
+
+/// Demo accounts. Only their Argon2id hashes are kept in memory (see [`USERS`]).
+const DEMO_USERS: &[(&str, &str)] = &[("alice", "wonderland"), ("bob", "builder")];
+
+/// User name -> Argon2id PHC string, hashed once at first use with a random salt.
+static USERS: LazyLock<HashMap<&'static str, String>> = LazyLock::new(|| {
+    DEMO_USERS
+        .iter()
+        .map(|(user, password)| (*user, hash_password(password)))
+        .collect()
+});
+
+/// Verified against when the user name is unknown, so a wrong name costs as long as a wrong
+/// password and response times do not reveal which accounts exist.
+static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| hash_password("not a real password"));
+
+fn hash_password(password: &str) -> String {
+    let mut salt = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt);
+    let salt = SaltString::encode_b64(&salt).expect("16 bytes is a valid salt");
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("Argon2 with default parameters hashes any password")
+        .to_string()
+}
+
+/// Checks a password on a blocking thread: Argon2 takes tens of milliseconds by design.
+async fn verify_password(user: &str, password: String) -> bool {
+    let known = USERS.get(user).cloned();
+    tokio::task::spawn_blocking(move || {
+        let phc = known.as_deref().unwrap_or(&DUMMY_HASH);
+        let ok = PasswordHash::new(phc)
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
+            .unwrap_or(false);
+        ok && known.is_some()
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// What the app needs to start.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// Keys for the session tokens.
+    pub keys: KeyRing,
+    /// This instance's routing hint.
+    pub node: Hint,
+}
+
+#[derive(Clone)]
+struct AppState {
+    node: Arc<str>,
+}
+
+/// Builds the app on the in-memory store.
+pub fn app(config: AppConfig) -> Result<Router, ConfigError> {
+    let sessions = SessionManagerLayer::builder(MemoryStore::new(), config.keys)
+        .node_hint(config.node.clone())
+        .build()?;
+    Ok(routes(config.node.as_str()).layer(sessions))
+}
+
+/// The routes, without the session layer (so tests can wrap them in their own).
+pub fn routes(node: &str) -> Router {
+    Router::new()
+        .route("/", get(home))
+        .route("/login", get(login_form).post(login))
+        .route("/profile", get(profile))
+        .route("/counter", post(increment))
+        .route("/logout", post(logout))
+        .route("/logout-everywhere", post(logout_everywhere))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(AppState { node: node.into() })
+}
+
+/// Errors a page can end in.
+#[derive(Debug)]
+enum AppError {
+    Session(SessionError),
+    Csrf,
+    NotLoggedIn,
+}
+
+impl From<SessionError> for AppError {
+    fn from(e: SessionError) -> Self {
+        Self::Session(e)
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Session(e) => e.into_response(),
+            Self::Csrf => (
+                StatusCode::FORBIDDEN,
+                page("Forbidden", "<p>The form expired or did not come from this site. Go back, reload and try again.</p>"),
+            )
+                .into_response(),
+            Self::NotLoggedIn => Redirect::to("/login").into_response(),
+        }
+    }
+}
+
+type PageResult = Result<Response, AppError>;
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    username: String,
+    password: String,
+    csrf: String,
+}
+
+/// The session's CSRF token, made on first use.
+fn csrf_token(session: &Session) -> Result<String, SessionError> {
+    if let Some(token) = session.get::<String>(CSRF)? {
+        return Ok(token);
+    }
+    let mut raw = [0u8; 32];
+    rand::rng().fill_bytes(&mut raw);
+    let token = raw.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    });
+    session.insert(CSRF, &token)?;
+    Ok(token)
+}
+
+fn check_csrf(session: &Session, sent: &str) -> Result<(), AppError> {
+    let expected = session.get::<String>(CSRF)?.ok_or(AppError::Csrf)?;
+    if bool::from(expected.as_bytes().ct_eq(sent.as_bytes())) {
+        Ok(())
+    } else {
+        Err(AppError::Csrf)
+    }
+}
+
+fn logged_in(session: &Session) -> Result<String, AppError> {
+    session.get::<String>(USER)?.ok_or(AppError::NotLoggedIn)
+}
+
+async fn home(session: Session) -> PageResult {
+    if session.get::<String>(USER)?.is_some() {
+        return Ok(Redirect::to("/profile").into_response());
+    }
+    Ok(page(
+        "sessile demo",
+        "<p>You are not logged in.</p><p><a href=\"/login\">Log in</a></p>",
+    )
+    .into_response())
+}
+
+async fn login_form(session: Session) -> PageResult {
+    Ok(login_page(&csrf_token(&session)?, None).into_response())
+}
+
+fn login_page(csrf: &str, error: Option<&str>) -> Html<String> {
+    let error = error.map_or(String::new(), |e| {
+        format!("<p class=\"error\">{}</p>", escape(e))
+    });
+    page(
+        "Log in",
+        &format!(
+            "{error}<form method=\"post\" action=\"/login\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <label>User <input name=\"username\" autocomplete=\"username\"></label>\
+             <label>Password <input name=\"password\" type=\"password\" autocomplete=\"current-password\"></label>\
+             <button>Log in</button></form>\
+             <p>Demo users: alice / wonderland, bob / builder.</p>",
+            csrf = escape(csrf),
+        ),
+    )
+}
+
+async fn login(session: Session, Form(form): Form<LoginForm>) -> PageResult {
+    check_csrf(&session, &form.csrf)?;
+    if !verify_password(&form.username, form.password).await {
+        let page = login_page(&csrf_token(&session)?, Some("Wrong user name or password."));
+        return Ok((StatusCode::UNAUTHORIZED, page).into_response());
+    }
+    // New privileges, new id: the pre-login id (which an attacker might have planted) dies here.
+    session.cycle_id();
+    session.set_user_id(Some(&form.username));
+    session.insert(USER, &form.username)?;
+    session.remove(CSRF);
+    csrf_token(&session)?;
+    Ok(Redirect::to("/profile").into_response())
+}
+
+async fn profile(session: Session, State(state): State<AppState>) -> PageResult {
+    let user = logged_in(&session)?;
+    let csrf = csrf_token(&session)?;
+    let counter = session.get::<u64>(COUNTER)?.unwrap_or(0);
+    let now = now_ms();
+    let facts = [
+        ("User", escape(&user)),
+        ("Session id", session.id_redacted().unwrap_or_default()),
+        (
+            "Created",
+            session.created_at().map_or("-".into(), |t| ago(now, t)),
+        ),
+        (
+            "Expires if idle",
+            session
+                .idle_deadline()
+                .map_or("-".into(), |t| until(now, t)),
+        ),
+        (
+            "Expires at the latest",
+            session
+                .absolute_deadline()
+                .map_or("-".into(), |t| until(now, t)),
+        ),
+        ("Routing hint", escape(&session.hint().unwrap_or_default())),
+        ("Served by node", escape(&state.node)),
+        ("Counter", counter.to_string()),
+    ];
+    let rows: String = facts
+        .iter()
+        .map(|(k, v)| format!("<tr><th>{k}</th><td>{v}</td></tr>"))
+        .collect();
+    let form = |action: &str, label: &str| {
+        format!(
+            "<form method=\"post\" action=\"{action}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button>{label}</button></form>",
+            escape(&csrf)
+        )
+    };
+    Ok(page(
+        "Profile",
+        &format!(
+            "<table>{rows}</table>{}{}{}",
+            form("/counter", "Increment counter"),
+            form("/logout", "Log out"),
+            form("/logout-everywhere", "Log out everywhere"),
+        ),
+    )
+    .into_response())
+}
+
+async fn increment(session: Session, Form(form): Form<CsrfForm>) -> PageResult {
+    check_csrf(&session, &form.csrf)?;
+    logged_in(&session)?;
+    session.update(COUNTER, |n: Option<u64>| n.unwrap_or(0) + 1)?;
+    Ok(Redirect::to("/profile").into_response())
+}
+
+async fn logout(session: Session, Form(form): Form<CsrfForm>) -> PageResult {
+    check_csrf(&session, &form.csrf)?;
+    session.destroy();
+    Ok(Redirect::to("/").into_response())
+}
+
+async fn logout_everywhere(session: Session, Form(form): Form<CsrfForm>) -> PageResult {
+    check_csrf(&session, &form.csrf)?;
+    logged_in(&session)?;
+    let ended = session.destroy_everywhere().await?;
+    tracing::info!(ended, "logged out everywhere");
+    Ok(Redirect::to("/").into_response())
+}
+
+fn page(title: &str, body: &str) -> Html<String> {
+    Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\
+         <style>body{{font-family:sans-serif;max-width:40em;margin:2em auto}}th{{text-align:left;padding-right:1em}}\
+         form{{margin:.5em 0}}label{{display:block;margin:.3em 0}}.error{{color:#b00}}</style></head>\
+         <body><h1>{title}</h1>{body}</body></html>"
+    ))
+}
+
+/// Escapes text for HTML element content and quoted attribute values.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn human(ms: u64) -> String {
+    let mins = ms / 60_000;
+    match mins {
+        0 => format!("{} s", ms / 1000),
+        m if m < 120 => format!("{m} min"),
+        m => format!("{} h {} min", m / 60, m % 60),
+    }
+}
+
+fn ago(now: u64, t: u64) -> String {
+    format!("{} ago", human(now.saturating_sub(t)))
+}
+
+fn until(now: u64, t: u64) -> String {
+    format!("in {}", human(t.saturating_sub(now)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_neutralises_markup() {
+        assert_eq!(
+            escape("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_the_right_password_verifies() {
+        assert!(verify_password("alice", "wonderland".into()).await);
+        assert!(!verify_password("alice", "builder".into()).await);
+        assert!(!verify_password("mallory", "wonderland".into()).await);
+    }
+}

@@ -1,0 +1,51 @@
+//! Runs the login example: `cargo run -p sessile-login-example`.
+//!
+//! Environment:
+//! * `SESSILE_ADDR`: listen address (default `127.0.0.1:3000`);
+//! * `SESSILE_NODE_ID`: this instance's routing hint (default `node-1`);
+//! * `SESSILE_KEYS`: key ring, `"<id>:<hex secret>,..."` newest last (default: a random key, so
+//!   sessions do not survive a restart).
+
+use std::net::SocketAddr;
+
+use sessile::{Hint, KeyRing};
+use sessile_login_example::{AppConfig, app};
+use tracing_subscriber::EnvFilter;
+
+/// Where the example listens unless `SESSILE_ADDR` says otherwise.
+const DEFAULT_ADDR: &str = "127.0.0.1:3000";
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,sessile=debug")),
+        )
+        .init();
+
+    let addr: SocketAddr = std::env::var("SESSILE_ADDR")
+        .unwrap_or_else(|_| DEFAULT_ADDR.into())
+        .parse()?;
+    let node = Hint::new(&std::env::var("SESSILE_NODE_ID").unwrap_or_else(|_| "node-1".into()))?;
+    let keys = match std::env::var("SESSILE_KEYS") {
+        Ok(spec) => KeyRing::parse(&spec)?,
+        Err(_) => {
+            tracing::warn!("SESSILE_KEYS not set: using a random key; sessions end at restart");
+            KeyRing::random(1)
+        }
+    };
+
+    let router = app(AppConfig { keys, node })?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    println!(
+        "sessile login example listening on http://{} (store: memory; users: alice/wonderland, bob/builder)",
+        listener.local_addr()?
+    );
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! The login example end to end over HTTP: log in, count, log out, log out everywhere, CSRF.
+
+use axum::Router;
+use http::{Method, StatusCode, header};
+use sessile::{Hint, KeyRing};
+use sessile_login_example::{AppConfig, app};
+use sessile_tests::{Reply, send};
+
+/// A browser: one cookie, updated from every response.
+struct Browser<'a> {
+    app: &'a Router,
+    token: Option<String>,
+}
+
+impl<'a> Browser<'a> {
+    fn new(app: &'a Router) -> Self {
+        Self { app, token: None }
+    }
+
+    async fn go(&mut self, method: Method, uri: &str, form: Option<&str>) -> Reply {
+        let cookie = self.token.as_ref().map(|t| format!("sid={t}"));
+        let reply = send(self.app, method, uri, cookie.as_deref(), form).await;
+        if let Some(v) = reply.cookie_value("sid") {
+            self.token = (!v.is_empty()).then_some(v);
+        }
+        reply
+    }
+
+    async fn get(&mut self, uri: &str) -> Reply {
+        self.go(Method::GET, uri, None).await
+    }
+
+    async fn post(&mut self, uri: &str, form: &str) -> Reply {
+        self.go(Method::POST, uri, Some(form)).await
+    }
+
+    /// The CSRF token from the forms of the page at `uri`.
+    async fn csrf(&mut self, uri: &str) -> String {
+        let body = self.get(uri).await.body;
+        let start = body
+            .find("name=\"csrf\" value=\"")
+            .expect("page has a CSRF field")
+            + 19;
+        body[start..start + 64].to_owned()
+    }
+
+    async fn log_in(&mut self, user: &str, password: &str) -> Reply {
+        let csrf = self.csrf("/login").await;
+        self.post(
+            "/login",
+            &format!("username={user}&password={password}&csrf={csrf}"),
+        )
+        .await
+    }
+}
+
+fn location(r: &Reply) -> &str {
+    r.headers[header::LOCATION].to_str().expect("ascii")
+}
+
+fn demo_app() -> Router {
+    app(AppConfig {
+        keys: KeyRing::new(1, &[3; 32]).expect("keys"),
+        node: Hint::new("node-7").expect("hint"),
+    })
+    .expect("app")
+}
+
+#[tokio::test]
+async fn log_in_count_and_log_out() {
+    let app = demo_app();
+    let mut b = Browser::new(&app);
+
+    let r = b.get("/profile").await;
+    assert_eq!((r.status, location(&r)), (StatusCode::SEE_OTHER, "/login"));
+
+    let wrong = b.log_in("alice", "nope").await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(wrong.body.contains("Wrong user name or password"));
+
+    let anonymous = b.token.clone().expect("login form started a session");
+    let r = b.log_in("alice", "wonderland").await;
+    assert_eq!(
+        (r.status, location(&r)),
+        (StatusCode::SEE_OTHER, "/profile")
+    );
+    let logged_in = b.token.clone().expect("cookie");
+    assert_ne!(logged_in, anonymous, "login cycles the session id");
+
+    let profile = b.get("/profile").await;
+    assert!(profile.body.contains("<td>alice</td>"), "{}", profile.body);
+    assert!(profile.body.contains("<td>node-7</td>"));
+    assert!(profile.body.contains("<th>Counter</th><td>0</td>"));
+
+    for _ in 0..2 {
+        let csrf = b.csrf("/profile").await;
+        let r = b.post("/counter", &format!("csrf={csrf}")).await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER);
+    }
+    assert!(
+        b.get("/profile")
+            .await
+            .body
+            .contains("<th>Counter</th><td>2</td>")
+    );
+
+    let csrf = b.csrf("/profile").await;
+    let r = b.post("/logout", &format!("csrf={csrf}")).await;
+    assert_eq!((r.status, location(&r)), (StatusCode::SEE_OTHER, "/"));
+    assert!(b.token.is_none(), "logout removed the cookie");
+
+    // Replaying the old cookie does not get back in.
+    let mut replay = Browser::new(&app);
+    replay.token = Some(logged_in);
+    let r = replay.get("/profile").await;
+    assert_eq!(location(&r), "/login");
+}
+
+#[tokio::test]
+async fn forms_without_the_csrf_token_are_refused() {
+    let app = demo_app();
+    let mut b = Browser::new(&app);
+    b.log_in("bob", "builder").await;
+    let r = b.post("/counter", "csrf=forged").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = b.post("/logout", "csrf=").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(
+        b.get("/profile")
+            .await
+            .body
+            .contains("<th>Counter</th><td>0</td>")
+    );
+
+    let mut fresh = Browser::new(&app);
+    let r = fresh
+        .post("/login", "username=bob&password=builder&csrf=x")
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "no login without the form's token"
+    );
+}
+
+#[tokio::test]
+async fn log_out_everywhere_ends_the_other_devices() {
+    let app = demo_app();
+    let mut laptop = Browser::new(&app);
+    let mut phone = Browser::new(&app);
+    let mut other = Browser::new(&app);
+    laptop.log_in("alice", "wonderland").await;
+    phone.log_in("alice", "wonderland").await;
+    other.log_in("bob", "builder").await;
+
+    let csrf = phone.csrf("/profile").await;
+    let r = phone
+        .post("/logout-everywhere", &format!("csrf={csrf}"))
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(location(&laptop.get("/profile").await), "/login");
+    assert_eq!(location(&phone.get("/profile").await), "/login");
+    assert!(other.get("/profile").await.body.contains("<td>bob</td>"));
+}
+
+#[tokio::test]
+async fn health_check_needs_no_session() {
+    let app = demo_app();
+    let r = send(&app, Method::GET, "/healthz", None, None).await;
+    assert_eq!(r.body, "ok");
+    assert!(r.set_cookie("sid").is_none());
+}
