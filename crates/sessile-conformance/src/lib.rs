@@ -274,10 +274,10 @@ pub async fn destroy_user_ends_only_that_users_sessions<S: SessionStore>(store: 
     assert_eq!(store.destroy_user("nobody").await.expect("nobody"), 0);
 }
 
-/// 16 tasks increment one record by load / compare-and-set / retry: none is lost.
+/// 16 tasks x 200 increments of one record by load / compare-and-set / retry: none is lost.
 pub async fn concurrent_increments_are_never_lost<S: SessionStore>(store: Arc<S>) {
     const TASKS: u64 = 16;
-    const EACH: u64 = 25;
+    const EACH: u64 = 200;
     let r = record(None, 0);
     store.create(&r).await.expect("create");
     let tasks: Vec<_> = (0..TASKS)

@@ -423,3 +423,128 @@ impl SessionStore for MemoryStore {
         Ok(destroyed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::record::{Metadata, Payload};
+
+    const T0: UnixMillis = 1_000_000;
+
+    fn record(now: UnixMillis, ttl: u64) -> Record {
+        Record {
+            id: SessionId::random(),
+            version: 1,
+            idle_deadline: now + ttl,
+            meta: Metadata {
+                created_at: now,
+                absolute_deadline: now + 10 * ttl,
+                user_id: None,
+                tenant: None,
+                hint: String::new(),
+            },
+            data: Payload::default(),
+        }
+    }
+
+    fn store(clock: &Arc<ManualClock>, capacity: Option<usize>) -> MemoryStore {
+        let mut b = MemoryStore::builder()
+            .clock(clock.clone())
+            .sweep_interval(None);
+        if let Some(c) = capacity {
+            b = b.capacity(c);
+        }
+        b.build()
+    }
+
+    #[tokio::test]
+    async fn capacity_bounds_memory_under_a_flood_of_new_sessions() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let s = store(&clock, Some(640));
+        let mut ids = Vec::new();
+        for _ in 0..10_000 {
+            let r = record(T0, 60_000);
+            ids.push(r.id);
+            s.create(&r).await.expect("create");
+        }
+        assert!(s.len() <= 640, "{} sessions held", s.len());
+        // Oldest-created go first: the newest sessions are all still there.
+        for id in &ids[ids.len() - 100..] {
+            assert!(s.load(*id).await.expect("load").is_some());
+        }
+        let queued: usize = s.inner.shards.iter().map(|sh| lock(sh).order.len()).sum();
+        assert!(
+            queued <= 2 * 640 + 16 * SHARDS,
+            "eviction queue stays bounded: {queued}"
+        );
+    }
+
+    #[tokio::test]
+    async fn full_shards_drop_expired_sessions_before_live_ones() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let s = store(&clock, Some(SHARDS));
+        let old = record(T0, 1_000);
+        s.create(&old).await.expect("create");
+        clock.advance(Duration::from_secs(2));
+        let live: Vec<Record> = (0..SHARDS * 4)
+            .map(|_| record(T0 + 2_000, 60_000))
+            .collect();
+        for r in &live {
+            s.create(r).await.expect("create");
+        }
+        assert!(s.len() <= SHARDS);
+        assert!(s.load(old.id).await.expect("load").is_none());
+    }
+
+    #[tokio::test]
+    async fn purge_drops_only_expired_records() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let s = store(&clock, None);
+        let short = record(T0, 1_000);
+        let long = record(T0, 60_000);
+        s.create(&short).await.expect("create");
+        s.create(&long).await.expect("create");
+        assert_eq!(s.purge_expired(), 0);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(s.purge_expired(), 1);
+        assert_eq!(s.len(), 1);
+        assert!(s.load(long.id).await.expect("load").is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn background_sweep_runs_and_stops_with_the_store() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let s = MemoryStore::builder()
+            .clock(clock.clone())
+            .sweep_interval(Some(Duration::from_millis(10)))
+            .build();
+        for _ in 0..200 {
+            s.create(&record(T0, 1_000)).await.expect("create");
+        }
+        clock.advance(Duration::from_secs(5));
+        // One shard per tick: after a full round every shard was swept.
+        tokio::time::sleep(Duration::from_millis(10 * (SHARDS as u64 + 2))).await;
+        assert_eq!(s.len(), 0);
+        let weak = Arc::downgrade(&s.inner);
+        drop(s);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            weak.upgrade().is_none(),
+            "the sweeper does not keep the store alive"
+        );
+    }
+
+    #[tokio::test]
+    async fn user_index_forgets_sessions_that_are_gone() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let s = store(&clock, None);
+        let mut r = record(T0, 1_000);
+        r.meta.user_id = Some("ann".into());
+        s.create(&r).await.expect("create");
+        assert_eq!(lock(&s.inner.users).len(), 1);
+        clock.advance(Duration::from_secs(2));
+        s.purge_expired();
+        assert!(lock(&s.inner.users).is_empty());
+    }
+}
