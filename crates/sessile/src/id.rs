@@ -18,6 +18,35 @@ impl SessionId {
         Self(rand::rng().random())
     }
 
+    /// A fresh id in `user`'s partition (see [`SessionId::partition`]), or in a random one.
+    ///
+    /// The first two bytes are the partition; the other 112 bits are random, which keeps ids
+    /// unguessable (and clients never see ids anyway: tokens are sealed).
+    pub fn random_for_user(user: Option<&str>) -> Self {
+        let mut id = Self::random();
+        if let Some(user) = user {
+            id.0[..2].copy_from_slice(&Self::user_partition(user).to_be_bytes());
+        }
+        id
+    }
+
+    /// The id's partition: its first two bytes.
+    ///
+    /// Sessions of one user share a partition (the layer makes their ids with
+    /// [`SessionId::random_for_user`]), so a store can keep all of a user's keys together, for
+    /// example in one Redis Cluster hash slot.
+    pub fn partition(&self) -> u16 {
+        u16::from_be_bytes([self.0[0], self.0[1]])
+    }
+
+    /// The partition of `user`'s sessions: the first two bytes of SHA-256 of the user id. Stable
+    /// across processes and versions, since stores lay out keys with it.
+    pub fn user_partition(user: &str) -> u16 {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(user.as_bytes());
+        u16::from_be_bytes([digest[0], digest[1]])
+    }
+
     /// Wraps raw bytes, as found in an opened token or a store key.
     pub const fn from_bytes(bytes: [u8; 16]) -> Self {
         Self(bytes)
@@ -73,6 +102,18 @@ mod tests {
         assert_eq!(format!("{id}"), "abab…");
         assert_eq!(format!("{id:?}"), "SessionId(abab…)");
         assert_eq!(id.to_hex().len(), 32);
+    }
+
+    #[test]
+    fn user_sessions_share_a_partition_and_stay_random() {
+        let a = SessionId::random_for_user(Some("alice"));
+        let b = SessionId::random_for_user(Some("alice"));
+        assert_eq!(a.partition(), b.partition());
+        assert_eq!(a.partition(), SessionId::user_partition("alice"));
+        assert_ne!(a, b);
+        assert_ne!(SessionId::user_partition("alice"), SessionId::user_partition("bob"));
+        // Pinned: stores lay out keys with this value, so it must never change.
+        assert_eq!(SessionId::user_partition("alice"), 0x2bd8);
     }
 
     #[test]

@@ -266,7 +266,17 @@ impl Session {
     }
 
     /// Sets (or clears) the user this session belongs to, for "log out everywhere".
+    ///
+    /// Changing the user of a stored session also cycles its id (as [`cycle_id`](Self::cycle_id)):
+    /// a change of identity is a change of privilege, and the new id lands in the user's
+    /// partition, next to the user's other sessions.
     pub fn set_user_id(&self, user: Option<&str>) {
+        {
+            let mut st = self.0.state();
+            if st.base.is_some() && st.user_id.as_deref() != user {
+                st.cycle = true;
+            }
+        }
         let op = Op::SetUser(user.map(str::to_owned));
         // Setting a user cannot fail.
         let _ = self.apply(op);

@@ -91,7 +91,7 @@ impl RequestSession {
         }
         let cfg = &self.shared.config;
         let absolute = now + cfg.absolute_timeout.as_millis() as u64;
-        let id = SessionId::random();
+        let id = SessionId::random_for_user(st.user_id.as_deref());
         let mut record = Record {
             id,
             version: 1,
@@ -114,7 +114,7 @@ impl RequestSession {
                     return;
                 }
                 Err(StoreError::Conflict) => {
-                    record.id = SessionId::random();
+                    record.id = SessionId::random_for_user(record.meta.user_id.as_deref());
                     record.meta.hint = self.shared.hints.hint_for(&record.id).as_str().to_owned();
                 }
                 Err(e) => {
@@ -142,7 +142,11 @@ impl RequestSession {
 
         let cfg = &self.shared.config;
         let cycle = st.cycle;
-        let new_id = if cycle { SessionId::random() } else { base.id };
+        let new_id = if cycle {
+            SessionId::random_for_user(st.user_id.as_deref())
+        } else {
+            base.id
+        };
         // A cycled id is a new session identity: new hint, and the absolute lifetime restarts.
         let fix_meta = |meta: &mut Metadata| {
             if cycle {

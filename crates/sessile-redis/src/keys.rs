@@ -1,0 +1,86 @@
+//! Key layout.
+//!
+//! ```text
+//! <prefix>:[<tenant>:]{<partition>}:s:<session id hex>   session record (hash)
+//! <prefix>:[<tenant>:]{<partition>}:u:<user id>          user index (set of session id hex)
+//! ```
+//!
+//! `{<partition>}` is the Redis Cluster hash tag: four hex digits of the session id's partition,
+//! which for a logged-in user's sessions is the user's partition (see
+//! [`sessile::SessionId::partition`]). So a user's records and index share one slot, and a script
+//! can touch them together.
+
+use sessile::SessionId;
+
+#[derive(Debug, Clone)]
+pub(crate) struct KeySpace {
+    base: String,
+}
+
+impl KeySpace {
+    pub(crate) fn new(prefix: &str, tenant: Option<&str>) -> Self {
+        let mut base = format!("{prefix}:");
+        if let Some(t) = tenant {
+            base.push_str(t);
+            base.push(':');
+        }
+        Self { base }
+    }
+
+    pub(crate) fn record(&self, id: &SessionId) -> String {
+        format!("{}{{{:04x}}}:s:{}", self.base, id.partition(), id.to_hex())
+    }
+
+    pub(crate) fn index(&self, user: &str) -> String {
+        format!(
+            "{}{{{:04x}}}:u:{user}",
+            self.base,
+            SessionId::user_partition(user)
+        )
+    }
+
+    /// The session id a record key names, for keys read back from an index.
+    pub(crate) fn record_for_hex(&self, hex: &str) -> Option<String> {
+        SessionId::from_hex(hex).map(|id| self.record(&id))
+    }
+}
+
+/// Whether a prefix or tenant can be used in keys: no hash-tag braces, no separators, not empty.
+pub(crate) fn valid_part(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'{' | b'}' | b':'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_users_records_and_index_share_a_hash_slot() {
+        let keys = KeySpace::new("sessile", Some("acme"));
+        let index = keys.index("alice");
+        assert!(index.starts_with("sessile:acme:{2bd8}:u:alice"), "{index}");
+        for _ in 0..10 {
+            let id = SessionId::random_for_user(Some("alice"));
+            let record = keys.record(&id);
+            assert_eq!(
+                fred::util::redis_keyslot(record.as_bytes()),
+                fred::util::redis_keyslot(index.as_bytes()),
+                "{record} vs {index}"
+            );
+        }
+        let id = SessionId::random();
+        assert_eq!(keys.record_for_hex(&id.to_hex()), Some(keys.record(&id)));
+        assert_eq!(keys.record_for_hex("nope"), None);
+    }
+
+    #[test]
+    fn braces_and_separators_are_not_valid_key_parts() {
+        assert!(valid_part("sessile"));
+        for bad in ["", "a{b", "a}b", "a:b", "a b"] {
+            assert!(!valid_part(bad), "{bad:?}");
+        }
+    }
+}
