@@ -1,6 +1,8 @@
 //! Support for sessile's integration tests: store wrappers that count or fail operations, and a
 //! minimal HTTP client that drives a `Router` in-process with a cookie.
 
+pub mod redis;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

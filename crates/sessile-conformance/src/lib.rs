@@ -1,20 +1,64 @@
 //! The conformance suite for [`sessile::SessionStore`] implementations.
 //!
-//! Every store must pass it. Invoke the macro in a test file with an async factory that returns a
-//! fresh, empty store (each test gets its own), and run the tests on a multi-threaded runtime:
+//! Every store must pass it. Invoke the macro in a test file with an async factory returning a
+//! fresh, empty store and a guard that must live as long as the store (a server process, say; `()`
+//! when there is none). Each case becomes its own `#[tokio::test]` on a multi-threaded runtime:
 //!
 //! ```ignore
-//! sessile_conformance::store_conformance!(|| async { sessile::MemoryStore::new() });
+//! sessile_conformance::store_conformance!(|| async { (sessile::MemoryStore::new(), ()) });
 //! ```
+//!
+//! Where a fresh backend per case is too costly (a Redis Cluster), [`run_all`] runs every case in
+//! one test, each on a fresh store from the factory.
 //!
 //! Records are made with deadlines relative to the system clock, so the store under test must use
 //! the system clock (a Redis server does).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sessile::record::{Metadata, Payload, Record};
 use sessile::{SessionId, SessionStore, StoreError};
+
+/// Calls `$m!({ extra tokens } case, case, ...)` with every case: the one list both entry points
+/// use.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __for_each_case {
+    ($m:path { $($extra:tt)* }) => {
+        $m!(
+            { $($extra)* }
+            create_then_load_round_trips,
+            create_refuses_an_existing_id,
+            save_is_compare_and_set,
+            save_never_creates,
+            destroy_is_final,
+            rotate_moves_the_record_atomically,
+            touch_moves_the_deadline_only,
+            expired_records_are_gone,
+            destroy_user_ends_only_that_users_sessions,
+            concurrent_increments_are_never_lost,
+            destroy_beats_concurrent_saves,
+            oversized_records_are_refused,
+        );
+    };
+}
+
+/// One `#[tokio::test]` per case, each on a store from the factory.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __tests {
+    ({ $factory:expr } $($case:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let (store, _guard) = ($factory)().await;
+                $crate::$case(::std::sync::Arc::new(store)).await;
+            }
+        )*
+    };
+}
 
 /// Expands to one `#[tokio::test]` per conformance case, in a module named `conformance`.
 #[macro_export]
@@ -22,40 +66,24 @@ macro_rules! store_conformance {
     ($factory:expr) => {
         mod conformance {
             use super::*;
-
-            async fn fresh() -> ::std::sync::Arc<impl ::sessile::SessionStore> {
-                ::std::sync::Arc::new(($factory)().await)
-            }
-
-            $crate::__cases!(
-                create_then_load_round_trips,
-                create_refuses_an_existing_id,
-                save_is_compare_and_set,
-                save_never_creates,
-                destroy_is_final,
-                rotate_moves_the_record_atomically,
-                touch_moves_the_deadline_only,
-                expired_records_are_gone,
-                destroy_user_ends_only_that_users_sessions,
-                concurrent_increments_are_never_lost,
-                destroy_beats_concurrent_saves,
-                oversized_records_are_refused,
-            );
+            $crate::__for_each_case!($crate::__tests { $factory });
         }
     };
 }
 
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __cases {
-    ($($case:ident),* $(,)?) => {
-        $(
-            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                $crate::$case(fresh().await).await;
-            }
-        )*
-    };
+/// Runs every case in order, each on a fresh store from `make`.
+pub async fn run_all<S, F, Fut>(mut make: F)
+where
+    S: SessionStore,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = S>,
+{
+    macro_rules! run {
+        ({} $($case:ident),* $(,)?) => {
+            $( $case(Arc::new(make().await)).await; )*
+        };
+    }
+    __for_each_case!(run {});
 }
 
 fn now_ms() -> u64 {

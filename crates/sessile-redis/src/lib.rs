@@ -104,6 +104,16 @@ pub const DEFAULT_RECONNECT_JITTER: Duration = Duration::from_millis(100);
 /// work). Longer than any command's retries.
 const MOVED_MARKER_TTL_MS: u64 = 60_000;
 
+/// URL schemes accepted: plain TCP to a server, a cluster, or through Sentinel.
+const SCHEMES: &[&str] = &[
+    "redis",
+    "redis-cluster",
+    "redis-sentinel",
+    "valkey",
+    "valkey-cluster",
+    "valkey-sentinel",
+];
+
 /// Why a [`RedisStore`] could not be built.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -201,6 +211,13 @@ impl RedisStoreBuilder {
     }
 
     fn check(&self) -> Result<(), RedisStoreError> {
+        let scheme = self.url.split_once("://").map_or("", |(s, _)| s);
+        if !SCHEMES.contains(&scheme) {
+            return Err(RedisStoreError::BadConfig(
+                "URL must start with redis://, redis-cluster:// or redis-sentinel:// \
+                 (TLS schemes need a build with TLS, which this one does not have)",
+            ));
+        }
         if !valid_part(&self.prefix) {
             return Err(RedisStoreError::BadConfig(
                 "prefix must be 1-64 visible characters without '{', '}' or ':'",
@@ -451,6 +468,8 @@ impl Inner {
             Value::from(record.meta.user_id.clone().unwrap_or_default()),
             Value::from(record.id.to_hex()),
             int(record.meta.absolute_deadline),
+            // A fresh random write id per call (not per retry: fred re-sends the same arguments).
+            Value::from(SessionId::random().to_hex()),
         ]
     }
 
@@ -545,7 +564,9 @@ impl SessionStore for RedisStore {
         // Different slots: write the new record (no client knows its id yet), then delete the old
         // one only at the expected version, leaving a marker naming the new id so that a re-sent
         // delete recognises its own work. Undo the first step if the second fails.
-        inner.write(&inner.scripts.create, None, record, None).await?;
+        inner
+            .write(&inner.scripts.create, None, record, None)
+            .await?;
         let args = vec![
             int(expected_version),
             Value::from(record.id.to_hex()),

@@ -8,16 +8,18 @@
 //!
 //! Return codes: `1` done, `0` version conflict (or id taken), `-1` not found.
 //!
-//! Every write is idempotent: if fred re-sends a command because a connection dropped after the
-//! server ran it, the second run sees its own result and answers `1` instead of a conflict, so a
-//! replayed `update` can never be applied twice.
+//! Every write is idempotent: each carries a random write id, stored in field `w`. If fred re-sends
+//! a command because a connection dropped after the server ran it, the second run finds its own
+//! write id and answers `1` instead of a conflict, so a replayed `update` is never applied twice.
+//! (Comparing contents instead would be wrong: two writers that start from the same version can
+//! produce byte-identical records, and the second must see a conflict.)
 
 use fred::types::scripts::Script;
 
 /// Shared helpers, prepended to the scripts that need them.
 const HELPERS: &str = r#"
-local function write(k, v, e, d, u)
-  redis.call('HSET', k, 'v', v, 'e', e, 'd', d)
+local function write(k, v, e, d, u, w)
+  redis.call('HSET', k, 'v', v, 'e', e, 'd', d, 'w', w)
   if u == '' then redis.call('HDEL', k, 'u') else redis.call('HSET', k, 'u', u) end
   redis.call('PEXPIREAT', k, e)
 end
@@ -26,32 +28,33 @@ local function index(k, id, a)
   local t = redis.call('PEXPIRETIME', k)
   if t < tonumber(a) then redis.call('PEXPIREAT', k, a) end
 end
-local function already(k, v, d)
-  return redis.call('HGET', k, 'v') == v and redis.call('HGET', k, 'd') == d
+local function already(k, w)
+  return redis.call('HGET', k, 'w') == w
 end
 "#;
 
-/// KEYS: record [, index]. ARGV: version, idle deadline, body, user, id hex, absolute deadline.
+/// KEYS: record [, index]. ARGV: version, idle deadline, body, user, id hex, absolute deadline,
+/// write id.
 const CREATE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  if already(KEYS[1], ARGV[1], ARGV[3]) then return 1 end
+  if already(KEYS[1], ARGV[7]) then return 1 end
   return 0
 end
-write(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+write(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[7])
 if KEYS[2] then index(KEYS[2], ARGV[5], ARGV[6]) end
 return 1
 "#;
 
 /// KEYS: record [, index]. ARGV: expected version, new version, idle deadline, body, user, id hex,
-/// absolute deadline.
+/// absolute deadline, write id.
 const SAVE: &str = r#"
 local cur = redis.call('HGET', KEYS[1], 'v')
 if not cur then return -1 end
 if cur ~= ARGV[1] then
-  if cur == ARGV[2] and redis.call('HGET', KEYS[1], 'd') == ARGV[4] then return 1 end
+  if already(KEYS[1], ARGV[8]) then return 1 end
   return 0
 end
-write(KEYS[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+write(KEYS[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[8])
 if KEYS[2] then index(KEYS[2], ARGV[6], ARGV[7]) end
 return 1
 "#;
@@ -60,13 +63,13 @@ return 1
 const ROTATE: &str = r#"
 local cur = redis.call('HGET', KEYS[1], 'v')
 if not cur then
-  if already(KEYS[2], ARGV[2], ARGV[4]) then return 1 end
+  if already(KEYS[2], ARGV[8]) then return 1 end
   return -1
 end
 if cur ~= ARGV[1] then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('DEL', KEYS[1])
-write(KEYS[2], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+write(KEYS[2], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[8])
 if KEYS[3] then index(KEYS[3], ARGV[6], ARGV[7]) end
 return 1
 "#;

@@ -111,7 +111,10 @@ mod tests {
         assert_eq!(a.partition(), b.partition());
         assert_eq!(a.partition(), SessionId::user_partition("alice"));
         assert_ne!(a, b);
-        assert_ne!(SessionId::user_partition("alice"), SessionId::user_partition("bob"));
+        assert_ne!(
+            SessionId::user_partition("alice"),
+            SessionId::user_partition("bob")
+        );
         // Pinned: stores lay out keys with this value, so it must never change.
         assert_eq!(SessionId::user_partition("alice"), 0x2bd8);
     }

@@ -1,0 +1,128 @@
+//! The Redis store against a real standalone `redis-server` (or `REDIS_URL`).
+
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use sessile::{SessionId, SessionStore, StoreError};
+use sessile_redis::{RedisStore, RedisStoreError};
+use sessile_tests::redis::{RedisServer, TestRedis, unique_prefix};
+
+async fn store_on(url: &str) -> RedisStore {
+    RedisStore::builder(url)
+        .prefix(unique_prefix())
+        .connect()
+        .await
+        .expect("connect")
+}
+
+sessile_conformance::store_conformance!(|| async {
+    let server = TestRedis::from_env_or_start();
+    let store = store_on(&server.url()).await;
+    (store, server)
+});
+
+#[tokio::test]
+async fn bad_urls_and_settings_are_typed_errors() {
+    // Nothing here may reach a real server: every URL fails before connecting.
+    assert!(matches!(
+        RedisStore::connect("http://127.0.0.1:1").await,
+        Err(RedisStoreError::BadConfig(_))
+    ));
+    assert!(matches!(
+        RedisStore::connect("rediss://127.0.0.1:1").await,
+        Err(RedisStoreError::BadConfig(_))
+    ));
+    assert!(matches!(
+        RedisStore::connect("redis://127.0.0.1:notaport").await,
+        Err(RedisStoreError::BadUrl(_))
+    ));
+    assert!(matches!(
+        RedisStore::builder("redis://127.0.0.1:1")
+            .prefix("a{b")
+            .connect()
+            .await,
+        Err(RedisStoreError::BadConfig(_))
+    ));
+    assert!(matches!(
+        RedisStore::builder("redis://127.0.0.1:1")
+            .pool_size(0)
+            .connect()
+            .await,
+        Err(RedisStoreError::BadConfig(_))
+    ));
+}
+
+#[tokio::test]
+async fn an_unreachable_server_fails_at_start_within_the_connect_timeout() {
+    // A port with nothing listening: a server that was started and killed.
+    let mut server = RedisServer::start();
+    let url = server.url();
+    server.kill();
+    let started = Instant::now();
+    let result = RedisStore::builder(url)
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await;
+    assert!(
+        matches!(
+            result,
+            Err(RedisStoreError::Unreachable(_) | RedisStoreError::Connect(_))
+        ),
+        "{result:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn scripts_are_reloaded_after_a_script_flush() {
+    let server = RedisServer::start();
+    let store = store_on(&server.url()).await;
+    let r = sessile_conformance::record(None, 1);
+    store.create(&r).await.expect("create");
+    assert!(server.cli(&["script", "flush"]).contains("OK"));
+    let mut next = r.clone();
+    next.version = 2;
+    store
+        .save(&next, 1)
+        .await
+        .expect("save after NOSCRIPT reload");
+    assert_eq!(
+        store
+            .load(r.id)
+            .await
+            .expect("load")
+            .expect("present")
+            .version,
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_record_is_a_typed_error() {
+    let server = RedisServer::start();
+    let store = store_on(&server.url()).await;
+    let r = sessile_conformance::record(None, 1);
+    store.create(&r).await.expect("create");
+    let key = store.record_key(&r.id);
+    let _: () = store
+        .pool()
+        .next()
+        .hset(&key, ("d", "not a record"))
+        .await
+        .expect("hset");
+    assert!(matches!(
+        store.load(r.id).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(
+        store
+            .load(SessionId::random())
+            .await
+            .expect("load")
+            .is_none()
+    );
+}
