@@ -9,10 +9,13 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::Path;
+use axum::routing::{get, post};
 use http::{HeaderMap, Method, Request, StatusCode, header};
 use sessile::clock::UnixMillis;
 use sessile::record::Record;
-use sessile::{SaveFailed, SessionId, SessionStore, StoreError};
+use sessile::{SaveFailed, Session, SessionError, SessionId, SessionStore, StoreError};
+use tokio::sync::Notify;
 use tower::ServiceExt as _;
 
 /// Wraps a store and counts calls per operation.
@@ -258,4 +261,84 @@ pub async fn send(
         body: String::from_utf8_lossy(&bytes).into_owned(),
         save_failed,
     }
+}
+
+/// Lets a test hold a request inside its handler: the handler signals `entered`, then waits
+/// for `release`.
+#[derive(Default)]
+pub struct Gate {
+    /// Signalled when a gated handler has loaded its session.
+    pub entered: Notify,
+    /// Signal to let the gated handler finish.
+    pub release: Notify,
+}
+
+/// The routes the integration tests drive: read, set, update, login (cycle), logout, failures.
+pub fn routes(gate: Arc<Gate>) -> Router {
+    Router::new()
+        .route("/none", get(|| async { "ok" }))
+        .route(
+            "/read",
+            get(|s: Session| async move {
+                Ok::<_, SessionError>(s.get::<String>("name")?.unwrap_or_else(|| "-".into()))
+            }),
+        )
+        .route(
+            "/set/{v}",
+            post(|s: Session, Path(v): Path<String>| async move { s.insert("name", &v) }),
+        )
+        .route(
+            "/put/{k}",
+            post(|s: Session, Path(k): Path<String>| async move { s.insert(&k, &true) }),
+        )
+        .route("/keys", get(|s: Session| async move { s.keys().join(",") }))
+        .route(
+            "/incr",
+            post(|s: Session| async move {
+                s.update("n", |n: Option<u64>| n.unwrap_or(0) + 1)
+                    .map(|n| n.to_string())
+            }),
+        )
+        .route(
+            "/n",
+            get(|s: Session| async move {
+                Ok::<_, SessionError>(s.get::<u64>("n")?.unwrap_or(0).to_string())
+            }),
+        )
+        .route(
+            "/login/{user}",
+            post(|s: Session, Path(user): Path<String>| async move {
+                s.cycle_id();
+                s.set_user_id(Some(&user));
+                s.insert("user", &user)
+            }),
+        )
+        .route("/logout", post(|s: Session| async move { s.destroy() }))
+        .route(
+            "/logout-everywhere",
+            post(|s: Session| async move { s.destroy_everywhere().await.map(|n| n.to_string()) }),
+        )
+        .route(
+            "/fail",
+            post(|s: Session| async move {
+                s.insert("name", "from a failing handler")?;
+                Ok::<_, SessionError>(StatusCode::INTERNAL_SERVER_ERROR)
+            }),
+        )
+        .route(
+            "/big",
+            post(|s: Session| async move { s.insert("blob", &"x".repeat(20_000)) }),
+        )
+        .route(
+            "/slow-incr",
+            post(move |s: Session| {
+                let gate = Arc::clone(&gate);
+                async move {
+                    gate.entered.notify_one();
+                    gate.release.notified().await;
+                    s.update("n", |n: Option<u64>| n.unwrap_or(0) + 1)
+                        .map(|n| n.to_string())
+                }
+            }),
+        )
 }

@@ -4,13 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::Path;
-use axum::routing::{get, post};
+use axum::routing::get;
 use http::{Method, StatusCode, header};
 use sessile::clock::ManualClock;
-use sessile::{Hint, KeyRing, MemoryStore, Session, SessionError, SessionManagerLayer};
-use sessile_tests::{CountingStore, FaultyStore, Reply, send};
-use tokio::sync::Notify;
+use sessile::{Hint, KeyRing, MemoryStore, Session, SessionManagerLayer};
+use sessile_tests::{CountingStore, FaultyStore, Gate, Reply, routes, send};
 
 const NAME: &str = "sid";
 const T0: u64 = 1_700_000_000_000;
@@ -18,80 +16,6 @@ const MIN: Duration = Duration::from_secs(60);
 
 fn keys() -> KeyRing {
     KeyRing::new(1, &[1; 32]).expect("keys")
-}
-
-struct Gate {
-    entered: Notify,
-    release: Notify,
-}
-
-fn routes(gate: Arc<Gate>) -> Router {
-    Router::new()
-        .route("/none", get(|| async { "ok" }))
-        .route(
-            "/read",
-            get(|s: Session| async move {
-                Ok::<_, SessionError>(s.get::<String>("name")?.unwrap_or_else(|| "-".into()))
-            }),
-        )
-        .route(
-            "/set/{v}",
-            post(|s: Session, Path(v): Path<String>| async move { s.insert("name", &v) }),
-        )
-        .route(
-            "/put/{k}",
-            post(|s: Session, Path(k): Path<String>| async move { s.insert(&k, &true) }),
-        )
-        .route("/keys", get(|s: Session| async move { s.keys().join(",") }))
-        .route(
-            "/incr",
-            post(|s: Session| async move {
-                s.update("n", |n: Option<u64>| n.unwrap_or(0) + 1)
-                    .map(|n| n.to_string())
-            }),
-        )
-        .route(
-            "/n",
-            get(|s: Session| async move {
-                Ok::<_, SessionError>(s.get::<u64>("n")?.unwrap_or(0).to_string())
-            }),
-        )
-        .route(
-            "/login/{user}",
-            post(|s: Session, Path(user): Path<String>| async move {
-                s.cycle_id();
-                s.set_user_id(Some(&user));
-                s.insert("user", &user)
-            }),
-        )
-        .route("/logout", post(|s: Session| async move { s.destroy() }))
-        .route(
-            "/logout-everywhere",
-            post(|s: Session| async move { s.destroy_everywhere().await.map(|n| n.to_string()) }),
-        )
-        .route(
-            "/fail",
-            post(|s: Session| async move {
-                s.insert("name", "from a failing handler")?;
-                Ok::<_, SessionError>(StatusCode::INTERNAL_SERVER_ERROR)
-            }),
-        )
-        .route(
-            "/big",
-            post(|s: Session| async move { s.insert("blob", &"x".repeat(20_000)) }),
-        )
-        .route(
-            "/slow-incr",
-            post(move |s: Session| {
-                let gate = Arc::clone(&gate);
-                async move {
-                    gate.entered.notify_one();
-                    gate.release.notified().await;
-                    s.update("n", |n: Option<u64>| n.unwrap_or(0) + 1)
-                        .map(|n| n.to_string())
-                }
-            }),
-        )
 }
 
 struct Fixture {
@@ -121,10 +45,7 @@ fn fixture_with(
     )
     .build()
     .expect("valid config");
-    let gate = Arc::new(Gate {
-        entered: Notify::new(),
-        release: Notify::new(),
-    });
+    let gate = Arc::new(Gate::default());
     Fixture {
         app: routes(Arc::clone(&gate)).layer(layer),
         store,

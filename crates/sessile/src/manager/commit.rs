@@ -154,6 +154,8 @@ impl RequestSession {
                 meta.absolute_deadline = now + cfg.absolute_timeout.as_millis() as u64;
             }
         };
+        // Waiting here is bounded by the other writers' store deadlines, all of which finish.
+        let _queue = self.shared.commit_lock(&base.id).lock().await;
         let mut expected = base.version;
         let mut meta = base.meta;
         fix_meta(&mut meta);

@@ -195,13 +195,13 @@ impl SessionManagerBuilder {
         self.config.validate()?;
         let codec = TokenCodec::new(self.keys, &self.config.cookie.name)?;
         Ok(SessionManagerLayer {
-            shared: Arc::new(Shared {
-                store: StoreHandle::new(self.store, self.config.store_timeout),
+            shared: Arc::new(Shared::new(
+                StoreHandle::new(self.store, self.config.store_timeout),
                 codec,
-                config: self.config,
-                hints: self.hints,
-                clock: self.clock,
-            }),
+                self.config,
+                self.hints,
+                self.clock,
+            )),
         })
     }
 }

@@ -17,6 +17,11 @@ use crate::clock::Clock;
 use crate::config::SessionConfig;
 use crate::hint::HintSource;
 
+/// Stripes of the per-session commit lock. Two sessions share a stripe with probability
+/// 1/4096, which costs them at most one store round trip of waiting; 4096 small mutexes are
+/// about 200 KiB per layer.
+const COMMIT_STRIPES: usize = 4096;
+
 /// Everything requests share: built once by the layer, behind one `Arc`.
 pub(crate) struct Shared {
     pub(crate) store: StoreHandle,
@@ -24,4 +29,39 @@ pub(crate) struct Shared {
     pub(crate) config: SessionConfig,
     pub(crate) hints: Arc<dyn HintSource>,
     pub(crate) clock: Arc<dyn Clock>,
+    /// Serialises the writing commits of one session within this instance.
+    ///
+    /// Compare-and-set alone is correct but not fair: with k writers racing on one session each
+    /// attempt wins with probability about 1/k, so under a burst some requests exhaust their
+    /// attempts. Queueing the writers of this instance (a tokio mutex is FIFO) leaves only one per
+    /// instance in the race, so a retry wins about 1/instances of the time.
+    pub(crate) commit_locks: Box<[tokio::sync::Mutex<()>]>,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        store: StoreHandle,
+        codec: TokenCodec,
+        config: SessionConfig,
+        hints: Arc<dyn HintSource>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            store,
+            codec,
+            config,
+            hints,
+            clock,
+            commit_locks: (0..COMMIT_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+        }
+    }
+
+    pub(crate) fn commit_lock(&self, id: &crate::SessionId) -> &tokio::sync::Mutex<()> {
+        let b = id.as_bytes();
+        // Bytes 2.. are random in every id (0..2 are the partition, shared by a user's sessions).
+        let n = usize::from(u16::from_le_bytes([b[2], b[3]]));
+        &self.commit_locks[n % COMMIT_STRIPES]
+    }
 }
