@@ -1,5 +1,5 @@
 //! The login example: HTML pages for logging in, a per-session counter, logout, and logout on
-//! every device, on sessile with the embedded memory store.
+//! every device, on sessile with the embedded memory store, or on Redis when given a URL.
 //!
 //! Every form carries a CSRF token kept in the session and compared in constant time; the session
 //! id is cycled on login; passwords are Argon2id hashes checked off the async runtime.
@@ -18,9 +18,8 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use rand::RngCore;
 use serde::Deserialize;
-use sessile::{
-    ConfigError, Hint, KeyRing, MemoryStore, Session, SessionError, SessionManagerLayer,
-};
+use sessile::{Hint, KeyRing, MemoryStore, Session, SessionError, SessionManagerLayer};
+use sessile_redis::RedisStore;
 use subtle::ConstantTimeEq;
 
 /// Session key of the CSRF token.
@@ -80,6 +79,8 @@ pub struct AppConfig {
     pub keys: KeyRing,
     /// This instance's routing hint.
     pub node: Hint,
+    /// Redis URL (`redis://`, `redis-sentinel://`, `redis-cluster://`); `None` for the memory store.
+    pub redis_url: Option<String>,
 }
 
 #[derive(Clone)]
@@ -87,11 +88,14 @@ struct AppState {
     node: Arc<str>,
 }
 
-/// Builds the app on the in-memory store.
-pub fn app(config: AppConfig) -> Result<Router, ConfigError> {
-    let sessions = SessionManagerLayer::builder(MemoryStore::new(), config.keys)
-        .node_hint(config.node.clone())
-        .build()?;
+/// Builds the app: on Redis when `redis_url` is set (connecting now, so a bad URL or an
+/// unreachable server fails here with a typed error), else on the in-memory store.
+pub async fn app(config: AppConfig) -> Result<Router, Box<dyn std::error::Error + Send + Sync>> {
+    let builder = match &config.redis_url {
+        Some(url) => SessionManagerLayer::builder(RedisStore::connect(url).await?, config.keys),
+        None => SessionManagerLayer::builder(MemoryStore::new(), config.keys),
+    };
+    let sessions = builder.node_hint(config.node.clone()).build()?;
     Ok(routes(config.node.as_str()).layer(sessions))
 }
 

@@ -4,7 +4,9 @@
 //! * `SESSILE_ADDR`: listen address (default `127.0.0.1:3000`);
 //! * `SESSILE_NODE_ID`: this instance's routing hint (default `node-1`);
 //! * `SESSILE_KEYS`: key ring, `"<id>:<hex secret>,..."` newest last (default: a random key, so
-//!   sessions do not survive a restart).
+//!   sessions do not survive a restart);
+//! * `REDIS_URL`: store sessions in Redis (`redis://`, `redis-sentinel://`, `redis-cluster://`)
+//!   instead of in memory. Instances that share Redis and `SESSILE_KEYS` share sessions.
 
 use std::net::SocketAddr;
 
@@ -16,7 +18,7 @@ use tracing_subscriber::EnvFilter;
 const DEFAULT_ADDR: &str = "127.0.0.1:3000";
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env()
@@ -36,10 +38,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
 
-    let router = app(AppConfig { keys, node })?;
+    let redis_url = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty());
+    let store = if redis_url.is_some() { "redis" } else { "memory" };
+    let router = app(AppConfig {
+        keys,
+        node,
+        redis_url,
+    })
+    .await?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!(
-        "sessile login example listening on http://{} (store: memory; users: alice/wonderland, bob/builder)",
+        "sessile login example listening on http://{} (store: {store}; users: alice/wonderland, bob/builder)",
         listener.local_addr()?
     );
     axum::serve(listener, router)

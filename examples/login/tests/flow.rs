@@ -4,6 +4,7 @@ use axum::Router;
 use http::{Method, StatusCode, header};
 use sessile::{Hint, KeyRing};
 use sessile_login_example::{AppConfig, app};
+use sessile_tests::redis::RedisServer;
 use sessile_tests::{Reply, send};
 
 /// A browser: one cookie, updated from every response.
@@ -58,17 +59,23 @@ fn location(r: &Reply) -> &str {
     r.headers[header::LOCATION].to_str().expect("ascii")
 }
 
-fn demo_app() -> Router {
+async fn demo_app() -> Router {
+    app_on(None).await
+}
+
+async fn app_on(redis_url: Option<String>) -> Router {
     app(AppConfig {
         keys: KeyRing::new(1, &[3; 32]).expect("keys"),
         node: Hint::new("node-7").expect("hint"),
+        redis_url,
     })
+    .await
     .expect("app")
 }
 
 #[tokio::test]
 async fn log_in_count_and_log_out() {
-    let app = demo_app();
+    let app = demo_app().await;
     let mut b = Browser::new(&app);
 
     let r = b.get("/profile").await;
@@ -118,7 +125,7 @@ async fn log_in_count_and_log_out() {
 
 #[tokio::test]
 async fn forms_without_the_csrf_token_are_refused() {
-    let app = demo_app();
+    let app = demo_app().await;
     let mut b = Browser::new(&app);
     b.log_in("bob", "builder").await;
     let r = b.post("/counter", "csrf=forged").await;
@@ -145,10 +152,33 @@ async fn forms_without_the_csrf_token_are_refused() {
 
 #[tokio::test]
 async fn log_out_everywhere_ends_the_other_devices() {
-    let app = demo_app();
-    let mut laptop = Browser::new(&app);
-    let mut phone = Browser::new(&app);
-    let mut other = Browser::new(&app);
+    let app = demo_app().await;
+    log_out_everywhere_on(&app, &app).await;
+}
+
+#[tokio::test]
+async fn on_redis_two_instances_share_sessions_and_log_out_everywhere() {
+    let server = RedisServer::start();
+    let a = app_on(Some(server.url())).await;
+    let b = app_on(Some(server.url())).await;
+    // Logged in on instance a, the counter works on instance b.
+    let mut browser = Browser::new(&a);
+    browser.log_in("alice", "wonderland").await;
+    browser.app = &b;
+    let csrf = browser.csrf("/profile").await;
+    browser.post("/counter", &format!("csrf={csrf}")).await;
+    browser.app = &a;
+    assert!(browser.get("/profile").await.body.contains("<th>Counter</th><td>1</td>"));
+    log_out_everywhere_on(&a, &b).await;
+    let keys = server.cli(&["--scan", "--pattern", "sessile:*:s:*"]);
+    assert_eq!(keys.lines().count(), 1, "only bob's session is left: {keys}");
+}
+
+/// Alice on two devices (one per instance), bob on a third; alice logs out everywhere.
+async fn log_out_everywhere_on(a: &Router, b: &Router) {
+    let mut laptop = Browser::new(a);
+    let mut phone = Browser::new(b);
+    let mut other = Browser::new(a);
     laptop.log_in("alice", "wonderland").await;
     phone.log_in("alice", "wonderland").await;
     other.log_in("bob", "builder").await;
@@ -165,7 +195,7 @@ async fn log_out_everywhere_ends_the_other_devices() {
 
 #[tokio::test]
 async fn health_check_needs_no_session() {
-    let app = demo_app();
+    let app = demo_app().await;
     let r = send(&app, Method::GET, "/healthz", None, None).await;
     assert_eq!(r.body, "ok");
     assert!(r.set_cookie("sid").is_none());
