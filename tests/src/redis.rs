@@ -73,7 +73,7 @@ impl RedisServer {
     /// Starts a server with extra `--name value` arguments.
     pub fn start_with(extra: &[&str]) -> Self {
         require("redis-server");
-        let cluster = extra.iter().any(|a| *a == "--cluster-enabled");
+        let cluster = extra.contains(&"--cluster-enabled");
         let dir = tempfile::Builder::new()
             .prefix("sessile-redis-")
             .tempdir()

@@ -39,7 +39,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     };
 
     let redis_url = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty());
-    let store = if redis_url.is_some() { "redis" } else { "memory" };
+    let store = if redis_url.is_some() {
+        "redis"
+    } else {
+        "memory"
+    };
     let router = app(AppConfig {
         keys,
         node,

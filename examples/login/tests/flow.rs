@@ -168,10 +168,20 @@ async fn on_redis_two_instances_share_sessions_and_log_out_everywhere() {
     let csrf = browser.csrf("/profile").await;
     browser.post("/counter", &format!("csrf={csrf}")).await;
     browser.app = &a;
-    assert!(browser.get("/profile").await.body.contains("<th>Counter</th><td>1</td>"));
+    assert!(
+        browser
+            .get("/profile")
+            .await
+            .body
+            .contains("<th>Counter</th><td>1</td>")
+    );
     log_out_everywhere_on(&a, &b).await;
     let keys = server.cli(&["--scan", "--pattern", "sessile:*:s:*"]);
-    assert_eq!(keys.lines().count(), 1, "only bob's session is left: {keys}");
+    assert_eq!(
+        keys.lines().count(),
+        1,
+        "only bob's session is left: {keys}"
+    );
 }
 
 /// Alice on two devices (one per instance), bob on a third; alice logs out everywhere.
