@@ -126,3 +126,53 @@ async fn a_corrupt_record_is_a_typed_error() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn a_paused_server_costs_a_deadline_and_recovers_when_resumed() {
+    let server = RedisServer::start();
+    let store = store_on(&server.url()).await;
+    let r = sessile_conformance::record(None, 1);
+    store.create(&r).await.expect("create");
+
+    server.pause();
+    let started = Instant::now();
+    let stalled = tokio::time::timeout(Duration::from_millis(300), store.load(r.id)).await;
+    assert!(stalled.is_err(), "a frozen server cannot answer");
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    server.resume();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match store.load(r.id).await {
+            Ok(Some(loaded)) => {
+                assert_eq!(loaded, r, "nothing changed while paused");
+                break;
+            }
+            other => assert!(Instant::now() < deadline, "no recovery: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_store_reconnects_by_itself_after_a_restart() {
+    let mut server = RedisServer::start();
+    let store = store_on(&server.url()).await;
+    store
+        .create(&sessile_conformance::record(None, 1))
+        .await
+        .expect("create");
+    server.kill();
+    assert!(
+        store.load(SessionId::random()).await.is_err(),
+        "server is down"
+    );
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = sessile_conformance::record(None, 2);
+    while store.create(&r).await.is_err() {
+        assert!(Instant::now() < deadline, "no reconnect within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(store.load(r.id).await.expect("load").expect("present"), r);
+}
