@@ -4,6 +4,7 @@
 pub mod redis;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -18,22 +19,92 @@ use sessile::{SaveFailed, Session, SessionError, SessionId, SessionStore, StoreE
 use tokio::sync::Notify;
 use tower::ServiceExt as _;
 
-/// Wraps a store and counts calls per operation.
+/// A store wrapped with a hook that runs before every operation and may fail it.
+///
+/// [`CountingStore`] and [`FaultyStore`] are the two hooks the tests use. `Hooked` derefs to its
+/// hook, so `store.count("load")` and `store.fail_writes(true)` read naturally.
 #[derive(Clone)]
-pub struct CountingStore<S> {
+pub struct Hooked<S, H> {
     inner: S,
+    hook: H,
+}
+
+/// Runs before each store operation.
+pub trait Hook: Send + Sync + 'static {
+    /// Called with the operation's name; an error is returned instead of calling the store.
+    fn before(&self, op: &'static str) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+impl<S, H> Hooked<S, H> {
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, H> std::ops::Deref for Hooked<S, H> {
+    type Target = H;
+    fn deref(&self) -> &H {
+        &self.hook
+    }
+}
+
+impl<S: SessionStore, H: Hook> SessionStore for Hooked<S, H> {
+    async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
+        self.hook.before("load").await?;
+        self.inner.load(id).await
+    }
+    async fn create(&self, record: &Record) -> Result<(), StoreError> {
+        self.hook.before("create").await?;
+        self.inner.create(record).await
+    }
+    async fn save(&self, record: &Record, expected: u64) -> Result<(), StoreError> {
+        self.hook.before("save").await?;
+        self.inner.save(record, expected).await
+    }
+    async fn touch(&self, id: SessionId, deadline: UnixMillis) -> Result<(), StoreError> {
+        self.hook.before("touch").await?;
+        self.inner.touch(id, deadline).await
+    }
+    async fn rotate(
+        &self,
+        old: SessionId,
+        record: &Record,
+        expected: u64,
+    ) -> Result<(), StoreError> {
+        self.hook.before("rotate").await?;
+        self.inner.rotate(old, record, expected).await
+    }
+    async fn destroy(&self, id: SessionId) -> Result<(), StoreError> {
+        self.hook.before("destroy").await?;
+        self.inner.destroy(id).await
+    }
+    async fn destroy_user(&self, user: &str) -> Result<u64, StoreError> {
+        self.hook.before("destroy_user").await?;
+        self.inner.destroy_user(user).await
+    }
+}
+
+/// Counts calls per operation.
+#[derive(Clone, Default)]
+pub struct Counter {
     counts: Arc<Mutex<HashMap<&'static str, u64>>>,
 }
 
-impl<S> CountingStore<S> {
-    /// Wraps `inner`.
+/// A store that counts its calls.
+pub type CountingStore<S> = Hooked<S, Counter>;
+
+impl<S> Hooked<S, Counter> {
+    /// Wraps `inner`, counting from zero.
     pub fn new(inner: S) -> Self {
         Self {
             inner,
-            counts: Arc::default(),
+            hook: Counter::default(),
         }
     }
+}
 
+impl Counter {
     /// Calls of `op` so far.
     pub fn count(&self, op: &str) -> u64 {
         self.counts
@@ -49,64 +120,38 @@ impl<S> CountingStore<S> {
         self.counts.lock().expect("lock").values().sum()
     }
 
-    /// The wrapped store.
-    pub fn inner(&self) -> &S {
-        &self.inner
-    }
-
     /// Forgets the counts.
     pub fn reset(&self) {
         self.counts.lock().expect("lock").clear();
     }
+}
 
-    fn hit(&self, op: &'static str) {
+impl Hook for Counter {
+    async fn before(&self, op: &'static str) -> Result<(), StoreError> {
         *self.counts.lock().expect("lock").entry(op).or_default() += 1;
+        Ok(())
     }
 }
 
-impl<S: SessionStore> SessionStore for CountingStore<S> {
-    async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
-        self.hit("load");
-        self.inner.load(id).await
-    }
-    async fn create(&self, record: &Record) -> Result<(), StoreError> {
-        self.hit("create");
-        self.inner.create(record).await
-    }
-    async fn save(&self, record: &Record, expected: u64) -> Result<(), StoreError> {
-        self.hit("save");
-        self.inner.save(record, expected).await
-    }
-    async fn touch(&self, id: SessionId, deadline: UnixMillis) -> Result<(), StoreError> {
-        self.hit("touch");
-        self.inner.touch(id, deadline).await
-    }
-    async fn rotate(
-        &self,
-        old: SessionId,
-        record: &Record,
-        expected: u64,
-    ) -> Result<(), StoreError> {
-        self.hit("rotate");
-        self.inner.rotate(old, record, expected).await
-    }
-    async fn destroy(&self, id: SessionId) -> Result<(), StoreError> {
-        self.hit("destroy");
-        self.inner.destroy(id).await
-    }
-    async fn destroy_user(&self, user: &str) -> Result<u64, StoreError> {
-        self.hit("destroy_user");
-        self.inner.destroy_user(user).await
-    }
-}
-
-/// Wraps a store; while a switch is on, the chosen operations fail as `Unavailable` or hang.
-#[derive(Clone)]
-pub struct FaultyStore<S> {
-    inner: S,
+/// Switchable faults: failing writes, failing loads, or hanging like a paused server.
+#[derive(Clone, Default)]
+pub struct Faults {
     fail_writes: Arc<AtomicBool>,
     fail_loads: Arc<AtomicBool>,
     hang: Arc<AtomicBool>,
+}
+
+/// A store whose operations can be made to fail or hang.
+pub type FaultyStore<S> = Hooked<S, Faults>;
+
+impl<S> Hooked<S, Faults> {
+    /// Wraps `inner` with every fault off.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            hook: Faults::default(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -118,21 +163,12 @@ impl std::fmt::Display for Injected {
 }
 impl std::error::Error for Injected {}
 
-impl<S> FaultyStore<S> {
-    /// Wraps `inner` with every fault off.
-    pub fn new(inner: S) -> Self {
-        Self {
-            inner,
-            fail_writes: Arc::default(),
-            fail_loads: Arc::default(),
-            hang: Arc::default(),
-        }
-    }
-    /// Makes writes (create, save, touch, rotate, destroy) fail.
+impl Faults {
+    /// Makes writes (everything but load) fail as unavailable.
     pub fn fail_writes(&self, on: bool) {
         self.fail_writes.store(on, Ordering::SeqCst);
     }
-    /// Makes loads fail.
+    /// Makes loads fail as unavailable.
     pub fn fail_loads(&self, on: bool) {
         self.fail_loads.store(on, Ordering::SeqCst);
     }
@@ -140,56 +176,22 @@ impl<S> FaultyStore<S> {
     pub fn hang(&self, on: bool) {
         self.hang.store(on, Ordering::SeqCst);
     }
+}
 
-    async fn gate(&self, write: bool) -> Result<(), StoreError> {
+impl Hook for Faults {
+    async fn before(&self, op: &'static str) -> Result<(), StoreError> {
         if self.hang.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
-        let flag = if write {
-            &self.fail_writes
-        } else {
+        let flag = if op == "load" {
             &self.fail_loads
+        } else {
+            &self.fail_writes
         };
         if flag.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable(Box::new(Injected)));
         }
         Ok(())
-    }
-}
-
-impl<S: SessionStore> SessionStore for FaultyStore<S> {
-    async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
-        self.gate(false).await?;
-        self.inner.load(id).await
-    }
-    async fn create(&self, record: &Record) -> Result<(), StoreError> {
-        self.gate(true).await?;
-        self.inner.create(record).await
-    }
-    async fn save(&self, record: &Record, expected: u64) -> Result<(), StoreError> {
-        self.gate(true).await?;
-        self.inner.save(record, expected).await
-    }
-    async fn touch(&self, id: SessionId, deadline: UnixMillis) -> Result<(), StoreError> {
-        self.gate(true).await?;
-        self.inner.touch(id, deadline).await
-    }
-    async fn rotate(
-        &self,
-        old: SessionId,
-        record: &Record,
-        expected: u64,
-    ) -> Result<(), StoreError> {
-        self.gate(true).await?;
-        self.inner.rotate(old, record, expected).await
-    }
-    async fn destroy(&self, id: SessionId) -> Result<(), StoreError> {
-        self.gate(true).await?;
-        self.inner.destroy(id).await
-    }
-    async fn destroy_user(&self, user: &str) -> Result<u64, StoreError> {
-        self.gate(true).await?;
-        self.inner.destroy_user(user).await
     }
 }
 

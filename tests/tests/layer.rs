@@ -514,3 +514,18 @@ impl Fixture {
         self.store.inner()
     }
 }
+
+#[tokio::test]
+async fn the_test_wrappers_count_and_fail_what_they_are_told() {
+    use sessile::SessionStore as _;
+    let store = CountingStore::new(FaultyStore::new(MemoryStore::new()));
+    let id = sessile::SessionId::random();
+    assert!(store.load(id).await.expect("load").is_none());
+    store.inner().fail_loads(true);
+    assert!(store.load(id).await.is_err());
+    assert!(store.destroy(id).await.is_ok(), "writes still work");
+    assert_eq!(
+        (store.count("load"), store.count("destroy"), store.total()),
+        (2, 1, 3)
+    );
+}

@@ -63,7 +63,7 @@ use fred::types::scripts::Script;
 use fred::types::{MultipleKeys, Value};
 use sessile::clock::UnixMillis;
 use sessile::record::Record;
-use sessile::store::DEFAULT_MAX_RECORD_BYTES;
+use sessile::store::{DEFAULT_MAX_RECORD_BYTES, encode_record};
 use sessile::{SessionId, SessionStore, StoreError};
 use thiserror::Error;
 
@@ -430,17 +430,6 @@ impl Inner {
         }
     }
 
-    fn body(&self, record: &Record) -> Result<Bytes, StoreError> {
-        let body = record.encode_body().map_err(StoreError::Corrupt)?;
-        if body.len() > self.max_record_bytes {
-            return Err(StoreError::TooLarge {
-                size: body.len(),
-                limit: self.max_record_bytes,
-            });
-        }
-        Ok(body.into())
-    }
-
     /// The record's index key, and whether a script can update it together with `with` (always
     /// outside a Cluster; in one, only when the keys share a slot).
     fn index_for(&self, record: &Record, with: &str) -> Option<(String, bool)> {
@@ -482,7 +471,7 @@ impl Inner {
         record: &Record,
         pre: Option<u64>,
     ) -> Result<(), StoreError> {
-        let body = self.body(record)?;
+        let body = Bytes::from(encode_record(record, self.max_record_bytes)?);
         let key = self.keys.record(&record.id);
         let index = self.index_for(record, leading.as_deref().unwrap_or(&key));
         let mut keys: Vec<String> = leading.into_iter().collect();

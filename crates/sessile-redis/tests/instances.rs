@@ -10,6 +10,7 @@ use sessile::{Hint, KeyRing, SaveError, SessionManagerLayer};
 use sessile_redis::RedisStore;
 use sessile_tests::redis::{RedisServer, unique_prefix};
 use sessile_tests::{CountingStore, Gate, Reply, routes, send};
+use tokio::task::JoinHandle;
 
 const NAME: &str = "sid";
 
@@ -64,6 +65,24 @@ impl Cluster {
         send(&self.apps[on], method, uri, cookie.as_deref(), None).await
     }
 
+    /// A new session on instance `on`, holding `name = ann`; returns its token.
+    async fn session(&self, on: usize) -> String {
+        self.go(on, Method::POST, "/set/ann", None)
+            .await
+            .cookie_value(NAME)
+            .expect("a new session sets a cookie")
+    }
+
+    /// Starts an increment on instance `on` and returns once its handler holds the loaded
+    /// session; it finishes when `gates[on].release` is notified.
+    async fn held_increment(self: &Arc<Self>, on: usize, token: &str) -> JoinHandle<Reply> {
+        let (c, token) = (Arc::clone(self), token.to_owned());
+        let slow =
+            tokio::spawn(async move { c.go(on, Method::POST, "/slow-incr", Some(&token)).await });
+        self.gates[on].entered.notified().await;
+        slow
+    }
+
     fn keys(&self, kind: &str) -> Vec<String> {
         let pattern = format!("{}:*:{kind}:*", self.prefix);
         self.server
@@ -77,12 +96,7 @@ impl Cluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_clients_over_two_instances_end_at_exactly_3200() {
     let c = Arc::new(two_instances(0.25).await);
-    let token = c
-        .go(0, Method::POST, "/set/ann", None)
-        .await
-        .cookie_value(NAME)
-        .expect("cookie");
-    let token = Arc::new(token);
+    let token = Arc::new(c.session(0).await);
     let clients: Vec<_> = (0..16)
         .map(|i| {
             let (c, token) = (Arc::clone(&c), Arc::clone(&token));
@@ -114,16 +128,8 @@ async fn sixteen_clients_over_two_instances_end_at_exactly_3200() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_on_one_instance_beats_a_save_on_the_other() {
     let c = Arc::new(two_instances(0.25).await);
-    let token = c
-        .go(0, Method::POST, "/set/ann", None)
-        .await
-        .cookie_value(NAME)
-        .expect("cookie");
-    let slow = {
-        let (c, token) = (Arc::clone(&c), token.clone());
-        tokio::spawn(async move { c.go(1, Method::POST, "/slow-incr", Some(&token)).await })
-    };
-    c.gates[1].entered.notified().await;
+    let token = c.session(0).await;
+    let slow = c.held_increment(1, &token).await;
     let out = c.go(0, Method::POST, "/logout", Some(&token)).await;
     assert_eq!(out.cookie_value(NAME).as_deref(), Some(""));
     c.gates[1].release.notify_one();
@@ -145,16 +151,8 @@ async fn logout_on_one_instance_beats_a_save_on_the_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_session_saved_late_is_reported_not_dropped_silently() {
     let c = Arc::new(two_instances(0.25).await);
-    let token = c
-        .go(0, Method::POST, "/set/ann", None)
-        .await
-        .cookie_value(NAME)
-        .expect("cookie");
-    let slow = {
-        let (c, token) = (Arc::clone(&c), token.clone());
-        tokio::spawn(async move { c.go(0, Method::POST, "/slow-incr", Some(&token)).await })
-    };
-    c.gates[0].entered.notified().await;
+    let token = c.session(0).await;
+    let slow = c.held_increment(0, &token).await;
     // The session expires while the handler runs: Redis drops the key at its deadline.
     let keys = c.keys("s");
     assert_eq!(keys.len(), 1);

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use super::{DEFAULT_MAX_RECORD_BYTES, SessionStore, StoreError};
+use super::{DEFAULT_MAX_RECORD_BYTES, SessionStore, StoreError, encode_record};
 use crate::SessionId;
 use crate::clock::{Clock, SystemClock, UnixMillis};
 use crate::record::Record;
@@ -202,23 +202,12 @@ impl Inner {
         lock(&self.shards[shard_of(id)])
     }
 
-    fn encode(&self, record: &Record) -> Result<Box<[u8]>, StoreError> {
-        let body = record.encode_body().map_err(StoreError::Corrupt)?;
-        if body.len() > self.max_record_bytes {
-            return Err(StoreError::TooLarge {
-                size: body.len(),
-                limit: self.max_record_bytes,
-            });
-        }
-        Ok(body.into_boxed_slice())
-    }
-
     fn entry(&self, record: &Record) -> Result<Entry, StoreError> {
         Ok(Entry {
             version: record.version,
             idle_deadline: record.expires_at(),
             user: record.meta.user_id.is_some(),
-            body: self.encode(record)?,
+            body: encode_record(record, self.max_record_bytes)?.into_boxed_slice(),
         })
     }
 

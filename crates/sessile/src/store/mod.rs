@@ -37,6 +37,18 @@ use crate::record::{CodecError, Record};
 /// what belongs in a session and well under Redis's limits.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
 
+/// Encodes a record's body for storage, refusing it when larger than `limit` bytes.
+pub fn encode_record(record: &Record, limit: usize) -> Result<Vec<u8>, StoreError> {
+    let body = record.encode_body().map_err(StoreError::Corrupt)?;
+    if body.len() > limit {
+        return Err(StoreError::TooLarge {
+            size: body.len(),
+            limit,
+        });
+    }
+    Ok(body)
+}
+
 /// Why a store operation failed.
 #[derive(Debug, Error)]
 #[non_exhaustive]
