@@ -1,0 +1,289 @@
+//! A breaker shared between tasks: the state machine behind a mutex, a clock, and an observer.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::machine::{Breaker, Permit, Rejected, State, Transition};
+use crate::{Config, ConfigError};
+
+/// A source of monotonic time.
+pub trait Clock: Send + Sync + 'static {
+    /// Now.
+    fn now(&self) -> Instant;
+}
+
+/// `Instant::now()`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Debug)]
+pub struct ManualClock {
+    base: Instant,
+    offset_ns: std::sync::atomic::AtomicU64,
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            offset_ns: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl ManualClock {
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        let ns = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.offset_ns
+            .fetch_add(ns, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        self.base + Duration::from_nanos(self.offset_ns.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+impl<C: Clock + ?Sized> Clock for Arc<C> {
+    fn now(&self) -> Instant {
+        (**self).now()
+    }
+}
+
+/// Told about what a breaker does. Every method has a no-op default; `()` observes nothing.
+/// Calls happen after the breaker's lock is released, so an observer may take its time.
+pub trait Observer: Send + Sync + 'static {
+    /// The breaker changed state.
+    fn on_transition(&self, _breaker: &str, _transition: Transition) {}
+    /// A call finished.
+    fn on_call(&self, _breaker: &str, _failed: bool, _elapsed: Duration) {}
+    /// A call was rejected.
+    fn on_rejected(&self, _breaker: &str, _rejected: Rejected) {}
+}
+
+impl Observer for () {}
+
+/// Reports through the `metrics` facade and `tracing`:
+///
+/// * `sessile_breaker_state{breaker}`: 0 closed, 1 half-open, 2 open (forced states count as
+///   open/closed);
+/// * `sessile_breaker_transitions_total{breaker, from, to}`;
+/// * `sessile_breaker_calls_total{breaker, outcome}` and `sessile_breaker_rejected_total{breaker}`;
+/// * a `warn` event when a breaker opens, `info` when it closes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MetricsObserver;
+
+impl Observer for MetricsObserver {
+    fn on_transition(&self, breaker: &str, t: Transition) {
+        let level = match t.to {
+            State::Closed | State::ForcedClosed => 0.0,
+            State::HalfOpen => 1.0,
+            State::Open | State::ForcedOpen => 2.0,
+        };
+        metrics::gauge!("sessile_breaker_state", "breaker" => breaker.to_owned()).set(level);
+        metrics::counter!(
+            "sessile_breaker_transitions_total",
+            "breaker" => breaker.to_owned(),
+            "from" => t.from.as_str(),
+            "to" => t.to.as_str()
+        )
+        .increment(1);
+        match t.to {
+            State::Open | State::ForcedOpen => {
+                tracing::warn!(
+                    breaker,
+                    from = t.from.as_str(),
+                    to = t.to.as_str(),
+                    "circuit breaker opened"
+                );
+            }
+            _ => tracing::info!(
+                breaker,
+                from = t.from.as_str(),
+                to = t.to.as_str(),
+                "circuit breaker changed state"
+            ),
+        }
+    }
+
+    fn on_call(&self, breaker: &str, failed: bool, _elapsed: Duration) {
+        let outcome = if failed { "failure" } else { "success" };
+        metrics::counter!("sessile_breaker_calls_total", "breaker" => breaker.to_owned(), "outcome" => outcome)
+            .increment(1);
+    }
+
+    fn on_rejected(&self, breaker: &str, _rejected: Rejected) {
+        metrics::counter!("sessile_breaker_rejected_total", "breaker" => breaker.to_owned())
+            .increment(1);
+    }
+}
+
+/// A breaker that many tasks share; clones share it too. This is also the operator's handle:
+/// read the [`state`](Self::state), [`force_open`](Self::force_open),
+/// [`force_closed`](Self::force_closed), [`reset`](Self::reset).
+#[derive(Clone)]
+pub struct SharedBreaker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: Box<str>,
+    // A std mutex: the critical section is a few comparisons and never awaits.
+    machine: Mutex<Breaker>,
+    clock: Arc<dyn Clock>,
+    origin: Instant,
+    observer: Arc<dyn Observer>,
+}
+
+impl std::fmt::Debug for SharedBreaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedBreaker")
+            .field("name", &self.inner.name)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+/// Configures a [`SharedBreaker`].
+#[must_use]
+pub struct SharedBreakerBuilder {
+    name: String,
+    config: Config,
+    clock: Arc<dyn Clock>,
+    observer: Arc<dyn Observer>,
+    seed: Option<u64>,
+}
+
+impl SharedBreakerBuilder {
+    /// Settings (default [`Config::default`]).
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+    /// Clock (default [`SystemClock`]).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+    /// Observer (default [`MetricsObserver`]).
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = observer;
+        self
+    }
+    /// Jitter seed (default: from the clock and the name, so breakers differ).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+    /// Builds the breaker, closed.
+    pub fn build(self) -> Result<SharedBreaker, ConfigError> {
+        let seed = self.seed.unwrap_or_else(|| {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            self.name
+                .bytes()
+                .fold(t, |h, b| h.rotate_left(5) ^ u64::from(b))
+        });
+        let origin = self.clock.now();
+        Ok(SharedBreaker {
+            inner: Arc::new(Inner {
+                machine: Mutex::new(Breaker::new(self.config, seed)?),
+                name: self.name.into(),
+                clock: self.clock,
+                origin,
+                observer: self.observer,
+            }),
+        })
+    }
+}
+
+impl SharedBreaker {
+    /// Starts configuring a breaker called `name` (used in metrics and logs).
+    pub fn builder(name: impl Into<String>) -> SharedBreakerBuilder {
+        SharedBreakerBuilder {
+            name: name.into(),
+            config: Config::default(),
+            clock: Arc::new(SystemClock),
+            observer: Arc::new(MetricsObserver),
+            seed: None,
+        }
+    }
+
+    /// The breaker's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn now(&self) -> Duration {
+        self.inner
+            .clock
+            .now()
+            .saturating_duration_since(self.inner.origin)
+    }
+
+    fn machine(&self) -> MutexGuard<'_, Breaker> {
+        // Every method of `Breaker` leaves it consistent before it could panic.
+        self.inner.machine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn notify(&self, t: Option<Transition>) {
+        if let Some(t) = t {
+            self.inner.observer.on_transition(&self.inner.name, t);
+        }
+    }
+
+    /// Asks to make a call.
+    pub fn acquire(&self) -> Result<Permit, Rejected> {
+        let now = self.now();
+        let (result, t) = self.machine().try_acquire(now);
+        self.notify(t);
+        if let Err(r) = result {
+            self.inner.observer.on_rejected(&self.inner.name, r);
+        }
+        result
+    }
+
+    /// Records a call's outcome.
+    pub fn record(&self, permit: Permit, failed: bool) {
+        let now = self.now();
+        let t = self.machine().record(permit, failed, now);
+        let elapsed = now.saturating_sub(permit.started);
+        self.inner
+            .observer
+            .on_call(&self.inner.name, failed, elapsed);
+        self.notify(t);
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.machine().state()
+    }
+
+    /// Holds the breaker open.
+    pub fn force_open(&self) {
+        let t = self.machine().force_open();
+        self.notify(t);
+    }
+
+    /// Holds the breaker closed.
+    pub fn force_closed(&self) {
+        let t = self.machine().force_closed();
+        self.notify(t);
+    }
+
+    /// Back to automatic, closed, with an empty window.
+    pub fn reset(&self) {
+        let t = self.machine().reset();
+        self.notify(t);
+    }
+}
