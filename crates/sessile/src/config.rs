@@ -36,6 +36,46 @@ pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 16 * 1024;
 /// dozen writers on one session converge.
 pub const DEFAULT_MAX_SAVE_ATTEMPTS: u32 = 32;
 
+/// How many recently seen records [`DegradedMode::CachedReadOnly`] keeps per instance.
+pub const DEFAULT_FALLBACK_CAPACITY: u64 = 10_000;
+
+/// How old a kept copy may be and still be served by [`DegradedMode::CachedReadOnly`]. Short,
+/// because a copy does not learn of a logout on another instance: this bounds how long such a
+/// session can still be read during an outage.
+pub const DEFAULT_FALLBACK_TTL: Duration = Duration::from_secs(60);
+
+/// What the layer does when the store cannot be reached (it timed out, failed, or its circuit
+/// breaker is open) while loading a session.
+///
+/// In no mode is a stored record, or the user's cookie, overwritten by a degraded session: a
+/// degraded request's changes are never written, and the layer reports them as
+/// [`SaveError::Degraded`](crate::SaveError::Degraded).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DegradedMode {
+    /// Answer 503 with `Retry-After`; the handler is not run. The default: nothing can go wrong
+    /// silently.
+    #[default]
+    FailClosed,
+    /// Serve this instance's recent copy of the record read-only, flagged
+    /// [degraded](crate::Session::is_degraded); with no copy, fail closed. Copies are kept for at
+    /// most the fallback TTL.
+    CachedReadOnly,
+    /// Run the handler with an empty session flagged [degraded](crate::Session::is_degraded).
+    /// Good for pages that work logged out.
+    Ephemeral,
+}
+
+impl DegradedMode {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::FailClosed => "fail_closed",
+            Self::CachedReadOnly => "cached_read_only",
+            Self::Ephemeral => "ephemeral",
+        }
+    }
+}
+
 /// A setting is out of range or contradicts another.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -100,6 +140,9 @@ pub(crate) struct SessionConfig {
     pub(crate) max_save_attempts: u32,
     pub(crate) save_on_server_error: bool,
     pub(crate) tenant: Option<String>,
+    pub(crate) degraded_mode: DegradedMode,
+    pub(crate) fallback_capacity: u64,
+    pub(crate) fallback_ttl: Duration,
 }
 
 impl Default for SessionConfig {
@@ -114,6 +157,9 @@ impl Default for SessionConfig {
             max_save_attempts: DEFAULT_MAX_SAVE_ATTEMPTS,
             save_on_server_error: false,
             tenant: None,
+            degraded_mode: DegradedMode::default(),
+            fallback_capacity: DEFAULT_FALLBACK_CAPACITY,
+            fallback_ttl: DEFAULT_FALLBACK_TTL,
         }
     }
 }
@@ -124,6 +170,7 @@ impl SessionConfig {
             ("idle timeout", self.idle_timeout),
             ("absolute timeout", self.absolute_timeout),
             ("store timeout", self.store_timeout),
+            ("fallback TTL", self.fallback_ttl),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Zero(name));

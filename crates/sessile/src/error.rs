@@ -60,6 +60,11 @@ pub enum SaveError {
         /// Attempts made.
         attempts: u32,
     },
+    /// The store could not be reached when the session was loaded, so the handler worked on a
+    /// degraded stand-in; its changes were not written, on purpose, so that a stand-in never
+    /// overwrites the real record.
+    #[error("session store unreachable: changes to the degraded session were not saved")]
+    Degraded,
     /// The session was destroyed, rotated away or expired while the request ran. Its changes were
     /// discarded on purpose: a logout is final.
     #[error("session ended while the request ran; its changes were discarded")]

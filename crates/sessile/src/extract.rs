@@ -34,10 +34,16 @@ impl IntoResponse for SessionRejection {
                 tracing::error!("{self}");
                 (StatusCode::INTERNAL_SERVER_ERROR, self.to_string()).into_response()
             }
-            Self::Unavailable(_) => {
+            Self::Unavailable(ref error) => {
+                // An open breaker knows when it will try again; say so, in whole seconds.
+                let retry = match **error {
+                    StoreError::Rejected { retry_after } => {
+                        HeaderValue::from(retry_after.as_secs_f64().ceil().max(1.0) as u64)
+                    }
+                    _ => HeaderValue::from_static(RETRY_AFTER_SECS),
+                };
                 let mut res = (StatusCode::SERVICE_UNAVAILABLE, self.to_string()).into_response();
-                res.headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+                res.headers_mut().insert(RETRY_AFTER, retry);
                 res
             }
         }

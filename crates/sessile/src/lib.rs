@@ -64,11 +64,16 @@ mod session;
 pub mod store;
 
 pub use config::ConfigError;
+pub use config::DegradedMode;
 pub use error::{SaveError, SaveFailed, SessionError};
 pub use extract::SessionRejection;
 pub use hint::HintSource;
 pub use id::SessionId;
-pub use manager::{ResponseFuture, SessionManager, SessionManagerBuilder, SessionManagerLayer};
+pub use manager::{
+    ResponseFuture, STORE_BREAKER_NAME, SaveErrorHook, SessionManager, SessionManagerBuilder,
+    SessionManagerLayer,
+};
+pub use sessile_breaker as breaker;
 pub use sessile_token::{Hint, KeyRing};
 pub use session::Session;
 pub use store::{MemoryStore, SessionStore, StoreError};

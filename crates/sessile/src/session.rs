@@ -9,6 +9,7 @@ use tokio::sync::OnceCell;
 
 use crate::SessionId;
 use crate::clock::UnixMillis;
+use crate::config::DegradedMode;
 use crate::error::SessionError;
 use crate::manager::Shared;
 use crate::record::{Metadata, Payload};
@@ -98,6 +99,9 @@ pub(crate) struct State {
     pub(crate) cycle: bool,
     /// `destroy` ended this stored session during the request.
     pub(crate) ended: Option<SessionId>,
+    /// The store could not be reached: this session is a read-only copy or an empty stand-in,
+    /// and nothing of it will be written.
+    pub(crate) degraded: bool,
 }
 
 /// The layer's per-request state, shared by the service and every `Session` clone.
@@ -132,28 +136,75 @@ impl RequestSession {
                 let Some(incoming) = self.incoming else {
                     return Ok(());
                 };
-                let record = self
-                    .shared
-                    .store
-                    .load(incoming.id)
-                    .await
-                    .map_err(Arc::new)?;
+                let record = match self.shared.store.load(incoming.id).await {
+                    Ok(record) => record,
+                    Err(StoreError::Corrupt(e)) => {
+                        // Unreadable is permanent: answer as for a missing session (a new one
+                        // starts) rather than fail every request of this user. The record is
+                        // left alone; it expires by itself.
+                        tracing::error!(error = %e, session = %incoming.id, "stored session is corrupt; starting a new one");
+                        metrics::counter!("sessile_corrupt_records_total").increment(1);
+                        None
+                    }
+                    Err(e) if e.is_unavailability() => return self.degrade(incoming.id, e),
+                    Err(e) => return Err(Arc::new(e)),
+                };
                 let now = self.shared.clock.now_ms();
                 if let Some(r) = record.filter(|r| r.id == incoming.id && !r.is_expired(now)) {
-                    let mut st = self.state();
-                    st.user_id.clone_from(&r.meta.user_id);
-                    st.data = r.data;
-                    st.base = Some(Base {
-                        id: r.id,
-                        version: r.version,
-                        idle_deadline: r.idle_deadline,
-                        meta: r.meta,
-                    });
+                    if let Some(copies) = &self.shared.fallback {
+                        copies.remember(&r);
+                    }
+                    self.adopt(r);
                 }
                 Ok(())
             })
             .await
             .clone()
+    }
+}
+
+impl RequestSession {
+    /// Makes `r` the request's session.
+    fn adopt(&self, r: crate::record::Record) {
+        let mut st = self.state();
+        st.user_id.clone_from(&r.meta.user_id);
+        st.data = r.data;
+        st.base = Some(Base {
+            id: r.id,
+            version: r.version,
+            idle_deadline: r.idle_deadline,
+            meta: r.meta,
+        });
+    }
+
+    /// The store could not be reached while loading `id`: apply the degraded mode.
+    fn degrade(&self, id: SessionId, error: StoreError) -> Result<(), Arc<StoreError>> {
+        let mode = self.shared.config.degraded_mode;
+        let now = self.shared.clock.now_ms();
+        let served = match mode {
+            DegradedMode::FailClosed => false,
+            DegradedMode::Ephemeral => true,
+            DegradedMode::CachedReadOnly => {
+                let copy = self.shared.fallback.as_ref().and_then(|c| c.get(&id));
+                match copy.filter(|r| !r.is_expired(now)) {
+                    Some(r) => {
+                        self.adopt((*r).clone());
+                        true
+                    }
+                    None => false,
+                }
+            }
+        };
+        let outcome = if served { "served" } else { "refused" };
+        metrics::counter!("sessile_degraded_requests_total", "mode" => mode.as_str(), "outcome" => outcome)
+            .increment(1);
+        tracing::warn!(error = %error, mode = mode.as_str(), outcome, "session store unreachable");
+        if served {
+            self.state().degraded = true;
+            Ok(())
+        } else {
+            Err(Arc::new(error))
+        }
     }
 }
 
@@ -324,6 +375,14 @@ impl Session {
             .map_err(SessionError::Store)?;
         self.destroy();
         Ok(n)
+    }
+
+    /// Whether the store could not be reached and this session is a stand-in: a read-only recent
+    /// copy ([`DegradedMode::CachedReadOnly`]) or empty ([`DegradedMode::Ephemeral`]). Changes to
+    /// a degraded session are not saved; they are reported as
+    /// [`SaveError::Degraded`](crate::SaveError::Degraded).
+    pub fn is_degraded(&self) -> bool {
+        self.0.state().degraded
     }
 
     /// Whether the session is not stored yet (no valid cookie, or its record is gone).

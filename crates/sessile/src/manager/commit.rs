@@ -38,6 +38,7 @@ impl SaveError {
             Self::Store(e) => e.kind(),
             Self::Replay(_) => "replay",
             Self::Contended { .. } => "contended",
+            Self::Degraded => "degraded",
             Self::Ended => "ended",
         }
     }
@@ -65,9 +66,18 @@ impl RequestSession {
         }
         let st = std::mem::take(&mut *self.state());
         let now = self.shared.clock.now_ms();
+        if st.degraded {
+            // A stand-in session is never written: not over the real record, not as a new one,
+            // and the browser keeps its cookie.
+            if !st.ops.is_empty() || st.cycle || st.ended.is_some() {
+                out.error = Some(SaveError::Degraded);
+            }
+            return out;
+        }
 
         if let Some(old) = st.ended {
             out.cookie = CookieAction::Remove;
+            self.forget(&old);
             match self.shared.store.destroy(old).await {
                 Ok(()) => metrics::counter!("sessile_sessions_destroyed_total").increment(1),
                 Err(e) => out.error = Some(SaveError::Store(e)),
@@ -110,6 +120,7 @@ impl RequestSession {
             match self.shared.store.create(&record).await {
                 Ok(()) => {
                     metrics::counter!("sessile_sessions_created_total").increment(1);
+                    self.remember(&record);
                     out.cookie = self.issue(&record, now);
                     return;
                 }
@@ -177,6 +188,10 @@ impl RequestSession {
             };
             match result {
                 Ok(()) => {
+                    if cycle {
+                        self.forget(&base.id);
+                    }
+                    self.remember(&record);
                     if cycle || cookie_due {
                         out.cookie = self.issue(&record, now);
                     }
@@ -191,6 +206,7 @@ impl RequestSession {
                     return;
                 }
                 Err(StoreError::NotFound) => {
+                    self.forget(&base.id);
                     self.ended_meanwhile(out);
                     return;
                 }
@@ -240,8 +256,14 @@ impl RequestSession {
         let mut deadline = base.idle_deadline;
         if touch_due {
             match self.shared.store.touch(base.id, new_deadline).await {
-                Ok(()) => deadline = new_deadline,
+                Ok(()) => {
+                    deadline = new_deadline;
+                    if let Some(copies) = &self.shared.fallback {
+                        copies.touched(&base.id, new_deadline);
+                    }
+                }
                 Err(StoreError::NotFound) => {
+                    self.forget(&base.id);
                     out.cookie = CookieAction::Remove;
                     return;
                 }
@@ -253,6 +275,18 @@ impl RequestSession {
         }
         if cookie_due {
             out.cookie = self.issue_token(base.id, &base.meta.hint, deadline, now);
+        }
+    }
+
+    fn remember(&self, record: &Record) {
+        if let Some(copies) = &self.shared.fallback {
+            copies.remember(record);
+        }
+    }
+
+    fn forget(&self, id: &SessionId) {
+        if let Some(copies) = &self.shared.fallback {
+            copies.forget(id);
         }
     }
 

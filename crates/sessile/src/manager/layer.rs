@@ -6,9 +6,12 @@ use cookie::SameSite;
 use sessile_token::{Hint, KeyRing, TokenCodec};
 use tower_layer::Layer;
 
-use super::{SessionManager, Shared, StoreHandle};
+use sessile_breaker::SharedBreaker;
+
+use super::{LocalCopies, SessionManager, Shared, StoreHandle, commit_stripes};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{ConfigError, SessionConfig};
+use crate::config::{ConfigError, DegradedMode, SessionConfig};
+use crate::error::SaveError;
 use crate::hint::HintSource;
 use crate::store::SessionStore;
 
@@ -38,8 +41,24 @@ impl SessionManagerLayer {
             config: SessionConfig::default(),
             hints: Arc::new(Hint::empty()),
             clock: Arc::new(SystemClock),
+            breaker: BreakerChoice::Default,
+            on_save_error: None,
         }
     }
+
+    /// The circuit breaker guarding the store, if any: read its state or force it from here.
+    pub fn breaker(&self) -> Option<&SharedBreaker> {
+        self.shared.store.breaker()
+    }
+}
+
+/// Name of the default store breaker, in metrics and logs.
+pub const STORE_BREAKER_NAME: &str = "session_store";
+
+enum BreakerChoice {
+    Default,
+    Custom(SharedBreaker),
+    Off,
 }
 
 impl<S> Layer<S> for SessionManagerLayer {
@@ -67,6 +86,8 @@ pub struct SessionManagerBuilder {
     config: SessionConfig,
     hints: Arc<dyn HintSource>,
     clock: Arc<dyn Clock>,
+    breaker: BreakerChoice,
+    on_save_error: Option<super::SaveErrorHook>,
 }
 
 impl fmt::Debug for SessionManagerBuilder {
@@ -184,6 +205,47 @@ impl SessionManagerBuilder {
         self
     }
 
+    /// What to do when the store cannot be reached (default [`DegradedMode::FailClosed`]).
+    pub fn degraded_mode(mut self, mode: DegradedMode) -> Self {
+        self.config.degraded_mode = mode;
+        self
+    }
+
+    /// Size and age bounds of the copies [`DegradedMode::CachedReadOnly`] serves (defaults
+    /// [`crate::config::DEFAULT_FALLBACK_CAPACITY`], [`crate::config::DEFAULT_FALLBACK_TTL`]).
+    pub fn fallback_copies(mut self, capacity: u64, ttl: Duration) -> Self {
+        self.config.fallback_capacity = capacity;
+        self.config.fallback_ttl = ttl;
+        self
+    }
+
+    /// The circuit breaker that guards the store. By default the layer builds one named
+    /// [`STORE_BREAKER_NAME`] with `sessile_breaker`'s default settings. Only timeouts and
+    /// unavailability count as failures; answers such as "not found" or "conflict" do not.
+    pub fn circuit_breaker(mut self, breaker: SharedBreaker) -> Self {
+        self.breaker = BreakerChoice::Custom(breaker);
+        self
+    }
+
+    /// No circuit breaker: every request tries the store (each still bounded by the store
+    /// timeout).
+    pub fn without_circuit_breaker(mut self) -> Self {
+        self.breaker = BreakerChoice::Off;
+        self
+    }
+
+    /// Called when a request's session changes could not be saved, with the error and the
+    /// response's head, so the application can change the answer. Without a hook the response
+    /// goes out as the handler made it (without a new cookie), and the error is logged, counted
+    /// and attached as [`SaveFailed`](crate::SaveFailed).
+    pub fn on_save_error(
+        mut self,
+        hook: impl Fn(&SaveError, &mut http::response::Parts) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_save_error = Some(Arc::new(hook));
+        self
+    }
+
     /// The wall clock (default the system clock). Give the store the same clock.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -194,14 +256,28 @@ impl SessionManagerBuilder {
     pub fn build(self) -> Result<SessionManagerLayer, ConfigError> {
         self.config.validate()?;
         let codec = TokenCodec::new(self.keys, &self.config.cookie.name)?;
+        let breaker = match self.breaker {
+            BreakerChoice::Default => Some(
+                SharedBreaker::builder(STORE_BREAKER_NAME)
+                    .build()
+                    .expect("the default breaker settings are valid"),
+            ),
+            BreakerChoice::Custom(b) => Some(b),
+            BreakerChoice::Off => None,
+        };
+        let fallback = (self.config.degraded_mode == DegradedMode::CachedReadOnly)
+            .then(|| LocalCopies::new(self.config.fallback_capacity, self.config.fallback_ttl));
         Ok(SessionManagerLayer {
-            shared: Arc::new(Shared::new(
-                StoreHandle::new(self.store, self.config.store_timeout),
+            shared: Arc::new(Shared {
+                store: StoreHandle::new(self.store, self.config.store_timeout, breaker),
                 codec,
-                self.config,
-                self.hints,
-                self.clock,
-            )),
+                config: self.config,
+                hints: self.hints,
+                clock: self.clock,
+                commit_locks: commit_stripes(),
+                fallback,
+                on_save_error: self.on_save_error,
+            }),
         })
     }
 }

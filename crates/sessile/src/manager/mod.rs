@@ -1,6 +1,7 @@
 //! The session layer: [`SessionManagerLayer`] and the [`SessionManager`] service it builds.
 
 mod commit;
+mod fallback;
 mod layer;
 pub(crate) mod service;
 mod store_handle;
@@ -9,18 +10,24 @@ use std::sync::Arc;
 
 use sessile_token::TokenCodec;
 
-pub use layer::{SessionManagerBuilder, SessionManagerLayer};
+pub use layer::{STORE_BREAKER_NAME, SessionManagerBuilder, SessionManagerLayer};
 pub use service::{ResponseFuture, SessionManager};
 pub(crate) use store_handle::StoreHandle;
 
 use crate::clock::Clock;
 use crate::config::SessionConfig;
+use crate::error::SaveError;
 use crate::hint::HintSource;
+pub(crate) use fallback::LocalCopies;
 
 /// Stripes of the per-session commit lock. Two sessions share a stripe with probability
 /// 1/4096, which costs them at most one store round trip of waiting; 4096 small mutexes are
 /// about 200 KiB per layer.
 const COMMIT_STRIPES: usize = 4096;
+
+/// Called with a request's save error and its response's head, before the response leaves: the
+/// application's chance to change the status or headers (say, to a 503 and a message).
+pub type SaveErrorHook = Arc<dyn Fn(&SaveError, &mut http::response::Parts) + Send + Sync>;
 
 /// Everything requests share: built once by the layer, behind one `Arc`.
 pub(crate) struct Shared {
@@ -36,28 +43,18 @@ pub(crate) struct Shared {
     /// attempts. Queueing the writers of this instance (a tokio mutex is FIFO) leaves only one per
     /// instance in the race, so a retry wins about 1/instances of the time.
     pub(crate) commit_locks: Box<[tokio::sync::Mutex<()>]>,
+    /// Recent copies, kept only for [`DegradedMode::CachedReadOnly`](crate::config::DegradedMode).
+    pub(crate) fallback: Option<LocalCopies>,
+    pub(crate) on_save_error: Option<SaveErrorHook>,
+}
+
+pub(crate) fn commit_stripes() -> Box<[tokio::sync::Mutex<()>]> {
+    (0..COMMIT_STRIPES)
+        .map(|_| tokio::sync::Mutex::new(()))
+        .collect()
 }
 
 impl Shared {
-    pub(crate) fn new(
-        store: StoreHandle,
-        codec: TokenCodec,
-        config: SessionConfig,
-        hints: Arc<dyn HintSource>,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
-        Self {
-            store,
-            codec,
-            config,
-            hints,
-            clock,
-            commit_locks: (0..COMMIT_STRIPES)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
-        }
-    }
-
     pub(crate) fn commit_lock(&self, id: &crate::SessionId) -> &tokio::sync::Mutex<()> {
         let b = id.as_bytes();
         // Bytes 2.. are random in every id (0..2 are the partition, shared by a user's sessions).

@@ -136,7 +136,11 @@ async fn finish<B>(session: &RequestSession, res: &mut Response<B>) {
     if let Some(error) = commit.error {
         metrics::counter!("sessile_save_failures_total", "kind" => error.kind()).increment(1);
         tracing::warn!(error = %error, source = ?std::error::Error::source(&error), "session changes not saved");
-        res.extensions_mut().insert(SaveFailed(Arc::new(error)));
+        let error = Arc::new(error);
+        if let Some(hook) = &session.shared.on_save_error {
+            apply_hook(hook.as_ref(), &error, res);
+        }
+        res.extensions_mut().insert(SaveFailed(error));
     }
     let cookie = match commit.cookie {
         CookieAction::Keep => return,
@@ -158,6 +162,25 @@ async fn finish<B>(session: &RequestSession, res: &mut Response<B>) {
     if cacheable {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
+}
+
+/// Lends the response's head to the hook as `Parts` (the body stays where it is: it need not be
+/// `Default`), then takes the changes back.
+fn apply_hook<B>(
+    hook: &(dyn Fn(&crate::SaveError, &mut http::response::Parts) + Send + Sync),
+    error: &crate::SaveError,
+    res: &mut Response<B>,
+) {
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.status = res.status();
+    parts.version = res.version();
+    parts.headers = std::mem::take(res.headers_mut());
+    parts.extensions = std::mem::take(res.extensions_mut());
+    hook(error, &mut parts);
+    *res.status_mut() = parts.status;
+    *res.version_mut() = parts.version;
+    *res.headers_mut() = parts.headers;
+    *res.extensions_mut() = parts.extensions;
 }
 
 fn append_vary_cookie(headers: &mut HeaderMap) {

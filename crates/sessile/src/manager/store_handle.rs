@@ -1,6 +1,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sessile_breaker::SharedBreaker;
 use tracing::Instrument as _;
 
 use crate::SessionId;
@@ -8,15 +9,29 @@ use crate::clock::UnixMillis;
 use crate::record::Record;
 use crate::store::{BoxFuture, DynStore, StoreError};
 
-/// The store as the layer sees it: every call gets a deadline, a trace span and metrics.
+/// The store as the layer sees it: every call passes the circuit breaker (if any), gets a
+/// deadline, a trace span and metrics.
 pub(crate) struct StoreHandle {
     store: Arc<dyn DynStore>,
     timeout: Duration,
+    breaker: Option<SharedBreaker>,
 }
 
 impl StoreHandle {
-    pub(crate) fn new(store: Arc<dyn DynStore>, timeout: Duration) -> Self {
-        Self { store, timeout }
+    pub(crate) fn new(
+        store: Arc<dyn DynStore>,
+        timeout: Duration,
+        breaker: Option<SharedBreaker>,
+    ) -> Self {
+        Self {
+            store,
+            timeout,
+            breaker,
+        }
+    }
+
+    pub(crate) fn breaker(&self) -> Option<&SharedBreaker> {
+        self.breaker.as_ref()
     }
 
     async fn run<T>(
@@ -32,6 +47,19 @@ impl StoreHandle {
             session = session.map(tracing::field::display),
             outcome = tracing::field::Empty,
         );
+        let permit = match self.breaker.as_ref().map(SharedBreaker::acquire) {
+            Some(Err(rejected)) => {
+                // Open: answer now, without touching the store.
+                span.record("outcome", "rejected");
+                metrics::counter!("sessile_store_ops_total", "op" => op, "outcome" => "rejected")
+                    .increment(1);
+                return Err(StoreError::Rejected {
+                    retry_after: rejected.retry_after,
+                });
+            }
+            Some(Ok(permit)) => Some(permit),
+            None => None,
+        };
         let started = Instant::now();
         let result = match tokio::time::timeout(self.timeout, call)
             .instrument(span.clone())
@@ -40,6 +68,15 @@ impl StoreHandle {
             Ok(r) => r,
             Err(_) => Err(StoreError::Timeout(self.timeout)),
         };
+        if let (Some(breaker), Some(permit)) = (&self.breaker, permit) {
+            // Only "the store did not answer" counts against it; not-found, conflicts and the
+            // like are answers.
+            let failed = result
+                .as_ref()
+                .err()
+                .is_some_and(StoreError::is_unavailability);
+            breaker.record(permit, failed);
+        }
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.kind(),

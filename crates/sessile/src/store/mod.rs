@@ -68,6 +68,12 @@ pub enum StoreError {
     /// A stored record could not be decoded.
     #[error("stored session record is corrupt")]
     Corrupt(#[source] CodecError),
+    /// The store's circuit breaker is open: the store was not called.
+    #[error("session store not called: its circuit breaker is open (retry after {retry_after:?})")]
+    Rejected {
+        /// When the breaker will let a probe through.
+        retry_after: Duration,
+    },
     /// The encoded record is larger than the store accepts.
     #[error("session record is {size} bytes, over the store's limit of {limit}")]
     TooLarge {
@@ -88,7 +94,18 @@ impl StoreError {
             Self::Unavailable(_) => "unavailable",
             Self::Corrupt(_) => "corrupt",
             Self::TooLarge { .. } => "too_large",
+            Self::Rejected { .. } => "rejected",
         }
+    }
+
+    /// Whether the error says the store is not answering (timeout, unavailable, breaker open),
+    /// as opposed to an answer about the record. These are what the circuit breaker counts and
+    /// what the degraded modes cover.
+    pub fn is_unavailability(&self) -> bool {
+        matches!(
+            self,
+            Self::Timeout(_) | Self::Unavailable(_) | Self::Rejected { .. }
+        )
     }
 }
 

@@ -1,0 +1,49 @@
+//! Recent copies of records, served read-only by [`DegradedMode::CachedReadOnly`] while the
+//! store cannot be reached.
+//!
+//! [`DegradedMode::CachedReadOnly`]: crate::config::DegradedMode::CachedReadOnly
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::SessionId;
+use crate::clock::UnixMillis;
+use crate::record::Record;
+
+/// A bounded cache (moka: concurrent, size- and age-bounded eviction) of the records this
+/// instance has loaded or written. It is not coherent with other instances, which is why it is
+/// only ever read when the store cannot be, and only for a short time after each copy was made.
+pub(crate) struct LocalCopies {
+    cache: moka::sync::Cache<SessionId, Arc<Record>>,
+}
+
+impl LocalCopies {
+    pub(crate) fn new(capacity: u64, ttl: Duration) -> Self {
+        Self {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
+        }
+    }
+
+    pub(crate) fn remember(&self, record: &Record) {
+        self.cache.insert(record.id, Arc::new(record.clone()));
+    }
+
+    pub(crate) fn forget(&self, id: &SessionId) {
+        self.cache.invalidate(id);
+    }
+
+    pub(crate) fn touched(&self, id: &SessionId, idle_deadline: UnixMillis) {
+        if let Some(old) = self.cache.get(id) {
+            let mut r = (*old).clone();
+            r.idle_deadline = idle_deadline;
+            self.cache.insert(*id, Arc::new(r));
+        }
+    }
+
+    pub(crate) fn get(&self, id: &SessionId) -> Option<Arc<Record>> {
+        self.cache.get(id)
+    }
+}

@@ -1,0 +1,278 @@
+//! The layer when the store cannot be reached: the breaker, the three degraded modes, and how
+//! failed saves are reported. Faults are injected into a memory store; the same behaviour against
+//! real Redis processes is in `sessile-redis`'s fault tests.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use http::{Method, StatusCode, header};
+use sessile::breaker::{Config, ManualClock, SharedBreaker, State, Window};
+use sessile::{DegradedMode, KeyRing, MemoryStore, SaveError, Session, SessionManagerLayer};
+use sessile_tests::{CountingStore, FaultyStore, Reply, send};
+
+const NAME: &str = "sid";
+
+struct Fixture {
+    app: Router,
+    store: CountingStore<FaultyStore<MemoryStore>>,
+    breaker: SharedBreaker,
+    clock: Arc<ManualClock>,
+    handled: Arc<AtomicU32>,
+}
+
+fn fixture(mode: DegradedMode) -> Fixture {
+    let clock = Arc::new(ManualClock::default());
+    let breaker = SharedBreaker::builder("test_store")
+        .config(Config {
+            window: Window::Count(20),
+            minimum_calls: 5,
+            half_open_probes: 1,
+            jitter: 0.0,
+            ..Config::default()
+        })
+        .clock(clock.clone())
+        .seed(3)
+        .build()
+        .expect("breaker");
+    let store = CountingStore::new(FaultyStore::new(MemoryStore::new()));
+    let layer =
+        SessionManagerLayer::builder(store.clone(), KeyRing::new(1, &[8; 32]).expect("keys"))
+            .cookie_name(NAME)
+            .degraded_mode(mode)
+            .circuit_breaker(breaker.clone())
+            .build()
+            .expect("layer");
+    let handled = Arc::new(AtomicU32::new(0));
+    let count = |h: &Arc<AtomicU32>| {
+        let h = Arc::clone(h);
+        move || {
+            h.fetch_add(1, Ordering::SeqCst);
+        }
+    };
+    let (on_read, on_write) = (count(&handled), count(&handled));
+    let app = Router::new()
+        .route(
+            "/read",
+            get(move |s: Session| async move {
+                on_read();
+                let name = s
+                    .get::<String>("name")
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| "-".into());
+                format!("{name} degraded={}", s.is_degraded())
+            }),
+        )
+        .route(
+            "/write",
+            post(move |s: Session| async move {
+                on_write();
+                s.insert("name", "changed").map(|()| "ok")
+            }),
+        )
+        .route(
+            "/login",
+            post(|s: Session| async move { s.insert("name", "ann") }),
+        )
+        .layer(layer);
+    Fixture {
+        app,
+        store,
+        breaker,
+        clock,
+        handled,
+    }
+}
+
+impl Fixture {
+    async fn go(&self, method: Method, uri: &str, token: Option<&str>) -> Reply {
+        let cookie = token.map(|t| format!("{NAME}={t}"));
+        send(&self.app, method, uri, cookie.as_deref(), None).await
+    }
+
+    async fn session(&self) -> String {
+        self.go(Method::POST, "/login", None)
+            .await
+            .cookie_value(NAME)
+            .expect("cookie")
+    }
+
+    fn outage(&self, on: bool) {
+        self.store.inner().fail_loads(on);
+        self.store.inner().fail_writes(on);
+    }
+}
+
+#[tokio::test]
+async fn fail_closed_answers_503_without_running_the_handler() {
+    let f = fixture(DegradedMode::FailClosed);
+    let token = f.session().await;
+    f.outage(true);
+    let r = f.go(Method::GET, "/read", Some(&token)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers.contains_key(header::RETRY_AFTER));
+    assert!(r.set_cookie(NAME).is_none());
+    assert_eq!(f.handled.load(Ordering::SeqCst), 0, "handler not run");
+}
+
+#[tokio::test]
+async fn the_breaker_opens_and_then_the_store_is_not_called_until_it_probes() {
+    let f = fixture(DegradedMode::FailClosed);
+    let token = f.session().await;
+    f.outage(true);
+    for _ in 0..5 {
+        f.go(Method::GET, "/read", Some(&token)).await;
+    }
+    assert_eq!(f.breaker.state(), State::Open);
+    f.store.reset();
+    for _ in 0..50 {
+        let r = f.go(Method::GET, "/read", Some(&token)).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            r.headers[header::RETRY_AFTER],
+            "1",
+            "the breaker's own wait"
+        );
+    }
+    assert_eq!(
+        f.store.total(),
+        0,
+        "an open breaker keeps requests off the store"
+    );
+
+    // The store is back; after the open wait one probe goes through and closes the breaker.
+    f.outage(false);
+    f.clock.advance(Duration::from_millis(1_100));
+    let r = f.go(Method::GET, "/read", Some(&token)).await;
+    assert_eq!(r.body, "ann degraded=false");
+    assert_eq!(f.breaker.state(), State::Closed);
+}
+
+#[tokio::test]
+async fn ephemeral_mode_runs_the_handler_on_an_empty_degraded_session_and_writes_nothing() {
+    let f = fixture(DegradedMode::Ephemeral);
+    let token = f.session().await;
+    f.outage(true);
+    let r = f.go(Method::GET, "/read", Some(&token)).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (StatusCode::OK, "- degraded=true")
+    );
+    let r = f.go(Method::POST, "/write", Some(&token)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(matches!(
+        r.save_failed.as_deref(),
+        Some(SaveError::Degraded)
+    ));
+    assert!(r.set_cookie(NAME).is_none(), "the user's cookie is kept");
+    f.outage(false);
+    f.clock.advance(Duration::from_secs(60));
+    assert_eq!(
+        f.go(Method::GET, "/read", Some(&token)).await.body,
+        "ann degraded=false",
+        "the real record is untouched"
+    );
+}
+
+#[tokio::test]
+async fn cached_read_only_serves_the_last_copy_and_refuses_writes() {
+    let f = fixture(DegradedMode::CachedReadOnly);
+    let token = f.session().await;
+    let unseen = {
+        // A session this instance has never loaded or written has no copy here.
+        let other = fixture(DegradedMode::CachedReadOnly);
+        let t = other.session().await;
+        drop(other);
+        t
+    };
+    assert_eq!(
+        f.go(Method::GET, "/read", Some(&token)).await.body,
+        "ann degraded=false"
+    );
+    f.outage(true);
+    let r = f.go(Method::GET, "/read", Some(&token)).await;
+    assert_eq!(r.body, "ann degraded=true", "served from the local copy");
+    let r = f.go(Method::POST, "/write", Some(&token)).await;
+    assert!(matches!(
+        r.save_failed.as_deref(),
+        Some(SaveError::Degraded)
+    ));
+    let r = f.go(Method::GET, "/read", Some(&unseen)).await;
+    assert_eq!(
+        r.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no copy: fail closed"
+    );
+    f.outage(false);
+    f.clock.advance(Duration::from_secs(60));
+    assert_eq!(
+        f.go(Method::GET, "/read", Some(&token)).await.body,
+        "ann degraded=false"
+    );
+}
+
+#[tokio::test]
+async fn a_save_error_hook_can_change_the_answer() {
+    let store = FaultyStore::new(MemoryStore::new());
+    let layer =
+        SessionManagerLayer::builder(store.clone(), KeyRing::new(1, &[8; 32]).expect("keys"))
+            .cookie_name(NAME)
+            .on_save_error(|error, parts| {
+                if !matches!(error, SaveError::Ended) {
+                    parts.status = StatusCode::SERVICE_UNAVAILABLE;
+                    parts
+                        .headers
+                        .insert("x-session-error", error.to_string().parse().expect("ascii"));
+                }
+            })
+            .build()
+            .expect("layer");
+    let app = Router::new()
+        .route(
+            "/login",
+            post(|s: Session| async move { s.insert("name", "ann") }),
+        )
+        .layer(layer);
+    store.fail_writes(true);
+    let r = send(&app, Method::POST, "/login", None, None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers.contains_key("x-session-error"));
+    assert!(r.save_failed.is_some(), "still attached for outer layers");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_store_costs_the_deadline_until_the_breaker_opens_then_nothing() {
+    let f = fixture(DegradedMode::Ephemeral);
+    let token = f.session().await;
+    f.store.inner().hang(true);
+    // Until the breaker has seen enough timeouts, each request costs exactly one store deadline.
+    let mut waited = 0;
+    while f.breaker.state() != State::Open {
+        assert!(waited < 10, "the breaker never opened");
+        let started = tokio::time::Instant::now();
+        let r = f.go(Method::GET, "/read", Some(&token)).await;
+        assert_eq!(r.body, "- degraded=true");
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(500),
+            "one store deadline"
+        );
+        waited += 1;
+    }
+    assert!(
+        waited >= 4,
+        "the minimum number of calls is respected ({waited})"
+    );
+    let started = tokio::time::Instant::now();
+    for _ in 0..20 {
+        f.go(Method::GET, "/read", Some(&token)).await;
+    }
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "open breaker: no request waits"
+    );
+}
