@@ -55,7 +55,7 @@ impl Sliding {
                     totals.failures -= u32::from(old & FAILED != 0);
                     totals.slow -= u32::from(old & SLOW != 0);
                 }
-                ring[*next] = u8::from(failed) * FAILED | u8::from(slow) * SLOW;
+                ring[*next] = (u8::from(failed) * FAILED) | (u8::from(slow) * SLOW);
                 totals.calls += 1;
                 totals.failures += u32::from(failed);
                 totals.slow += u32::from(slow);
