@@ -148,7 +148,7 @@ mod tests {
             buckets: 3,
             bucket: 10 * MS,
         });
-        w.record(true, false, 0 * MS);
+        w.record(true, false, Duration::ZERO);
         w.record(true, false, 15 * MS);
         w.record(false, false, 25 * MS);
         assert_eq!(
