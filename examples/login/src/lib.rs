@@ -18,7 +18,9 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use rand::RngCore;
 use serde::Deserialize;
-use sessile::{Hint, KeyRing, MemoryStore, Session, SessionError, SessionManagerLayer};
+use sessile::{
+    DegradedMode, Hint, KeyRing, MemoryStore, SaveError, Session, SessionError, SessionManagerLayer,
+};
 use sessile_redis::RedisStore;
 use subtle::ConstantTimeEq;
 
@@ -81,6 +83,8 @@ pub struct AppConfig {
     pub node: Hint,
     /// Redis URL (`redis://`, `redis-sentinel://`, `redis-cluster://`); `None` for the memory store.
     pub redis_url: Option<String>,
+    /// What to do while the store is unreachable.
+    pub degraded: DegradedMode,
 }
 
 #[derive(Clone)]
@@ -95,7 +99,23 @@ pub async fn app(config: AppConfig) -> Result<Router, Box<dyn std::error::Error 
         Some(url) => SessionManagerLayer::builder(RedisStore::connect(url).await?, config.keys),
         None => SessionManagerLayer::builder(MemoryStore::new(), config.keys),
     };
-    let sessions = builder.node_hint(config.node.clone()).build()?;
+    let sessions = builder
+        .node_hint(config.node.clone())
+        .degraded_mode(config.degraded)
+        // A change that could not be saved must not look like success: the form answers 503 and
+        // the user can try again. (A session that ended meanwhile is not an error: it was a
+        // logout.)
+        .on_save_error(|error, parts| {
+            if !matches!(error, SaveError::Ended) {
+                parts.status = StatusCode::SERVICE_UNAVAILABLE;
+                parts.headers.remove(axum::http::header::LOCATION);
+                parts.headers.insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from_static("1"),
+                );
+            }
+        })
+        .build()?;
     Ok(routes(config.node.as_str()).layer(sessions))
 }
 
@@ -257,6 +277,14 @@ async fn profile(session: Session, State(state): State<AppState>) -> PageResult 
         ("Routing hint", escape(&session.hint().unwrap_or_default())),
         ("Served by node", escape(&state.node)),
         ("Counter", counter.to_string()),
+        (
+            "Store",
+            if session.is_degraded() {
+                "unreachable: showing a recent copy, changes are not saved".into()
+            } else {
+                "ok".into()
+            },
+        ),
     ];
     let rows: String = facts
         .iter()

@@ -6,11 +6,13 @@
 //! * `SESSILE_KEYS`: key ring, `"<id>:<hex secret>,..."` newest last (default: a random key, so
 //!   sessions do not survive a restart);
 //! * `REDIS_URL`: store sessions in Redis (`redis://`, `redis-sentinel://`, `redis-cluster://`)
-//!   instead of in memory. Instances that share Redis and `SESSILE_KEYS` share sessions.
+//!   instead of in memory. Instances that share Redis and `SESSILE_KEYS` share sessions;
+//! * `SESSILE_DEGRADED`: while the store is unreachable, `fail-closed` (503, the default),
+//!   `cached` (serve recent copies read-only) or `ephemeral` (empty sessions).
 
 use std::net::SocketAddr;
 
-use sessile::{Hint, KeyRing};
+use sessile::{DegradedMode, Hint, KeyRing};
 use sessile_login_example::{AppConfig, app};
 use tracing_subscriber::EnvFilter;
 
@@ -44,10 +46,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     } else {
         "memory"
     };
+    let degraded = match std::env::var("SESSILE_DEGRADED").as_deref() {
+        Ok("cached") => DegradedMode::CachedReadOnly,
+        Ok("ephemeral") => DegradedMode::Ephemeral,
+        Ok("fail-closed") | Err(_) => DegradedMode::FailClosed,
+        Ok(other) => {
+            return Err(format!(
+                "SESSILE_DEGRADED={other:?}: use fail-closed, cached or ephemeral"
+            )
+            .into());
+        }
+    };
     let router = app(AppConfig {
         keys,
         node,
         redis_url,
+        degraded,
     })
     .await?;
     let listener = tokio::net::TcpListener::bind(addr).await?;

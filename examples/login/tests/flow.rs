@@ -68,6 +68,7 @@ async fn app_on(redis_url: Option<String>) -> Router {
         keys: KeyRing::new(1, &[3; 32]).expect("keys"),
         node: Hint::new("node-7").expect("hint"),
         redis_url,
+        degraded: sessile::DegradedMode::FailClosed,
     })
     .await
     .expect("app")
