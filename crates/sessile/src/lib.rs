@@ -39,10 +39,15 @@
 //!
 //! # Failure
 //!
-//! Every store call has a deadline. If the record cannot be loaded the extractor rejects with 503
-//! and `Retry-After`, and nothing is written over the record. If changes cannot be saved, the
-//! response goes out unchanged, without a new cookie, and carries [`SaveFailed`] in its extensions;
-//! the failure is logged and counted.
+//! Every store call has a deadline and passes a circuit breaker ([`breaker`]; on by default). When
+//! the record cannot be loaded because the store is unreachable, the [`DegradedMode`] decides:
+//! reject with 503 and `Retry-After` (the default), serve a recent local copy read-only, or run the
+//! handler on an empty session; the latter two are flagged ([`Session::is_degraded`]) and never
+//! written, so a stand-in never overwrites the real record or the user's cookie. If changes cannot
+//! be saved, the response goes out as the handler made it, without a new cookie, carrying
+//! [`SaveFailed`] in its extensions (and through the
+//! [`on_save_error`](SessionManagerBuilder::on_save_error) hook, if set); the failure is logged and
+//! counted.
 //!
 //! # Security
 //!

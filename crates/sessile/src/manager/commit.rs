@@ -138,9 +138,10 @@ impl RequestSession {
     }
 
     async fn commit_existing(&self, base: Base, st: State, now: UnixMillis, out: &mut Commit) {
-        let incoming = self
-            .incoming
-            .expect("a stored session was loaded from a cookie");
+        // A stored session is only ever loaded from a valid cookie.
+        let Some(incoming) = self.incoming else {
+            return;
+        };
         let cookie_due = !incoming.sealed_with_primary
             || (self.shared.config.cookie.persistent
                 && (now / 1000).saturating_sub(u64::from(incoming.issued_at)) * 1000

@@ -22,7 +22,7 @@ pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// An in-process session store: fast, bounded, and shared by every clone.
 ///
-/// Records are kept encoded (the same bytes a network store would hold) in [`SHARDS`] maps, each
+/// Records are kept encoded (the same bytes a network store would hold) in 64 maps, each
 /// behind a `std::sync::Mutex`: critical sections are a hash lookup and a copy, never an `.await`,
 /// so a blocking mutex is cheaper than an async one.
 ///
