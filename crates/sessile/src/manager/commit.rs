@@ -167,14 +167,48 @@ impl RequestSession {
             }
         };
         // Waiting here is bounded by the other writers' store deadlines, all of which finish.
-        let _queue = self.shared.commit_lock(&base.id).lock().await;
+        let lock = self.shared.commit_lock(&base.id);
+        let (_queue, waited) = match lock.try_lock() {
+            Ok(guard) => (guard, false),
+            Err(_) => (lock.lock().await, true),
+        };
         let mut expected = base.version;
         let mut meta = base.meta;
         fix_meta(&mut meta);
         meta.user_id = st.user_id;
         let mut data = st.data;
+        // A request that queued behind other writers of this session almost surely holds a stale
+        // version: reading the record now costs one round trip, where a doomed save would cost one
+        // and the reload after it another.
+        let mut reload = waited;
 
         for attempt in 1..=cfg.max_save_attempts {
+            if reload {
+                let fresh = match self.shared.store.load(base.id).await {
+                    Ok(Some(r)) if !r.is_expired(self.shared.clock.now_ms()) => r,
+                    Ok(_) => {
+                        self.ended_meanwhile(out);
+                        return;
+                    }
+                    Err(e) => {
+                        out.error = Some(SaveError::Store(e));
+                        return;
+                    }
+                };
+                // Replay this request's operations on what the others saved.
+                expected = fresh.version;
+                meta = fresh.meta;
+                fix_meta(&mut meta);
+                data = fresh.data;
+                let mut user = meta.user_id.take();
+                for op in &st.ops {
+                    if let Err(e) = op.apply(&mut data, &mut user, cfg.max_payload_bytes) {
+                        out.error = Some(SaveError::Replay(e));
+                        return;
+                    }
+                }
+                meta.user_id = user;
+            }
             let record = Record {
                 id: new_id,
                 version: expected + 1,
@@ -216,34 +250,19 @@ impl RequestSession {
                     return;
                 }
             }
-            // Someone saved first. Pause a little (random, growing) so a crowd of writers on one
-            // session spreads out, then replay this request's operations on what they saved.
-            let cap_us = 100u64 << attempt.min(6);
-            let pause = Duration::from_micros(rand::rng().random_range(0..=cap_us));
-            tokio::time::sleep(pause).await;
-            let fresh = match self.shared.store.load(base.id).await {
-                Ok(Some(r)) if !r.is_expired(self.shared.clock.now_ms()) => r,
-                Ok(_) => {
-                    self.ended_meanwhile(out);
-                    return;
-                }
-                Err(e) => {
-                    out.error = Some(SaveError::Store(e));
-                    return;
-                }
-            };
-            expected = fresh.version;
-            meta = fresh.meta;
-            fix_meta(&mut meta);
-            data = fresh.data;
-            let mut user = meta.user_id.take();
-            for op in &st.ops {
-                if let Err(e) = op.apply(&mut data, &mut user, cfg.max_payload_bytes) {
-                    out.error = Some(SaveError::Replay(e));
-                    return;
-                }
+            // Someone saved first: another instance, since this one's writers are queued. Retry
+            // at once; only when that keeps failing, pause a little (random, growing) so the
+            // instances' writers spread out. The pause holds this session's queue, so it is kept
+            // short.
+            if attempt >= 2 {
+                let cap_us = 100u64 << attempt.min(6);
+                let pause = Duration::from_micros(rand::rng().random_range(0..=cap_us));
+                tokio::time::sleep(pause).await;
             }
-            meta.user_id = user;
+            reload = true;
+            // The record moved to `record`: take its parts back for the next attempt.
+            meta = record.meta;
+            data = record.data;
         }
     }
 

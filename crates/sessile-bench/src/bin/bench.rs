@@ -1,0 +1,681 @@
+//! The benchmark harness. `scripts/bench` runs it end to end; the subcommands are:
+//!
+//! * `bench run [--repeats 3] [--seconds 5] [--connections 64] [--users 2048] [--out FILE]`
+//!   starts a private `redis-server`, and for every repetition, workload and contender (contenders
+//!   interleaved, in an order rotated per cell so drift hits all alike) starts a fresh
+//!   `bench-server`, logs its users in, measures, and prints one JSON line: req/s, p50/p99/p99.9,
+//!   errors, Redis commands per request (from `INFO commandstats`), the server's peak RSS, and for
+//!   the race workload the lost updates.
+//! * `bench report FILE [--md docs/benchmarks.md] [--svg docs/benchmarks.svg]` writes the tables
+//!   of medians and ratios and the chart.
+//! * `bench memory [--sessions 1000000]` measures bytes per stored session in `MemoryStore`.
+//!
+//! All traffic goes to 127.0.0.1; every process it starts it stops, by pid.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use sessile_bench::{Spawned, User, client, free_port, histogram, ms_at, wait_ready};
+use sessile_tests::redis::RedisServer;
+
+const CONTENDERS: &[&str] = &[
+    "bare",
+    "sessile-memory",
+    "sessile-redis",
+    "tower-sessions-memory",
+    "tower-sessions-redis",
+];
+const WORKLOADS: &[&str] = &["read", "incr", "login", "mixed", "race"];
+/// Race workload: clients and increments each, on one session.
+const RACE_CLIENTS: usize = 16;
+const RACE_EACH: usize = 200;
+
+#[derive(Debug, Serialize, Deserialize, Clone)]
+struct Row {
+    repeat: usize,
+    workload: String,
+    contender: String,
+    requests: u64,
+    seconds: f64,
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    errors: u64,
+    redis_commands_per_request: Option<f64>,
+    peak_rss_kb: u64,
+    lost_updates: Option<i64>,
+}
+
+fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("bad value for {name}")))
+        .unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("run") => run(&args).await,
+        Some("report") => report(&args),
+        Some("memory") => memory(flag(&args, "--sessions", 1_000_000usize)).await,
+        _ => {
+            eprintln!("usage: bench run|report|memory (see the file's docs)");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn server_binary() -> PathBuf {
+    std::env::current_exe()
+        .expect("current exe")
+        .with_file_name("bench-server")
+}
+
+/// Peak resident set of a process, in KiB.
+fn peak_rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Commands clients sent to Redis since the last `CONFIG RESETSTAT`: round trips.
+///
+/// `INFO commandstats` also counts the commands a Lua script runs inside the server (one `EVALSHA`
+/// of sessile's save script shows up with its `HGET`, `HSET`, `SADD`...), so only the commands
+/// the contenders send themselves are counted. No contender sends any other command in these
+/// workloads.
+fn redis_commands(redis: &RedisServer) -> u64 {
+    const SENT_BY_CLIENTS: &[&str] = &["evalsha", "eval", "hmget", "get", "set"];
+    let stats = redis.cli(&["info", "commandstats"]);
+    if std::env::var_os("BENCH_DEBUG").is_some() {
+        eprintln!("{stats}");
+    }
+    stats
+        .lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_"))
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            if !SENT_BY_CLIENTS.contains(&name) {
+                return None;
+            }
+            rest.split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+fn start_server(contender: &str, redis: &RedisServer, log_dir: &Path) -> (Spawned, String) {
+    let port = free_port();
+    let mut cmd = Command::new(server_binary());
+    cmd.arg(contender)
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(redis.url());
+    let log = log_dir.join(format!("{contender}-{port}.log"));
+    (
+        Spawned::start(cmd, &log),
+        format!("http://127.0.0.1:{port}"),
+    )
+}
+
+fn cookie_name(contender: &str) -> &'static str {
+    if contender.starts_with("sessile") {
+        "sid"
+    } else {
+        "id"
+    }
+}
+
+async fn log_in(base: &str, contender: &str, users: usize) -> Vec<User> {
+    let shared = client();
+    let mut all = Vec::with_capacity(users);
+    // Log in with some concurrency, like a crowd arriving.
+    for chunk in (0..users).collect::<Vec<_>>().chunks(64) {
+        let tasks: Vec<_> = chunk
+            .iter()
+            .map(|i| {
+                let mut u = User::new(shared.clone(), base, cookie_name(contender));
+                let i = *i;
+                tokio::spawn(async move {
+                    let r = u
+                        .send(Method::GET, &format!("/login?user=u{i:06}"), None)
+                        .await;
+                    assert_eq!(r.status, Some(StatusCode::OK), "login failed: {}", r.body);
+                    u
+                })
+            })
+            .collect();
+        for t in tasks {
+            all.push(t.await.expect("login task"));
+        }
+    }
+    all
+}
+
+/// Runs `workload` with `connections` workers for `seconds` (after a short warm-up).
+async fn measure(
+    base: &str,
+    contender: &str,
+    workload: &str,
+    users: Vec<User>,
+    connections: usize,
+    seconds: f64,
+    redis: &RedisServer,
+) -> (u64, f64, hdrhistogram::Histogram<u64>, u64, u64) {
+    let warmup = Duration::from_millis(500);
+    let total = warmup + Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let mut per_worker: Vec<Vec<User>> = (0..connections).map(|_| Vec::new()).collect();
+    for (i, u) in users.into_iter().enumerate() {
+        per_worker[i % connections].push(u);
+    }
+    let shared = client();
+    let base_owned = base.to_owned();
+    let measured_from = start + warmup;
+    let reset = {
+        // Reset Redis's counters when the warm-up ends, from a helper task.
+        let port = redis.port();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measured_from.into()).await;
+            let _ = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "config", "resetstat"])
+                .output();
+        })
+    };
+    let workers: Vec<_> = per_worker
+        .into_iter()
+        .enumerate()
+        .map(|(w, mut mine)| {
+            let workload = workload.to_owned();
+            let (base, shared, cookie) =
+                (base_owned.clone(), shared.clone(), cookie_name(contender));
+            tokio::spawn(async move {
+                let mut h = histogram();
+                let (mut count, mut errors, mut n) = (0u64, 0u64, 0usize);
+                let mut fresh = 0usize;
+                while Instant::now() < start + total && count < 10_000_000 {
+                    n += 1;
+                    let at = Instant::now();
+                    let r = match workload.as_str() {
+                        "login" => {
+                            fresh += 1;
+                            let mut u = User::new(shared.clone(), &base, cookie);
+                            u.send(Method::GET, &format!("/login?user=w{w}x{fresh}"), None)
+                                .await
+                        }
+                        _ => {
+                            let k = n % mine.len().max(1);
+                            let u = &mut mine[k];
+                            let incr = workload == "incr" || (workload == "mixed" && n % 10 == 0);
+                            if incr {
+                                u.send(Method::POST, "/incr", None).await
+                            } else {
+                                u.send(Method::GET, "/read", None).await
+                            }
+                        }
+                    };
+                    if at >= measured_from {
+                        count += 1;
+                        errors += u64::from(r.status != Some(StatusCode::OK));
+                        let _ = h.record(
+                            u64::try_from(r.latency.as_micros())
+                                .unwrap_or(u64::MAX)
+                                .max(1),
+                        );
+                    }
+                }
+                (count, errors, h)
+            })
+        })
+        .collect();
+    let mut hist = histogram();
+    let (mut count, mut errors) = (0, 0);
+    for w in workers {
+        let (c, e, h) = w.await.expect("worker");
+        count += c;
+        errors += e;
+        hist.add(h).expect("same bounds");
+    }
+    let elapsed = start.elapsed().saturating_sub(warmup).as_secs_f64();
+    let _ = reset.await;
+    let commands = redis_commands(redis);
+    (count, elapsed, hist, errors, commands)
+}
+
+/// 16 clients x 200 increments of one session, spread over `bases` round-robin.
+async fn race(
+    bases: &[String],
+    contender: &str,
+) -> (u64, f64, hdrhistogram::Histogram<u64>, u64, i64) {
+    let shared = client();
+    let mut owner = User::new(shared.clone(), &bases[0], cookie_name(contender));
+    let r = owner.send(Method::GET, "/login?user=racer", None).await;
+    assert_eq!(r.status, Some(StatusCode::OK));
+    let token = owner.token.clone().expect("session cookie");
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..RACE_CLIENTS)
+        .map(|c| {
+            let (bases, shared, token) = (bases.to_vec(), shared.clone(), token.clone());
+            let cookie = cookie_name(contender);
+            tokio::spawn(async move {
+                let mut users: Vec<User> = bases
+                    .iter()
+                    .map(|b| {
+                        let mut u = User::new(shared.clone(), b, cookie);
+                        u.token = Some(token.clone());
+                        u
+                    })
+                    .collect();
+                let mut h = histogram();
+                let mut errors = 0;
+                for k in 0..RACE_EACH {
+                    let u = &mut users[(c + k) % bases.len()];
+                    // Keep the one session: a contender that re-issues the cookie must not move
+                    // this client to another session.
+                    u.token = Some(token.clone());
+                    let r = u.send(Method::POST, "/incr", None).await;
+                    errors += u64::from(r.status != Some(StatusCode::OK));
+                    let _ = h.record(
+                        u64::try_from(r.latency.as_micros())
+                            .unwrap_or(u64::MAX)
+                            .max(1),
+                    );
+                }
+                (errors, h)
+            })
+        })
+        .collect();
+    let mut hist = histogram();
+    let mut errors = 0;
+    for t in tasks {
+        let (e, h) = t.await.expect("racer");
+        errors += e;
+        hist.add(h).expect("same bounds");
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    owner.token = Some(token);
+    let last = owner.send(Method::POST, "/incr", None).await;
+    let final_value: i64 = last.body.trim().parse().unwrap_or(-1);
+    let expected = (RACE_CLIENTS * RACE_EACH) as i64 + 1;
+    (hist.len(), elapsed, hist, errors, expected - final_value)
+}
+
+async fn run(args: &[String]) {
+    let repeats: usize = flag(args, "--repeats", 3);
+    let seconds: f64 = flag(args, "--seconds", 5.0);
+    let connections: usize = flag(args, "--connections", 64);
+    let users: usize = flag(args, "--users", 2048);
+    let out: PathBuf = flag(args, "--out", PathBuf::from("target/bench/results.jsonl"));
+    let only: String = flag(args, "--workloads", WORKLOADS.join(","));
+    let workloads: Vec<&str> = WORKLOADS
+        .iter()
+        .copied()
+        .filter(|w| only.split(',').any(|o| o == *w))
+        .collect();
+    assert!(
+        repeats <= 20 && seconds <= 120.0 && connections <= 512,
+        "bounded runs only"
+    );
+    std::fs::create_dir_all(out.parent().unwrap_or(Path::new("."))).expect("output dir");
+    let mut file = std::fs::File::create(&out).expect("output file");
+    let redis = RedisServer::start_with(&["--maxmemory", "2gb"]);
+    let logs = redis.dir().to_owned();
+
+    for repeat in 0..repeats {
+        for (wi, workload) in workloads.iter().enumerate() {
+            let n = CONTENDERS.len();
+            // Rotate the order per cell: no contender always runs first or last.
+            let order: Vec<&str> = (0..n).map(|i| CONTENDERS[(i + repeat + wi) % n]).collect();
+            for contender in order {
+                if *workload == "race" && contender == "bare" {
+                    continue;
+                }
+                redis.cli(&["flushall"]);
+                let instances = if *workload == "race" && contender.ends_with("redis") {
+                    2
+                } else {
+                    1
+                };
+                let servers: Vec<(Spawned, String)> = (0..instances)
+                    .map(|_| start_server(contender, &redis, &logs))
+                    .collect();
+                for (_, base) in &servers {
+                    wait_ready(base, "/read", Duration::from_secs(30)).await;
+                }
+                let bases: Vec<String> = servers.iter().map(|(_, b)| b.clone()).collect();
+                let (requests, secs, hist, errors, commands, lost) = if *workload == "race" {
+                    redis.cli(&["config", "resetstat"]);
+                    let (r, s, h, e, lost) = race(&bases, contender).await;
+                    (r, s, h, e, redis_commands(&redis), Some(lost))
+                } else {
+                    let logged = if *workload == "login" {
+                        Vec::new()
+                    } else {
+                        log_in(&bases[0], contender, users).await
+                    };
+                    let (r, s, h, e, c) = measure(
+                        &bases[0],
+                        contender,
+                        workload,
+                        logged,
+                        connections,
+                        seconds,
+                        &redis,
+                    )
+                    .await;
+                    (r, s, h, e, c, None)
+                };
+                let rss = servers
+                    .iter()
+                    .map(|(p, _)| peak_rss_kb(p.0.id()))
+                    .max()
+                    .unwrap_or(0);
+                let row = Row {
+                    repeat,
+                    workload: (*workload).to_owned(),
+                    contender: contender.to_owned(),
+                    requests,
+                    seconds: secs,
+                    rps: requests as f64 / secs,
+                    p50_ms: ms_at(&hist, 0.5),
+                    p99_ms: ms_at(&hist, 0.99),
+                    p999_ms: ms_at(&hist, 0.999),
+                    errors,
+                    redis_commands_per_request: contender
+                        .ends_with("redis")
+                        .then(|| commands as f64 / requests.max(1) as f64),
+                    peak_rss_kb: rss,
+                    lost_updates: lost,
+                };
+                let line = serde_json::to_string(&row).expect("json");
+                println!("{line}");
+                writeln!(file, "{line}").expect("write results");
+                drop(servers);
+            }
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+struct Cell {
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    errors: u64,
+    commands: Option<f64>,
+    rss_mb: f64,
+    lost: Option<f64>,
+    runs: usize,
+}
+
+fn cells(rows: &[Row]) -> BTreeMap<(String, String), Cell> {
+    let mut groups: BTreeMap<(String, String), Vec<&Row>> = BTreeMap::new();
+    for r in rows {
+        groups
+            .entry((r.workload.clone(), r.contender.clone()))
+            .or_default()
+            .push(r);
+    }
+    groups
+        .into_iter()
+        .map(|(k, rs)| {
+            let m = |f: &dyn Fn(&Row) -> f64| median(rs.iter().map(|r| f(r)).collect());
+            let cell = Cell {
+                rps: m(&|r| r.rps),
+                p50: m(&|r| r.p50_ms),
+                p99: m(&|r| r.p99_ms),
+                p999: m(&|r| r.p999_ms),
+                errors: rs.iter().map(|r| r.errors).sum(),
+                commands: rs[0]
+                    .redis_commands_per_request
+                    .map(|_| m(&|r| r.redis_commands_per_request.unwrap_or(0.0))),
+                rss_mb: m(&|r| r.peak_rss_kb as f64 / 1024.0),
+                lost: rs[0]
+                    .lost_updates
+                    .map(|_| m(&|r| r.lost_updates.unwrap_or(0) as f64)),
+                runs: rs.len(),
+            };
+            (k, cell)
+        })
+        .collect()
+}
+
+fn peer_of(contender: &str) -> Option<&'static str> {
+    match contender {
+        "sessile-memory" => Some("tower-sessions-memory"),
+        "sessile-redis" => Some("tower-sessions-redis"),
+        _ => None,
+    }
+}
+
+fn report(args: &[String]) {
+    let input = args.get(1).expect("usage: bench report FILE");
+    let md: PathBuf = flag(args, "--md", PathBuf::from("docs/benchmarks.md"));
+    let svg: PathBuf = flag(args, "--svg", PathBuf::from("docs/benchmarks.svg"));
+    let rows: Vec<Row> = std::fs::read_to_string(input)
+        .expect("results file")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("a result row"))
+        .collect();
+    let cells = cells(&rows);
+    let mut out = String::new();
+    let get = |w: &str, c: &str| cells.get(&(w.to_owned(), c.to_owned()));
+    for workload in WORKLOADS {
+        if !cells.keys().any(|(w, _)| w == workload) {
+            continue;
+        }
+        out.push_str(&format!("\n### {workload}\n\n"));
+        out.push_str("| contender | req/s | vs bare axum | vs tower-sessions | p50 ms | p99 ms | p99.9 ms | errors | Redis cmds/req | peak RSS MiB | lost updates | runs |\n");
+        out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        for contender in CONTENDERS {
+            let Some(c) = get(workload, contender) else {
+                continue;
+            };
+            let vs_bare =
+                get(workload, "bare").map_or("-".into(), |b| format!("{:.2}x", c.rps / b.rps));
+            let vs_peer = peer_of(contender)
+                .and_then(|p| get(workload, p))
+                .map_or("-".into(), |p| format!("{:.2}x", c.rps / p.rps));
+            out.push_str(&format!(
+                "| {contender} | {:.0} | {vs_bare} | {vs_peer} | {:.2} | {:.2} | {:.2} | {} | {} | {:.1} | {} | {} |\n",
+                c.rps,
+                c.p50,
+                c.p99,
+                c.p999,
+                c.errors,
+                c.commands.map_or("-".into(), |x| format!("{x:.2}")),
+                c.rss_mb,
+                c.lost.map_or("-".into(), |x| format!("{x:.0}")),
+                c.runs,
+            ));
+        }
+    }
+    std::fs::write(
+        &md,
+        replace_generated(&std::fs::read_to_string(&md).unwrap_or_default(), &out),
+    )
+    .expect("write markdown");
+    std::fs::write(&svg, chart(&cells)).expect("write svg");
+    println!("{out}");
+}
+
+/// Replaces the text between the generated-results markers, keeping the hand-written rest.
+fn replace_generated(doc: &str, tables: &str) -> String {
+    const BEGIN: &str = "<!-- results:begin -->";
+    const END: &str = "<!-- results:end -->";
+    match (doc.find(BEGIN), doc.find(END)) {
+        (Some(b), Some(e)) if b < e => format!("{}{BEGIN}\n{tables}\n{}", &doc[..b], &doc[e..]),
+        _ => format!("{doc}\n{BEGIN}\n{tables}\n{END}\n"),
+    }
+}
+
+/// A chart panel: its title and the value it plots.
+type Panel = (&'static str, fn(&Cell) -> f64);
+
+/// Two grouped bar charts: throughput and p99, one group per workload, one bar per contender.
+fn chart(cells: &BTreeMap<(String, String), Cell>) -> String {
+    let colors = ["#888888", "#1f77b4", "#0b3d91", "#ff7f0e", "#b35806"];
+    let workloads: Vec<&str> = WORKLOADS.iter().copied().filter(|w| *w != "race").collect();
+    let (w, h, top) = (900.0, 260.0, 40.0);
+    let group = (w - 80.0) / workloads.len() as f64;
+    let bar = group / (CONTENDERS.len() as f64 + 1.0);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n",
+        2.0 * (h + top) + 60.0
+    );
+    let panels: [Panel; 2] = [
+        ("throughput (req/s, higher is better)", |c| c.rps),
+        ("p99 latency (ms, lower is better)", |c| c.p99),
+    ];
+    for (pi, (title, value)) in panels.iter().enumerate() {
+        let y0 = pi as f64 * (h + top) + top;
+        svg.push_str(&format!(
+            "<text x=\"10\" y=\"{}\" font-weight=\"bold\">{title}</text>\n",
+            y0 - 12.0
+        ));
+        for (wi, workload) in workloads.iter().enumerate() {
+            let max = CONTENDERS
+                .iter()
+                .filter_map(|c| cells.get(&((*workload).to_owned(), (*c).to_owned())))
+                .map(value)
+                .fold(0.0f64, f64::max)
+                .max(f64::MIN_POSITIVE);
+            let gx = 60.0 + wi as f64 * group;
+            for (ci, contender) in CONTENDERS.iter().enumerate() {
+                let Some(c) = cells.get(&((*workload).to_owned(), (*contender).to_owned())) else {
+                    continue;
+                };
+                let v = value(c);
+                let bh = (v / max) * (h - 30.0);
+                let x = gx + ci as f64 * bar;
+                svg.push_str(&format!(
+                    "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{}\"><title>{contender} {workload}: {v:.2}</title></rect>\n",
+                    y0 + h - 30.0 - bh,
+                    bar * 0.9,
+                    colors[ci]
+                ));
+                svg.push_str(&format!(
+                    "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" text-anchor=\"middle\">{}</text>\n",
+                    x + bar * 0.45,
+                    y0 + h - 33.0 - bh,
+                    if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.1}") }
+                ));
+            }
+            svg.push_str(&format!(
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{workload}</text>\n",
+                gx + group / 2.0 - bar / 2.0,
+                y0 + h - 12.0
+            ));
+        }
+    }
+    let ly = 2.0 * (h + top) + 30.0;
+    for (ci, contender) in CONTENDERS.iter().enumerate() {
+        let x = 20.0 + ci as f64 * 175.0;
+        svg.push_str(&format!("<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{ly}\">{contender}</text>\n", ly - 10.0, colors[ci], x + 16.0));
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// Bytes per stored session in `MemoryStore`, with the benchmark's login payload.
+async fn memory(sessions: usize) {
+    use sessile::SessionStore as _;
+    use sessile::record::{Metadata, Payload, Record};
+    assert!(sessions <= 5_000_000, "bounded");
+    fn rss_kb() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+    let store = sessile::MemoryStore::builder().sweep_interval(None).build();
+    let payload = |i: usize| {
+        let mut p = Payload::default();
+        let user = format!("u{i:06}");
+        let put = |p: &mut Payload, k: &str, v: &dyn erased::Encode| p.insert(k.into(), v.encode());
+        put(&mut p, "user", &user);
+        put(&mut p, "display", &format!("Benchmark User {user}"));
+        put(&mut p, "counter", &0u64);
+        put(&mut p, "roles", &["reader", "writer", "billing"]);
+        put(&mut p, "theme", &"dark");
+        put(&mut p, "locale", &"en-GB");
+        put(&mut p, "tz", &"Europe/London");
+        put(
+            &mut p,
+            "csrf",
+            &format!("{:064x}", i as u128 * 0x9E37_79B9_7F4A_7C15),
+        );
+        p
+    };
+    let sample = payload(0).size();
+    let before = rss_kb();
+    let now = 1_900_000_000_000u64;
+    for i in 0..sessions {
+        let id = sessile::SessionId::random_for_user(Some(&format!("u{i:06}")));
+        let r = Record {
+            id,
+            version: 1,
+            idle_deadline: now,
+            meta: Metadata {
+                created_at: now - 1000,
+                absolute_deadline: now + 1000,
+                user_id: Some(format!("u{i:06}")),
+                tenant: None,
+                hint: "node-1".into(),
+            },
+            data: payload(i),
+        };
+        store.create(&r).await.expect("create");
+    }
+    let after = rss_kb();
+    let per = (after.saturating_sub(before) * 1024) as f64 / sessions as f64;
+    println!(
+        "{{\"sessions\":{sessions},\"payload_bytes\":{sample},\"bytes_per_session\":{per:.0},\"ratio_to_payload\":{:.2},\"held\":{}}}",
+        per / sample as f64,
+        store.len()
+    );
+}
+
+mod erased {
+    /// MessagePack-encodes a value, as `Session::insert` does.
+    pub(super) trait Encode {
+        fn encode(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize + ?Sized> Encode for T {
+        fn encode(&self) -> Vec<u8> {
+            rmp_serde::to_vec(self).expect("encodable")
+        }
+    }
+}
