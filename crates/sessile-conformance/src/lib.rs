@@ -38,6 +38,7 @@ macro_rules! __for_each_case {
             touch_moves_the_deadline_only,
             expired_records_are_gone,
             destroy_user_ends_only_that_users_sessions,
+            a_save_that_changes_the_user_moves_the_session_between_users,
             concurrent_increments_are_never_lost,
             destroy_beats_concurrent_saves,
             oversized_records_are_refused,
@@ -300,6 +301,33 @@ pub async fn destroy_user_ends_only_that_users_sessions<S: SessionStore>(store: 
     assert!(!absent(&*store, anon.id).await);
     assert_eq!(store.destroy_user("alice").await.expect("again"), 0);
     assert_eq!(store.destroy_user("nobody").await.expect("nobody"), 0);
+}
+
+/// The user index follows saves that change or clear the user.
+pub async fn a_save_that_changes_the_user_moves_the_session_between_users<S: SessionStore>(
+    store: Arc<S>,
+) {
+    let r = record(Some("alice"), 1);
+    store.create(&r).await.expect("create");
+    let mut bobs = with_counter(&r, 2);
+    bobs.meta.user_id = Some("bob".into());
+    store.save(&bobs, 1).await.expect("save");
+    assert_eq!(store.destroy_user("alice").await.expect("alice"), 0);
+    assert!(
+        !absent(&*store, r.id).await,
+        "alice's logout spares what is now bob's"
+    );
+    let mut nobody = with_counter(&bobs, 3);
+    nobody.meta.user_id = None;
+    store.save(&nobody, 2).await.expect("save");
+    assert_eq!(must_load(&*store, r.id).await.meta.user_id, None);
+    assert_eq!(store.destroy_user("bob").await.expect("bob"), 0);
+    assert!(!absent(&*store, r.id).await, "no longer bob's either");
+    let mut carols = with_counter(&nobody, 4);
+    carols.meta.user_id = Some("carol".into());
+    store.save(&carols, 3).await.expect("save");
+    assert_eq!(store.destroy_user("carol").await.expect("carol"), 1);
+    assert!(absent(&*store, r.id).await);
 }
 
 /// 16 tasks x 200 increments of one record by load / compare-and-set / retry: none is lost.

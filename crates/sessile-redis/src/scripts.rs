@@ -19,8 +19,11 @@ use fred::types::scripts::Script;
 /// Shared helpers, prepended to the scripts that need them.
 const HELPERS: &str = r#"
 local function write(k, v, e, d, u, w)
-  redis.call('HSET', k, 'v', v, 'e', e, 'd', d, 'w', w)
-  if u == '' then redis.call('HDEL', k, 'u') else redis.call('HSET', k, 'u', u) end
+  if u == '' then
+    redis.call('HSET', k, 'v', v, 'e', e, 'd', d, 'w', w)
+  else
+    redis.call('HSET', k, 'v', v, 'e', e, 'd', d, 'w', w, 'u', u)
+  end
   redis.call('PEXPIREAT', k, e)
 end
 local function index(k, id, a)
@@ -47,15 +50,20 @@ return 1
 
 /// KEYS: record [, index]. ARGV: expected version, new version, idle deadline, body, user, id hex,
 /// absolute deadline, write id.
+///
+/// The index is only touched when the user changes: its expiry already covers the record's
+/// absolute deadline, which only a rotation (which always indexes) moves. So a save is three
+/// server calls: `HMGET`, `HSET`, `PEXPIREAT`.
 const SAVE: &str = r#"
-local cur = redis.call('HGET', KEYS[1], 'v')
-if not cur then return -1 end
-if cur ~= ARGV[1] then
-  if already(KEYS[1], ARGV[8]) then return 1 end
+local cur = redis.call('HMGET', KEYS[1], 'v', 'u', 'w')
+if not cur[1] then return -1 end
+if cur[1] ~= ARGV[1] then
+  if cur[3] == ARGV[8] then return 1 end
   return 0
 end
 write(KEYS[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[8])
-if KEYS[2] then index(KEYS[2], ARGV[6], ARGV[7]) end
+if ARGV[5] == '' and cur[2] then redis.call('HDEL', KEYS[1], 'u') end
+if KEYS[2] and cur[2] ~= ARGV[5] then index(KEYS[2], ARGV[6], ARGV[7]) end
 return 1
 "#;
 

@@ -21,14 +21,42 @@ fn ready<F: Future>(f: F) -> F::Output {
 fn record() -> Record {
     let mut data = Payload::default();
     let put = |d: &mut Payload, k: &str, v: Vec<u8>| d.insert(k.into(), v);
-    put(&mut data, "user", rmp_serde::to_vec("u000123").expect("enc"));
-    put(&mut data, "display", rmp_serde::to_vec("Benchmark User u000123").expect("enc"));
-    put(&mut data, "counter", rmp_serde::to_vec(&41u64).expect("enc"));
-    put(&mut data, "roles", rmp_serde::to_vec(&["reader", "writer", "billing"]).expect("enc"));
+    put(
+        &mut data,
+        "user",
+        rmp_serde::to_vec("u000123").expect("enc"),
+    );
+    put(
+        &mut data,
+        "display",
+        rmp_serde::to_vec("Benchmark User u000123").expect("enc"),
+    );
+    put(
+        &mut data,
+        "counter",
+        rmp_serde::to_vec(&41u64).expect("enc"),
+    );
+    put(
+        &mut data,
+        "roles",
+        rmp_serde::to_vec(&["reader", "writer", "billing"]).expect("enc"),
+    );
     put(&mut data, "theme", rmp_serde::to_vec("dark").expect("enc"));
-    put(&mut data, "locale", rmp_serde::to_vec("en-GB").expect("enc"));
-    put(&mut data, "tz", rmp_serde::to_vec("Europe/London").expect("enc"));
-    put(&mut data, "csrf", rmp_serde::to_vec(&"ab".repeat(32)).expect("enc"));
+    put(
+        &mut data,
+        "locale",
+        rmp_serde::to_vec("en-GB").expect("enc"),
+    );
+    put(
+        &mut data,
+        "tz",
+        rmp_serde::to_vec("Europe/London").expect("enc"),
+    );
+    put(
+        &mut data,
+        "csrf",
+        rmp_serde::to_vec(&"ab".repeat(32)).expect("enc"),
+    );
     Record {
         id: SessionId::random(),
         version: 1,
@@ -47,7 +75,9 @@ fn record() -> Record {
 fn codec(c: &mut Criterion) {
     let r = record();
     let body = r.encode_body().expect("encode");
-    c.bench_function("record/encode", |b| b.iter(|| black_box(&r).encode_body().expect("encode")));
+    c.bench_function("record/encode", |b| {
+        b.iter(|| black_box(&r).encode_body().expect("encode"))
+    });
     c.bench_function("record/decode", |b| {
         b.iter(|| Record::decode(r.id, 1, 1, black_box(&body)).expect("decode"))
     });

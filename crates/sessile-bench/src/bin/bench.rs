@@ -326,6 +326,12 @@ async fn run(args: &[String]) {
         .copied()
         .filter(|w| only.split(',').any(|o| o == *w))
         .collect();
+    let picked: String = flag(args, "--contenders", CONTENDERS.join(","));
+    let contenders: Vec<&str> = CONTENDERS
+        .iter()
+        .copied()
+        .filter(|c| picked.split(',').any(|p| p == *c))
+        .collect();
     assert!(
         repeats <= 20 && seconds <= 120.0 && connections <= 512,
         "bounded runs only"
@@ -337,9 +343,9 @@ async fn run(args: &[String]) {
 
     for repeat in 0..repeats {
         for (wi, workload) in workloads.iter().enumerate() {
-            let n = CONTENDERS.len();
+            let n = contenders.len();
             // Rotate the order per cell: no contender always runs first or last.
-            let order: Vec<&str> = (0..n).map(|i| CONTENDERS[(i + repeat + wi) % n]).collect();
+            let order: Vec<&str> = (0..n).map(|i| contenders[(i + repeat + wi) % n]).collect();
             for contender in order {
                 if *workload == "race" && contender == "bare" {
                     continue;

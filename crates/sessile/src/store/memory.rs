@@ -43,9 +43,13 @@ struct Inner {
     clock: Arc<dyn Clock>,
     per_shard_capacity: Option<usize>,
     max_record_bytes: usize,
-    /// user id -> sessions that had that user when last written. Entries go stale when sessions
-    /// expire or change user; `destroy_user` re-checks each record, and the sweeper prunes.
-    users: Mutex<HashMap<Box<str>, Vec<SessionId>>>,
+    /// User partition (16 bits of the user id's hash, see [`SessionId::user_partition`]) ->
+    /// sessions that had a user of that partition when last written. Keying by partition rather
+    /// than by user id costs about 16 bytes per session instead of a map entry and two
+    /// allocations per user (some 100 bytes). Entries go stale when sessions expire or change
+    /// user, and a partition holds several users: `destroy_user` checks each record's user, and
+    /// the sweeper prunes.
+    users: Mutex<HashMap<u16, Vec<SessionId>>>,
 }
 
 #[derive(Default)]
@@ -59,7 +63,6 @@ struct Shard {
 struct Entry {
     version: u64,
     idle_deadline: UnixMillis,
-    user: bool,
     body: Box<[u8]>,
 }
 
@@ -206,7 +209,6 @@ impl Inner {
         Ok(Entry {
             version: record.version,
             idle_deadline: record.expires_at(),
-            user: record.meta.user_id.is_some(),
             body: encode_record(record, self.max_record_bytes)?.into_boxed_slice(),
         })
     }
@@ -231,7 +233,7 @@ impl Inner {
     fn index_user(&self, record: &Record) {
         if let Some(user) = &record.meta.user_id {
             let mut users = lock(&self.users);
-            let ids = users.entry(user.as_str().into()).or_default();
+            let ids = users.entry(SessionId::user_partition(user)).or_default();
             if !ids.contains(&record.id) {
                 ids.push(record.id);
             }
@@ -394,20 +396,34 @@ impl SessionStore for MemoryStore {
     }
 
     async fn destroy_user(&self, user_id: &str) -> Result<u64, StoreError> {
-        let ids = lock(&self.inner.users).remove(user_id).unwrap_or_default();
+        let partition = SessionId::user_partition(user_id);
+        // Lock order: the index, then shards (as everywhere else).
+        let mut users = lock(&self.inner.users);
+        let Some(ids) = users.get_mut(&partition) else {
+            return Ok(0);
+        };
         let mut destroyed = 0;
-        for id in ids {
-            let mut shard = self.inner.shard(&id);
-            // The index can be stale: only delete the record if it still belongs to this user.
-            let owned = shard.map.get(&id).is_some_and(|e| {
-                e.user
-                    && Record::decode(id, e.version, e.idle_deadline, &e.body)
-                        .is_ok_and(|r| r.meta.user_id.as_deref() == Some(user_id))
-            });
-            if owned {
-                shard.map.remove(&id);
-                destroyed += 1;
+        ids.retain(|id| {
+            let mut shard = self.inner.shard(id);
+            let Some(e) = shard.map.get(id) else {
+                return false;
+            };
+            // The partition holds other users' sessions too: delete only this user's.
+            let owner = Record::decode(*id, e.version, e.idle_deadline, &e.body)
+                .ok()
+                .and_then(|r| r.meta.user_id);
+            match owner.as_deref() {
+                Some(u) if u == user_id => {
+                    shard.map.remove(id);
+                    destroyed += 1;
+                    false
+                }
+                Some(_) => true,
+                None => false,
             }
+        });
+        if ids.is_empty() {
+            users.remove(&partition);
         }
         Ok(destroyed)
     }
@@ -522,6 +538,32 @@ mod tests {
             weak.upgrade().is_none(),
             "the sweeper does not keep the store alive"
         );
+    }
+
+    #[tokio::test]
+    async fn destroying_one_user_spares_another_in_the_same_partition() {
+        // Two user ids whose partitions collide (16 bits: a collision turns up within a few
+        // hundred names).
+        let mut seen = HashMap::new();
+        let (a, b) = (0..100_000)
+            .map(|i| format!("user{i}"))
+            .find_map(|u| {
+                let p = SessionId::user_partition(&u);
+                seen.insert(p, u.clone()).map(|other| (other, u))
+            })
+            .expect("a collision among 100 000 names");
+        let clock = Arc::new(ManualClock::new(T0));
+        let s = store(&clock, None);
+        let (mut ra, mut rb) = (record(T0, 60_000), record(T0, 60_000));
+        ra.meta.user_id = Some(a.clone());
+        rb.meta.user_id = Some(b.clone());
+        s.create(&ra).await.expect("create");
+        s.create(&rb).await.expect("create");
+        assert_eq!(s.destroy_user(&a).await.expect("destroy"), 1);
+        assert!(s.load(ra.id).await.expect("load").is_none());
+        assert!(s.load(rb.id).await.expect("load").is_some());
+        assert_eq!(s.destroy_user(&b).await.expect("destroy"), 1);
+        assert!(lock(&s.inner.users).is_empty());
     }
 
     #[tokio::test]
