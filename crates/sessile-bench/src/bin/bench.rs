@@ -50,6 +50,12 @@ struct Row {
     redis_commands_per_request: Option<f64>,
     peak_rss_kb: u64,
     lost_updates: Option<i64>,
+    /// CPU time the server process used per measured request, in microseconds.
+    #[serde(default)]
+    server_cpu_us_per_request: Option<f64>,
+    /// CPU time Redis used per measured request, in microseconds.
+    #[serde(default)]
+    redis_cpu_us_per_request: Option<f64>,
 }
 
 fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
@@ -119,6 +125,38 @@ fn redis_commands(redis: &RedisServer) -> u64 {
         .sum()
 }
 
+/// CPU time (user + system) a process has used, in microseconds.
+fn process_cpu_us(pid: u32) -> u64 {
+    let ticks_per_sec = 100; // USER_HZ on Linux
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces) start after the last ')'.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime = f.get(11)?.parse::<u64>().ok()?;
+            let stime = f.get(12)?.parse::<u64>().ok()?;
+            Some((utime + stime) * 1_000_000 / ticks_per_sec)
+        })
+        .unwrap_or(0)
+}
+
+/// CPU time Redis has used, in microseconds (`INFO cpu`).
+fn redis_cpu_us(port: u16) -> u64 {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "info", "cpu"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    ((field("used_cpu_user:") + field("used_cpu_sys:")) * 1e6) as u64
+}
+
 fn start_server(contender: &str, redis: &RedisServer, log_dir: &Path) -> (Spawned, String) {
     let port = free_port();
     let mut cmd = Command::new(server_binary());
@@ -167,6 +205,7 @@ async fn log_in(base: &str, contender: &str, users: usize) -> Vec<User> {
 }
 
 /// Runs `workload` with `connections` workers for `seconds` (after a short warm-up).
+#[allow(clippy::too_many_arguments)]
 async fn measure(
     base: &str,
     contender: &str,
@@ -175,7 +214,8 @@ async fn measure(
     connections: usize,
     seconds: f64,
     redis: &RedisServer,
-) -> (u64, f64, hdrhistogram::Histogram<u64>, u64, u64) {
+    server_pid: u32,
+) -> (u64, f64, hdrhistogram::Histogram<u64>, u64, u64, u64, u64) {
     let warmup = Duration::from_millis(500);
     let total = warmup + Duration::from_secs_f64(seconds);
     let start = Instant::now();
@@ -187,13 +227,14 @@ async fn measure(
     let base_owned = base.to_owned();
     let measured_from = start + warmup;
     let reset = {
-        // Reset Redis's counters when the warm-up ends, from a helper task.
+        // Reset Redis's counters and read the CPU clocks when the warm-up ends.
         let port = redis.port();
         tokio::spawn(async move {
             tokio::time::sleep_until(measured_from.into()).await;
             let _ = Command::new("redis-cli")
                 .args(["-p", &port.to_string(), "config", "resetstat"])
                 .output();
+            (process_cpu_us(server_pid), redis_cpu_us(port))
         })
     };
     let workers: Vec<_> = per_worker
@@ -251,9 +292,18 @@ async fn measure(
         hist.add(h).expect("same bounds");
     }
     let elapsed = start.elapsed().saturating_sub(warmup).as_secs_f64();
-    let _ = reset.await;
+    let (server_cpu, redis_cpu) = (process_cpu_us(server_pid), redis_cpu_us(redis.port()));
+    let (server_before, redis_before) = reset.await.unwrap_or((server_cpu, redis_cpu));
     let commands = redis_commands(redis);
-    (count, elapsed, hist, errors, commands)
+    (
+        count,
+        elapsed,
+        hist,
+        errors,
+        commands,
+        server_cpu.saturating_sub(server_before),
+        redis_cpu.saturating_sub(redis_before),
+    )
 }
 
 /// 16 clients x 200 increments of one session, spread over `bases` round-robin.
@@ -363,17 +413,18 @@ async fn run(args: &[String]) {
                     wait_ready(base, "/read", Duration::from_secs(30)).await;
                 }
                 let bases: Vec<String> = servers.iter().map(|(_, b)| b.clone()).collect();
-                let (requests, secs, hist, errors, commands, lost) = if *workload == "race" {
+                let (requests, secs, hist, errors, commands, lost, cpu) = if *workload == "race" {
                     redis.cli(&["config", "resetstat"]);
                     let (r, s, h, e, lost) = race(&bases, contender).await;
-                    (r, s, h, e, redis_commands(&redis), Some(lost))
+                    (r, s, h, e, redis_commands(&redis), Some(lost), None)
                 } else {
                     let logged = if *workload == "login" {
                         Vec::new()
                     } else {
                         log_in(&bases[0], contender, users).await
                     };
-                    let (r, s, h, e, c) = measure(
+                    let pid = servers[0].0.0.id();
+                    let (r, s, h, e, c, server_us, redis_us) = measure(
                         &bases[0],
                         contender,
                         workload,
@@ -381,9 +432,10 @@ async fn run(args: &[String]) {
                         connections,
                         seconds,
                         &redis,
+                        pid,
                     )
                     .await;
-                    (r, s, h, e, c, None)
+                    (r, s, h, e, c, None, Some((server_us, redis_us)))
                 };
                 let rss = servers
                     .iter()
@@ -406,6 +458,10 @@ async fn run(args: &[String]) {
                         .then(|| commands as f64 / requests.max(1) as f64),
                     peak_rss_kb: rss,
                     lost_updates: lost,
+                    server_cpu_us_per_request: cpu.map(|(s, _)| s as f64 / requests.max(1) as f64),
+                    redis_cpu_us_per_request: cpu
+                        .filter(|_| contender.ends_with("redis"))
+                        .map(|(_, r)| r as f64 / requests.max(1) as f64),
                 };
                 let line = serde_json::to_string(&row).expect("json");
                 println!("{line}");
@@ -438,6 +494,8 @@ struct Cell {
     commands: Option<f64>,
     rss_mb: f64,
     lost: Option<f64>,
+    server_cpu: Option<f64>,
+    redis_cpu: Option<f64>,
     runs: usize,
 }
 
@@ -466,6 +524,12 @@ fn cells(rows: &[Row]) -> BTreeMap<(String, String), Cell> {
                 lost: rs[0]
                     .lost_updates
                     .map(|_| m(&|r| r.lost_updates.unwrap_or(0) as f64)),
+                server_cpu: rs[0]
+                    .server_cpu_us_per_request
+                    .map(|_| m(&|r| r.server_cpu_us_per_request.unwrap_or(0.0))),
+                redis_cpu: rs[0]
+                    .redis_cpu_us_per_request
+                    .map(|_| m(&|r| r.redis_cpu_us_per_request.unwrap_or(0.0))),
                 runs: rs.len(),
             };
             (k, cell)
@@ -499,8 +563,8 @@ fn report(args: &[String]) {
             continue;
         }
         out.push_str(&format!("\n### {workload}\n\n"));
-        out.push_str("| contender | req/s | vs bare axum | vs tower-sessions | p50 ms | p99 ms | p99.9 ms | errors | Redis cmds/req | peak RSS MiB | lost updates | runs |\n");
-        out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        out.push_str("| contender | req/s | vs bare axum | vs tower-sessions | p50 ms | p99 ms | p99.9 ms | errors | Redis cmds/req | server CPU µs/req | Redis CPU µs/req | peak RSS MiB | lost updates | runs |\n");
+        out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for contender in CONTENDERS {
             let Some(c) = get(workload, contender) else {
                 continue;
@@ -511,13 +575,15 @@ fn report(args: &[String]) {
                 .and_then(|p| get(workload, p))
                 .map_or("-".into(), |p| format!("{:.2}x", c.rps / p.rps));
             out.push_str(&format!(
-                "| {contender} | {:.0} | {vs_bare} | {vs_peer} | {:.2} | {:.2} | {:.2} | {} | {} | {:.1} | {} | {} |\n",
+                "| {contender} | {:.0} | {vs_bare} | {vs_peer} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {:.1} | {} | {} |\n",
                 c.rps,
                 c.p50,
                 c.p99,
                 c.p999,
                 c.errors,
                 c.commands.map_or("-".into(), |x| format!("{x:.2}")),
+                c.server_cpu.map_or("-".into(), |x| format!("{x:.1}")),
+                c.redis_cpu.map_or("-".into(), |x| format!("{x:.1}")),
                 c.rss_mb,
                 c.lost.map_or("-".into(), |x| format!("{x:.0}")),
                 c.runs,
