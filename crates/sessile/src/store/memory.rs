@@ -1,6 +1,6 @@
 //! The embedded default store.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -49,7 +49,8 @@ struct Inner {
     /// allocations per user (some 100 bytes). Entries go stale when sessions expire or change
     /// user, and a partition holds several users: `destroy_user` checks each record's user, and
     /// the sweeper prunes.
-    users: Mutex<HashMap<u16, Vec<SessionId>>>,
+    /// A set per partition, so indexing stays O(1) however many sessions one user has.
+    users: Mutex<HashMap<u16, HashSet<SessionId>>>,
 }
 
 #[derive(Default)]
@@ -233,10 +234,10 @@ impl Inner {
     fn index_user(&self, record: &Record) {
         if let Some(user) = &record.meta.user_id {
             let mut users = lock(&self.users);
-            let ids = users.entry(SessionId::user_partition(user)).or_default();
-            if !ids.contains(&record.id) {
-                ids.push(record.id);
-            }
+            users
+                .entry(SessionId::user_partition(user))
+                .or_default()
+                .insert(record.id);
         }
     }
 
