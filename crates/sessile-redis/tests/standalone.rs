@@ -176,3 +176,26 @@ async fn the_store_reconnects_by_itself_after_a_restart() {
     }
     assert_eq!(store.load(r.id).await.expect("load").expect("present"), r);
 }
+
+#[tokio::test]
+async fn sentinel_and_cluster_urls_are_accepted_and_fail_only_at_connecting() {
+    // Nothing listens on port 1 of loopback: each URL must parse, then fail to connect in time.
+    for url in [
+        "redis-sentinel://127.0.0.1:1/0?sentinelServiceName=sessions",
+        "redis-cluster://127.0.0.1:1?node=127.0.0.1:2",
+    ] {
+        let started = Instant::now();
+        let result = RedisStore::builder(url)
+            .connect_timeout(Duration::from_millis(300))
+            .connect()
+            .await;
+        assert!(
+            matches!(
+                result,
+                Err(RedisStoreError::Unreachable(_) | RedisStoreError::Connect(_))
+            ),
+            "{url}: {result:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(3), "{url}");
+    }
+}
