@@ -25,10 +25,12 @@
 //!
 //! # What happens per request
 //!
-//! 1. The cookie's token is opened with the key ring (no store call; a token that does not open
-//!    is "no session", so garbage cookies cost nothing).
-//! 2. The handler extracts [`Session`]; only then is the record loaded. Handlers that do not ask
-//!    for the session cost no store call and get no `Set-Cookie`.
+//! 1. The layer keeps the request's `Cookie` headers and puts a lazy session handle into the
+//!    request extensions. Nothing is parsed, opened or loaded yet.
+//! 2. The handler extracts [`Session`]; only then is the cookie's token opened with the key ring
+//!    (a token that does not open is "no session", so garbage cookies cost no store call) and the
+//!    record loaded. Handlers that do not ask for the session cost no cryptography, no store call,
+//!    and get no `Set-Cookie`.
 //! 3. After the handler, the layer writes only what changed: `create` for a new session, a
 //!    compare-and-set `save` for changes (replaying the request's operations on a conflict), an
 //!    atomic `rotate` after [`Session::cycle_id`], a `destroy` after [`Session::destroy`], or, for a

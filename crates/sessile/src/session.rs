@@ -107,17 +107,21 @@ pub(crate) struct State {
 /// The layer's per-request state, shared by the service and every `Session` clone.
 pub(crate) struct RequestSession {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) incoming: Option<Incoming>,
+    /// The request's `Cookie` headers, kept unparsed: the token is only opened when the handler
+    /// asks for the session, so requests that never do (assets, health checks) pay nothing.
+    cookies: Vec<http::HeaderValue>,
+    incoming: std::sync::OnceLock<Option<Incoming>>,
     /// Set once the handler first asks for the session; holds the load error, if any.
     pub(crate) loaded: OnceCell<Result<(), Arc<StoreError>>>,
     pub(crate) state: Mutex<State>,
 }
 
 impl RequestSession {
-    pub(crate) fn new(shared: Arc<Shared>, incoming: Option<Incoming>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, cookies: Vec<http::HeaderValue>) -> Self {
         Self {
             shared,
-            incoming,
+            cookies,
+            incoming: std::sync::OnceLock::new(),
             loaded: OnceCell::new(),
             state: Mutex::default(),
         }
@@ -133,7 +137,7 @@ impl RequestSession {
     pub(crate) async fn ensure_loaded(&self) -> Result<(), Arc<StoreError>> {
         self.loaded
             .get_or_init(|| async {
-                let Some(incoming) = self.incoming else {
+                let Some(incoming) = self.incoming() else {
                     return Ok(());
                 };
                 let record = match self.shared.store.load(incoming.id).await {
@@ -164,6 +168,13 @@ impl RequestSession {
 }
 
 impl RequestSession {
+    /// The valid token the request carried, opened on first use.
+    pub(crate) fn incoming(&self) -> Option<Incoming> {
+        *self
+            .incoming
+            .get_or_init(|| crate::manager::read_token(&self.shared, &self.cookies))
+    }
+
     /// Makes `r` the request's session.
     fn adopt(&self, r: crate::record::Record) {
         let mut st = self.state();

@@ -93,7 +93,7 @@ impl RequestSession {
     async fn commit_new(&self, st: State, now: UnixMillis, out: &mut Commit) {
         let nothing_to_store = st.ops.is_empty() || (st.data.is_empty() && st.user_id.is_none());
         if nothing_to_store {
-            if self.incoming.is_some() && st.ended.is_none() {
+            if self.incoming().is_some() && st.ended.is_none() {
                 // The cookie points at a session that no longer exists: stop the browser sending it.
                 out.cookie = CookieAction::Remove;
             }
@@ -139,7 +139,7 @@ impl RequestSession {
 
     async fn commit_existing(&self, base: Base, st: State, now: UnixMillis, out: &mut Commit) {
         // A stored session is only ever loaded from a valid cookie.
-        let Some(incoming) = self.incoming else {
+        let Some(incoming) = self.incoming() else {
             return;
         };
         let cookie_due = !incoming.sealed_with_primary

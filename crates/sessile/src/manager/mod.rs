@@ -11,6 +11,7 @@ use std::sync::Arc;
 use sessile_token::TokenCodec;
 
 pub use layer::{STORE_BREAKER_NAME, SessionManagerBuilder, SessionManagerLayer};
+pub(crate) use service::read_token;
 pub use service::{ResponseFuture, SessionManager};
 pub(crate) use store_handle::StoreHandle;
 

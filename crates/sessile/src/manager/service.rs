@@ -16,9 +16,10 @@ use crate::session::{Incoming, RequestSession};
 
 /// The service built by [`SessionManagerLayer`](super::SessionManagerLayer).
 ///
-/// Per request it reads the session cookie (opening the token costs no store call; a token that
-/// fails to open is simply no session), puts a lazy session handle into the request extensions,
-/// runs the inner service, and then saves what the handler changed.
+/// Per request it puts a lazy session handle (holding the request's `Cookie` headers) into the
+/// request extensions, runs the inner service, and then saves what the handler changed. The token
+/// is opened, and the record loaded, only if the handler extracts the session; a token that fails
+/// to open is simply no session.
 #[derive(Clone)]
 pub struct SessionManager<S> {
     inner: S,
@@ -75,8 +76,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let incoming = read_token(&self.shared, req.headers());
-        let session = Arc::new(RequestSession::new(Arc::clone(&self.shared), incoming));
+        // Only the headers are kept (a reference-count bump each); parsing and opening the token
+        // wait until a handler asks for the session.
+        let cookies = req.headers().get_all(COOKIE).iter().cloned().collect();
+        let session = Arc::new(RequestSession::new(Arc::clone(&self.shared), cookies));
         req.extensions_mut()
             .insert(SessionHandle(Arc::clone(&session)));
         // The clone that was polled ready is the one that must be called.
@@ -90,9 +93,10 @@ where
     }
 }
 
-fn read_token(shared: &Shared, headers: &HeaderMap) -> Option<Incoming> {
+/// The first of the request's session cookies whose token opens.
+pub(crate) fn read_token(shared: &Shared, cookies: &[HeaderValue]) -> Option<Incoming> {
     let name = shared.codec.cookie_name();
-    for header in headers.get_all(COOKIE) {
+    for header in cookies {
         let Ok(header) = header.to_str() else {
             continue;
         };
