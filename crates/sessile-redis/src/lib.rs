@@ -297,7 +297,7 @@ impl RedisStoreBuilder {
         }
         let scripts = Scripts::new();
         for script in scripts.all() {
-            if let Err(e) = script.load(pool.next()).await {
+            if let Err(e) = script.load(pool.next_connected()).await {
                 stop(&pool).await;
                 return Err(RedisStoreError::Connect(e));
             }
@@ -321,6 +321,10 @@ async fn stop(pool: &Pool) {
 }
 
 /// Sessions in Redis (standalone, Sentinel or Cluster). Cloning is cheap and shares the pool.
+///
+/// Every command goes to a pool connection that is up (`Pool::next_connected`): after an outage
+/// the pool's clients reconnect one by one, and plain round-robin would send every fourth request
+/// to one still reconnecting, where it waits out its deadline although Redis is back.
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
@@ -416,7 +420,7 @@ impl Inner {
         args: Vec<Value>,
     ) -> Result<i64, StoreError> {
         script
-            .evalsha_with_reload::<i64, _, _>(self.pool.next(), keys, args)
+            .evalsha_with_reload::<i64, _, _>(self.pool.next_connected(), keys, args)
             .await
             .map_err(|e| self.fail(e))
     }
@@ -498,7 +502,7 @@ impl SessionStore for RedisStore {
         let (version, idle, body): (Option<u64>, Option<u64>, Option<Bytes>) = self
             .inner
             .pool
-            .next()
+            .next_connected()
             .hmget(key, vec!["v", "e", "d"])
             .await
             .map_err(|e| self.inner.fail(e))?;
@@ -566,7 +570,7 @@ impl SessionStore for RedisStore {
             .await
             .and_then(Inner::outcome);
         if code.is_err() {
-            let _: Result<i64, _> = inner.pool.next().del(new_key).await;
+            let _: Result<i64, _> = inner.pool.next_connected().del(new_key).await;
         }
         code
     }
@@ -576,7 +580,7 @@ impl SessionStore for RedisStore {
         let _: i64 = self
             .inner
             .pool
-            .next()
+            .next_connected()
             .del(key)
             .await
             .map_err(|e| self.inner.fail(e))?;
@@ -588,7 +592,7 @@ impl SessionStore for RedisStore {
         let index = inner.keys.index(user_id);
         let members: Vec<String> = inner
             .pool
-            .next()
+            .next_connected()
             .smembers(&index)
             .await
             .map_err(|e| inner.fail(e))?;
@@ -618,7 +622,7 @@ impl SessionStore for RedisStore {
         // Remove only what was handled: a session created meanwhile keeps its index entry.
         let _: i64 = inner
             .pool
-            .next()
+            .next_connected()
             .srem(&index, members)
             .await
             .map_err(|e| inner.fail(e))?;
