@@ -36,6 +36,11 @@ pub trait Hook: Send + Sync + 'static {
 }
 
 impl<S, H> Hooked<S, H> {
+    /// Wraps `inner` with any hook.
+    pub fn with_hook(inner: S, hook: H) -> Self {
+        Self { inner, hook }
+    }
+
     /// The wrapped store.
     pub fn inner(&self) -> &S {
         &self.inner
