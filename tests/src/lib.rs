@@ -15,6 +15,7 @@ use axum::routing::{get, post};
 use http::{HeaderMap, Method, Request, StatusCode, header};
 use sessile::clock::UnixMillis;
 use sessile::record::Record;
+use sessile::store::{Settled, WriteId};
 use sessile::{SaveFailed, Session, SessionError, SessionId, SessionStore, StoreError};
 use tokio::sync::Notify;
 use tower::ServiceExt as _;
@@ -59,13 +60,13 @@ impl<S: SessionStore, H: Hook> SessionStore for Hooked<S, H> {
         self.hook.before("load").await?;
         self.inner.load(id).await
     }
-    async fn create(&self, record: &Record) -> Result<(), StoreError> {
+    async fn create(&self, record: &Record, write: WriteId) -> Result<(), StoreError> {
         self.hook.before("create").await?;
-        self.inner.create(record).await
+        self.inner.create(record, write).await
     }
-    async fn save(&self, record: &Record, expected: u64) -> Result<(), StoreError> {
+    async fn save(&self, record: &Record, expected: u64, write: WriteId) -> Result<(), StoreError> {
         self.hook.before("save").await?;
-        self.inner.save(record, expected).await
+        self.inner.save(record, expected, write).await
     }
     async fn touch(&self, id: SessionId, deadline: UnixMillis) -> Result<(), StoreError> {
         self.hook.before("touch").await?;
@@ -76,9 +77,20 @@ impl<S: SessionStore, H: Hook> SessionStore for Hooked<S, H> {
         old: SessionId,
         record: &Record,
         expected: u64,
+        write: WriteId,
     ) -> Result<(), StoreError> {
         self.hook.before("rotate").await?;
-        self.inner.rotate(old, record, expected).await
+        self.inner.rotate(old, record, expected, write).await
+    }
+    async fn settle(
+        &self,
+        old: SessionId,
+        new: SessionId,
+        expected: u64,
+        write: WriteId,
+    ) -> Result<Settled, StoreError> {
+        self.hook.before("settle").await?;
+        self.inner.settle(old, new, expected, write).await
     }
     async fn destroy(&self, id: SessionId) -> Result<(), StoreError> {
         self.hook.before("destroy").await?;

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sessile::record::{Metadata, Payload, Record};
+use sessile::store::{Settled, WriteId};
 use sessile::{SessionId, SessionStore, StoreError};
 
 /// Calls `$m!({ extra tokens } case, case, ...)` with every case: the one list both entry points
@@ -42,6 +43,8 @@ macro_rules! __for_each_case {
             concurrent_increments_are_never_lost,
             destroy_beats_concurrent_saves,
             oversized_records_are_refused,
+            settle_tells_whether_a_write_was_applied,
+            destroy_user_catches_sessions_rotating_meanwhile,
         );
     };
 }
@@ -141,7 +144,7 @@ async fn absent<S: SessionStore>(store: &S, id: SessionId) -> bool {
 /// What was created is what loads.
 pub async fn create_then_load_round_trips<S: SessionStore>(store: Arc<S>) {
     let r = record(Some("alice"), 5);
-    store.create(&r).await.expect("create");
+    store.create(&r, WriteId::random()).await.expect("create");
     assert_eq!(must_load(&*store, r.id).await, r);
     assert!(absent(&*store, SessionId::random()).await);
 }
@@ -149,11 +152,11 @@ pub async fn create_then_load_round_trips<S: SessionStore>(store: Arc<S>) {
 /// `create` never overwrites.
 pub async fn create_refuses_an_existing_id<S: SessionStore>(store: Arc<S>) {
     let r = record(None, 1);
-    store.create(&r).await.expect("create");
+    store.create(&r, WriteId::random()).await.expect("create");
     let mut other = record(None, 2);
     other.id = r.id;
     assert!(matches!(
-        store.create(&other).await,
+        store.create(&other, WriteId::random()).await,
         Err(StoreError::Conflict)
     ));
     assert_eq!(counter(&must_load(&*store, r.id).await), 1);
@@ -162,15 +165,15 @@ pub async fn create_refuses_an_existing_id<S: SessionStore>(store: Arc<S>) {
 /// A save with the stored version wins; a stale one is a conflict and changes nothing.
 pub async fn save_is_compare_and_set<S: SessionStore>(store: Arc<S>) {
     let r = record(None, 1);
-    store.create(&r).await.expect("create");
+    store.create(&r, WriteId::random()).await.expect("create");
     let v2 = with_counter(&r, 2);
-    store.save(&v2, 1).await.expect("save at version 1");
+    store.save(&v2, 1, WriteId::random()).await.expect("save at version 1");
     let loaded = must_load(&*store, r.id).await;
     assert_eq!((loaded.version, counter(&loaded)), (2, 2));
 
     let stale = with_counter(&r, 99);
     assert!(matches!(
-        store.save(&stale, 1).await,
+        store.save(&stale, 1, WriteId::random()).await,
         Err(StoreError::Conflict)
     ));
     let loaded = must_load(&*store, r.id).await;
@@ -181,7 +184,7 @@ pub async fn save_is_compare_and_set<S: SessionStore>(store: Arc<S>) {
 pub async fn save_never_creates<S: SessionStore>(store: Arc<S>) {
     let r = record(None, 1);
     assert!(matches!(
-        store.save(&with_counter(&r, 2), 1).await,
+        store.save(&with_counter(&r, 2), 1, WriteId::random()).await,
         Err(StoreError::NotFound)
     ));
     assert!(absent(&*store, r.id).await);
@@ -190,11 +193,11 @@ pub async fn save_never_creates<S: SessionStore>(store: Arc<S>) {
 /// After `destroy`, nothing with the old version can bring the record back.
 pub async fn destroy_is_final<S: SessionStore>(store: Arc<S>) {
     let r = record(None, 1);
-    store.create(&r).await.expect("create");
+    store.create(&r, WriteId::random()).await.expect("create");
     store.destroy(r.id).await.expect("destroy");
     assert!(absent(&*store, r.id).await);
     assert!(matches!(
-        store.save(&with_counter(&r, 2), 1).await,
+        store.save(&with_counter(&r, 2), 1, WriteId::random()).await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
@@ -209,43 +212,51 @@ pub async fn destroy_is_final<S: SessionStore>(store: Arc<S>) {
 /// nothing.
 pub async fn rotate_moves_the_record_atomically<S: SessionStore>(store: Arc<S>) {
     let r = record(Some("alice"), 7);
-    store.create(&r).await.expect("create");
+    store.create(&r, WriteId::random()).await.expect("create");
     let mut moved = with_counter(&r, 8);
     moved.id = SessionId::random();
 
     let mut stale = moved.clone();
     stale.id = SessionId::random();
     assert!(matches!(
-        store.rotate(r.id, &stale, 5).await,
+        store.rotate(r.id, &stale, 5, WriteId::random()).await,
         Err(StoreError::Conflict)
     ));
     assert!(absent(&*store, stale.id).await);
     assert_eq!(must_load(&*store, r.id).await, r);
 
-    store.rotate(r.id, &moved, 1).await.expect("rotate");
-    assert!(absent(&*store, r.id).await);
+    store.rotate(r.id, &moved, 1, WriteId::random()).await.expect("rotate");
+    assert!(matches!(store.load(r.id).await, Err(StoreError::Rotated)));
     let loaded = must_load(&*store, moved.id).await;
     assert_eq!((loaded.version, counter(&loaded)), (2, 8));
     assert_eq!(loaded.meta.user_id.as_deref(), Some("alice"));
 
-    // A request still holding the old id cannot save or rotate it back.
+    // A request still holding the old id cannot save, touch or rotate it back; it is told the
+    // session moved (not that it ended), so it can leave the browser's new cookie alone.
     assert!(matches!(
-        store.save(&with_counter(&r, 9), 1).await,
-        Err(StoreError::NotFound)
+        store.save(&with_counter(&r, 9), 1, WriteId::random()).await,
+        Err(StoreError::Rotated)
+    ));
+    assert!(matches!(
+        store.touch(r.id, now_ms() + 60_000).await,
+        Err(StoreError::Rotated)
     ));
     let mut again = with_counter(&r, 9);
     again.id = SessionId::random();
     assert!(matches!(
-        store.rotate(r.id, &again, 1).await,
-        Err(StoreError::NotFound)
+        store.rotate(r.id, &again, 1, WriteId::random()).await,
+        Err(StoreError::Rotated)
     ));
     assert!(absent(&*store, again.id).await);
+    // Once destroyed, the old id is simply gone.
+    store.destroy(r.id).await.expect("destroy marker");
+    assert!(absent(&*store, r.id).await);
 }
 
 /// `touch` moves the idle deadline and nothing else.
 pub async fn touch_moves_the_deadline_only<S: SessionStore>(store: Arc<S>) {
     let r = record(None, 3);
-    store.create(&r).await.expect("create");
+    store.create(&r, WriteId::random()).await.expect("create");
     let later = r.idle_deadline + 60_000;
     store.touch(r.id, later).await.expect("touch");
     let loaded = must_load(&*store, r.id).await;
@@ -263,16 +274,16 @@ pub async fn expired_records_are_gone<S: SessionStore>(store: Arc<S>) {
     let mut r = record(None, 1);
     r.idle_deadline = now_ms().saturating_sub(1_000);
     // Creating an already-expired record may be refused or accepted; either way it is gone.
-    let _ = store.create(&r).await;
+    let _ = store.create(&r, WriteId::random()).await;
     assert!(absent(&*store, r.id).await);
     assert!(matches!(
-        store.save(&with_counter(&r, 2), 1).await,
+        store.save(&with_counter(&r, 2), 1, WriteId::random()).await,
         Err(StoreError::NotFound)
     ));
 
     // A live record whose touch moves its deadline into the past expires too.
     let live = record(None, 1);
-    store.create(&live).await.expect("create");
+    store.create(&live, WriteId::random()).await.expect("create");
     store
         .touch(live.id, now_ms().saturating_sub(1))
         .await
@@ -286,12 +297,12 @@ pub async fn destroy_user_ends_only_that_users_sessions<S: SessionStore>(store: 
     let bob = record(Some("bob"), 9);
     let anon = record(None, 9);
     for r in alice.iter().chain([&bob, &anon]) {
-        store.create(r).await.expect("create");
+        store.create(r, WriteId::random()).await.expect("create");
     }
     // One of alice's sessions moved to another id: the moved one must be found.
     let mut moved = with_counter(&alice[0], 1);
     moved.id = SessionId::random();
-    store.rotate(alice[0].id, &moved, 1).await.expect("rotate");
+    store.rotate(alice[0].id, &moved, 1, WriteId::random()).await.expect("rotate");
 
     assert_eq!(store.destroy_user("alice").await.expect("destroy_user"), 3);
     for id in [alice[1].id, alice[2].id, moved.id] {
@@ -308,10 +319,10 @@ pub async fn a_save_that_changes_the_user_moves_the_session_between_users<S: Ses
     store: Arc<S>,
 ) {
     let r = record(Some("alice"), 1);
-    store.create(&r).await.expect("create");
+    store.create(&r, WriteId::random()).await.expect("create");
     let mut bobs = with_counter(&r, 2);
     bobs.meta.user_id = Some("bob".into());
-    store.save(&bobs, 1).await.expect("save");
+    store.save(&bobs, 1, WriteId::random()).await.expect("save");
     assert_eq!(store.destroy_user("alice").await.expect("alice"), 0);
     assert!(
         !absent(&*store, r.id).await,
@@ -319,13 +330,13 @@ pub async fn a_save_that_changes_the_user_moves_the_session_between_users<S: Ses
     );
     let mut nobody = with_counter(&bobs, 3);
     nobody.meta.user_id = None;
-    store.save(&nobody, 2).await.expect("save");
+    store.save(&nobody, 2, WriteId::random()).await.expect("save");
     assert_eq!(must_load(&*store, r.id).await.meta.user_id, None);
     assert_eq!(store.destroy_user("bob").await.expect("bob"), 0);
     assert!(!absent(&*store, r.id).await, "no longer bob's either");
     let mut carols = with_counter(&nobody, 4);
     carols.meta.user_id = Some("carol".into());
-    store.save(&carols, 3).await.expect("save");
+    store.save(&carols, 3, WriteId::random()).await.expect("save");
     assert_eq!(store.destroy_user("carol").await.expect("carol"), 1);
     assert!(absent(&*store, r.id).await);
 }
@@ -335,7 +346,7 @@ pub async fn concurrent_increments_are_never_lost<S: SessionStore>(store: Arc<S>
     const TASKS: u64 = 16;
     const EACH: u64 = 200;
     let r = record(None, 0);
-    store.create(&r).await.expect("create");
+    store.create(&r, WriteId::random()).await.expect("create");
     let tasks: Vec<_> = (0..TASKS)
         .map(|_| {
             let store = Arc::clone(&store);
@@ -346,8 +357,7 @@ pub async fn concurrent_increments_are_never_lost<S: SessionStore>(store: Arc<S>
                         assert!(attempt < 10_000, "no progress");
                         let cur = must_load(&*store, r.id).await;
                         match store
-                            .save(&with_counter(&cur, counter(&cur) + 1), cur.version)
-                            .await
+                            .save(&with_counter(&cur, counter(&cur) + 1), cur.version, WriteId::random()).await
                         {
                             Ok(()) => break,
                             Err(StoreError::Conflict) => tokio::task::yield_now().await,
@@ -370,7 +380,7 @@ pub async fn concurrent_increments_are_never_lost<S: SessionStore>(store: Arc<S>
 /// gone for good.
 pub async fn destroy_beats_concurrent_saves<S: SessionStore>(store: Arc<S>) {
     let r = record(None, 0);
-    store.create(&r).await.expect("create");
+    store.create(&r, WriteId::random()).await.expect("create");
     let writers: Vec<_> = (0..4)
         .map(|_| {
             let store = Arc::clone(&store);
@@ -381,8 +391,7 @@ pub async fn destroy_beats_concurrent_saves<S: SessionStore>(store: Arc<S>) {
                         return;
                     };
                     match store
-                        .save(&with_counter(&cur, counter(&cur) + 1), cur.version)
-                        .await
+                        .save(&with_counter(&cur, counter(&cur) + 1), cur.version, WriteId::random()).await
                     {
                         Ok(()) | Err(StoreError::Conflict) => tokio::task::yield_now().await,
                         Err(StoreError::NotFound) => return,
@@ -404,23 +413,156 @@ pub async fn destroy_beats_concurrent_saves<S: SessionStore>(store: Arc<S>) {
 /// A record over the store's limit is refused with `TooLarge`, and the old one stays.
 pub async fn oversized_records_are_refused<S: SessionStore>(store: Arc<S>) {
     let r = record(None, 1);
-    store.create(&r).await.expect("create");
+    store.create(&r, WriteId::random()).await.expect("create");
     let mut big = with_counter(&r, 2);
     big.data.insert(
         "blob".into(),
         vec![7; sessile::store::DEFAULT_MAX_RECORD_BYTES + 1],
     );
     assert!(matches!(
-        store.save(&big, 1).await,
+        store.save(&big, 1, WriteId::random()).await,
         Err(StoreError::TooLarge { .. })
     ));
     let mut fresh = big.clone();
     fresh.id = SessionId::random();
     fresh.version = 1;
     assert!(matches!(
-        store.create(&fresh).await,
+        store.create(&fresh, WriteId::random()).await,
         Err(StoreError::TooLarge { .. })
     ));
     assert_eq!(must_load(&*store, r.id).await, r);
     assert!(absent(&*store, fresh.id).await);
+}
+
+/// After a lost reply, `settle` tells an applied write from one that was not, and a write it
+/// reports as not applied can no longer land.
+pub async fn settle_tells_whether_a_write_was_applied<S: SessionStore>(store: Arc<S>) {
+    let r = record(None, 1);
+    let created = WriteId::random();
+    store.create(&r, created).await.expect("create");
+    let id = r.id;
+    assert_eq!(
+        store.settle(id, id, 0, created).await.expect("settle"),
+        Settled::Applied
+    );
+
+    let saved = WriteId::random();
+    let v2 = with_counter(&r, 2);
+    store.save(&v2, 1, saved).await.expect("save");
+    assert_eq!(
+        store.settle(id, id, 1, saved).await.expect("settle"),
+        Settled::Applied
+    );
+    // A write that lost the race for version 2 was not applied.
+    let lost = WriteId::random();
+    assert!(matches!(
+        store.save(&with_counter(&r, 7), 1, lost).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(
+        store.settle(id, id, 1, lost).await.expect("settle"),
+        Settled::NotApplied
+    );
+
+    // A write still on its way when it is settled: reported not applied, and refused on arrival.
+    let late = WriteId::random();
+    assert_eq!(
+        store.settle(id, id, 2, late).await.expect("settle"),
+        Settled::NotApplied
+    );
+    assert!(store.save(&with_counter(&v2, 3), 2, late).await.is_err());
+    assert_eq!(counter(&must_load(&*store, id).await), 2);
+    // The record itself is not blocked: a new write goes through.
+    store
+        .save(&with_counter(&v2, 3), 2, WriteId::random())
+        .await
+        .expect("a fresh write is accepted");
+
+    // Rotations settle on both ids.
+    let mut moved = with_counter(&must_load(&*store, id).await, 4);
+    moved.id = SessionId::random();
+    let rotated = WriteId::random();
+    store.rotate(id, &moved, 3, rotated).await.expect("rotate");
+    assert_eq!(
+        store.settle(id, moved.id, 3, rotated).await.expect("settle"),
+        Settled::Applied
+    );
+    let mut other = with_counter(&moved, 5);
+    other.id = SessionId::random();
+    let never = WriteId::random();
+    assert_eq!(
+        store.settle(moved.id, other.id, 4, never).await.expect("settle"),
+        Settled::NotApplied
+    );
+    assert!(store.rotate(moved.id, &other, 4, never).await.is_err());
+    assert!(absent(&*store, other.id).await);
+    assert_eq!(counter(&must_load(&*store, moved.id).await), 4);
+
+    // A create that never arrived is fenced too.
+    let ghost = record(None, 1);
+    let unsent = WriteId::random();
+    assert_eq!(
+        store.settle(ghost.id, ghost.id, 0, unsent).await.expect("settle"),
+        Settled::NotApplied
+    );
+    assert!(store.create(&ghost, unsent).await.is_err());
+    assert!(absent(&*store, ghost.id).await);
+}
+
+/// Sessions of one user that rotate in a loop while the user is logged out everywhere: when
+/// `destroy_user` returns, none of them, nor any id they rotated to, loads, and every later
+/// rotation fails.
+pub async fn destroy_user_catches_sessions_rotating_meanwhile<S: SessionStore>(store: Arc<S>) {
+    const SESSIONS: usize = 20;
+    let user = "rotating-user";
+    let mut first = Vec::new();
+    for i in 0..SESSIONS {
+        let mut r = record(Some(user), i as u64);
+        r.id = SessionId::random_for_user(Some(user));
+        store.create(&r, WriteId::random()).await.expect("create");
+        first.push(r);
+    }
+    let started = Arc::new(tokio::sync::Barrier::new(SESSIONS + 1));
+    let rotators: Vec<_> = first
+        .into_iter()
+        .map(|mut cur| {
+            let (store, started) = (Arc::clone(&store), Arc::clone(&started));
+            tokio::spawn(async move {
+                let mut rotations = 0u32;
+                started.wait().await;
+                // Bounded: the destroy ends every loop within a few rounds.
+                for _ in 0..100_000 {
+                    let mut next = with_counter(&cur, counter(&cur) + 1);
+                    next.id = SessionId::random_for_user(Some(user));
+                    match store
+                        .rotate(cur.id, &next, cur.version, WriteId::random())
+                        .await
+                    {
+                        Ok(()) => {
+                            cur = next;
+                            rotations += 1;
+                        }
+                        Err(StoreError::NotFound | StoreError::Rotated) => {
+                            return (cur.id, rotations);
+                        }
+                        Err(e) => panic!("unexpected {e:?}"),
+                    }
+                }
+                panic!("rotation never stopped: the session escaped the logout");
+            })
+        })
+        .collect();
+    started.wait().await;
+    tokio::task::yield_now().await;
+    store.destroy_user(user).await.expect("destroy_user");
+    // Whatever each rotator holds now, and anything it gets to, must be dead.
+    let mut survivors = 0;
+    let mut rotations = 0;
+    for r in rotators {
+        let (last, n) = r.await.expect("rotator");
+        rotations += n;
+        survivors += usize::from(store.load(last).await.ok().flatten().is_some());
+    }
+    assert_eq!(survivors, 0, "sessions survived log-out-everywhere ({rotations} rotations)");
+    assert_eq!(store.destroy_user(user).await.expect("again"), 0);
 }

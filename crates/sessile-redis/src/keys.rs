@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! <prefix>:[<tenant>:]{<partition>}:s:<session id hex>   session record (hash)
-//! <prefix>:[<tenant>:]{<partition>}:u:<user id>          user index (set of session id hex)
+//! <prefix>:[<tenant>:]{<partition>}:i:<user id>          user index (sorted set of session id
+//!                                                         hex, scored by absolute deadline)
+//! <prefix>:[<tenant>:]{<partition>}:g:<user id>          user generation (integer)
 //! ```
 //!
 //! `{<partition>}` is the Redis Cluster hash tag: four hex digits of the session id's partition,
@@ -32,8 +34,16 @@ impl KeySpace {
     }
 
     pub(crate) fn index(&self, user: &str) -> String {
+        self.user_key("i", user)
+    }
+
+    pub(crate) fn generation(&self, user: &str) -> String {
+        self.user_key("g", user)
+    }
+
+    fn user_key(&self, kind: &str, user: &str) -> String {
         format!(
-            "{}{{{:04x}}}:u:{user}",
+            "{}{{{:04x}}}:{kind}:{user}",
             self.base,
             SessionId::user_partition(user)
         )
@@ -61,7 +71,8 @@ mod tests {
     fn a_users_records_and_index_share_a_hash_slot() {
         let keys = KeySpace::new("sessile", Some("acme"));
         let index = keys.index("alice");
-        assert!(index.starts_with("sessile:acme:{2bd8}:u:alice"), "{index}");
+        assert!(index.starts_with("sessile:acme:{2bd8}:i:alice"), "{index}");
+        assert_eq!(keys.generation("alice"), "sessile:acme:{2bd8}:g:alice");
         for _ in 0..10 {
             let id = SessionId::random_for_user(Some("alice"));
             let record = keys.record(&id);

@@ -65,10 +65,20 @@ pub enum SaveError {
     /// overwrites the real record.
     #[error("session store unreachable: changes to the degraded session were not saved")]
     Degraded,
-    /// The session was destroyed, rotated away or expired while the request ran. Its changes were
-    /// discarded on purpose: a logout is final.
+    /// The session was destroyed or expired while the request ran. Its changes were discarded on
+    /// purpose: a logout is final. The response removes the cookie.
     #[error("session ended while the request ran; its changes were discarded")]
     Ended,
+    /// The session was given a new id (a login, [`Session::cycle_id`](crate::Session::cycle_id))
+    /// by another request while this one ran with the old id. Its changes were discarded (a
+    /// request made before a login must not write into the logged-in session), and the response
+    /// leaves the browser's cookie alone, so it cannot undo the login when it arrives late.
+    #[error("session was given a new id while the request ran; its changes were discarded")]
+    Rotated,
+    /// The store's reply to the write was lost and whether the write was applied could not be
+    /// learned. It was applied once or not at all, never twice; the cookie is left as it was.
+    #[error("session save outcome unknown: applied once or not at all")]
+    Unknown(#[source] StoreError),
 }
 
 /// Response extension present when a request's session changes were not saved.

@@ -47,42 +47,45 @@ pub(crate) enum Op {
 }
 
 impl Op {
-    /// Applies the operation, enforcing the payload limit.
+    /// Applies the operation, enforcing the payload limit; returns whether anything changed.
     pub(crate) fn apply(
         &self,
         data: &mut Payload,
         user: &mut Option<String>,
         limit: usize,
-    ) -> Result<(), SessionError> {
+    ) -> Result<bool, SessionError> {
         match self {
             Self::Insert(k, v) => put(data, k, v.clone(), limit),
-            Self::Remove(k) => {
-                data.remove(k);
-                Ok(())
-            }
+            Self::Remove(k) => Ok(data.remove(k).is_some()),
             Self::Update(k, f) => {
                 let new = f(data.get(k))?;
                 put(data, k, new, limit)
             }
             Self::Clear => {
+                let changed = !data.is_empty();
                 data.clear();
-                Ok(())
+                Ok(changed)
             }
             Self::SetUser(u) => {
+                let changed = user != u;
                 user.clone_from(u);
-                Ok(())
+                Ok(changed)
             }
         }
     }
 }
 
-fn put(data: &mut Payload, key: &str, value: Vec<u8>, limit: usize) -> Result<(), SessionError> {
+/// Stores `value` under `key` unless it is already there; returns whether anything changed.
+fn put(data: &mut Payload, key: &str, value: Vec<u8>, limit: usize) -> Result<bool, SessionError> {
+    if data.get(key) == Some(value.as_slice()) {
+        return Ok(false);
+    }
     let size = data.size_with(key, value.len());
     if size > limit {
         return Err(SessionError::PayloadTooLarge { size, limit });
     }
     data.insert(key.to_owned(), value);
-    Ok(())
+    Ok(true)
 }
 
 /// The mutable part of a request's session.
@@ -94,7 +97,16 @@ pub(crate) struct State {
     pub(crate) data: Payload,
     /// Working copy of the user id, with `ops` applied.
     pub(crate) user_id: Option<String>,
+    /// Every operation, in order, for replay on a fresher record; operations that changed nothing
+    /// are kept too, so that replay gives each key its last writer.
     pub(crate) ops: Vec<Op>,
+    /// Some operation changed the working copy. A request whose operations all changed nothing
+    /// (removing an absent key, writing an equal value) saves nothing.
+    pub(crate) dirty: bool,
+    /// The cookie's session was given a new id by another request (a login) shortly before this
+    /// one loaded it: this request works on an empty session that is never stored, and its
+    /// response leaves the cookie alone.
+    pub(crate) moved: bool,
     /// `cycle_id` was called on a stored session.
     pub(crate) cycle: bool,
     /// `destroy` ended this stored session during the request.
@@ -148,6 +160,10 @@ impl RequestSession {
                         // left alone; it expires by itself.
                         tracing::error!(error = %e, session = %incoming.id, "stored session is corrupt; starting a new one");
                         metrics::counter!("sessile_corrupt_records_total").increment(1);
+                        None
+                    }
+                    Err(StoreError::Rotated) => {
+                        self.state().moved = true;
                         None
                     }
                     Err(e) if e.is_unavailability() => return self.degrade(incoming.id, e),
@@ -305,8 +321,10 @@ impl Session {
         let old = st.data.get(key).map(|b| decode::<T>(key, b)).transpose()?;
         let new = f(old);
         let bytes = encode(key, &new)?;
-        let State { data, ops, .. } = &mut *st;
-        put(data, key, bytes, self.limit())?;
+        let State {
+            data, ops, dirty, ..
+        } = &mut *st;
+        *dirty |= put(data, key, bytes, self.limit())?;
         ops.push(Op::Update(key.to_owned(), erased));
         Ok(new)
     }
@@ -314,8 +332,8 @@ impl Session {
     /// Removes the value under `key`; returns whether there was one.
     pub fn remove(&self, key: &str) -> bool {
         let mut st = self.0.state();
-        let had = st.data.get(key).is_some();
-        st.data.remove(key);
+        let had = st.data.remove(key).is_some();
+        st.dirty |= had;
         st.ops.push(Op::Remove(key.to_owned()));
         had
     }
@@ -323,6 +341,7 @@ impl Session {
     /// Removes every value (the session itself, its id and user stay).
     pub fn clear(&self) {
         let mut st = self.0.state();
+        st.dirty |= !st.data.is_empty();
         st.data.clear();
         st.ops.push(Op::Clear);
     }
@@ -370,6 +389,7 @@ impl Session {
         st.data.clear();
         st.user_id = None;
         st.ops.clear();
+        st.dirty = false;
         st.cycle = false;
     }
 
@@ -444,9 +464,13 @@ impl Session {
         let limit = self.limit();
         let mut st = self.0.state();
         let State {
-            data, user_id, ops, ..
+            data,
+            user_id,
+            ops,
+            dirty,
+            ..
         } = &mut *st;
-        op.apply(data, user_id, limit)?;
+        *dirty |= op.apply(data, user_id, limit)?;
         ops.push(op);
         Ok(())
     }

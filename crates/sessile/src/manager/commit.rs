@@ -11,6 +11,7 @@ use crate::SessionId;
 use crate::clock::UnixMillis;
 use crate::error::SaveError;
 use crate::record::{Metadata, Record};
+use super::WriteError;
 use crate::session::{Base, RequestSession, State};
 use crate::store::StoreError;
 
@@ -40,8 +41,20 @@ impl SaveError {
             Self::Contended { .. } => "contended",
             Self::Degraded => "degraded",
             Self::Ended => "ended",
+            Self::Rotated => "rotated",
+            Self::Unknown(_) => "unknown",
         }
     }
+}
+
+/// What became of one attempt to write a record.
+enum Attempt {
+    /// Written; the request is done.
+    Done,
+    /// Not written, for a reason worth another attempt on a fresh copy of the record.
+    Again,
+    /// Not written, and the request is done (the reason is in the `Commit`).
+    Stop,
 }
 
 impl RequestSession {
@@ -69,7 +82,7 @@ impl RequestSession {
         if st.degraded {
             // A stand-in session is never written: not over the real record, not as a new one,
             // and the browser keeps its cookie.
-            if !st.ops.is_empty() || st.cycle || st.ended.is_some() {
+            if st.dirty || st.cycle || st.ended.is_some() {
                 out.error = Some(SaveError::Degraded);
             }
             return out;
@@ -91,7 +104,17 @@ impl RequestSession {
     }
 
     async fn commit_new(&self, st: State, now: UnixMillis, out: &mut Commit) {
-        let nothing_to_store = st.ops.is_empty() || (st.data.is_empty() && st.user_id.is_none());
+        let nothing_to_store = !st.dirty || (st.data.is_empty() && st.user_id.is_none());
+        if st.moved {
+            // The cookie names a session that a login moved to a new id while this request was
+            // on its way: it is a request from before the login. Creating a session for it, or
+            // removing its cookie, would log the user out when this response arrives after the
+            // login's. Leave the cookie alone.
+            if !nothing_to_store {
+                out.error = Some(SaveError::Rotated);
+            }
+            return;
+        }
         if nothing_to_store {
             if self.incoming().is_some() && st.ended.is_none() {
                 // The cookie points at a session that no longer exists: stop the browser sending it.
@@ -115,26 +138,35 @@ impl RequestSession {
             },
             data: st.data,
         };
-        // A clash of two random 128-bit ids will not happen, but `create` reports it, so handle it.
-        for _ in 0..2 {
-            match self.shared.store.create(&record).await {
+        // A clash of two random ids will not happen, but `create` reports it; and a create whose
+        // reply was lost and that was settled as not applied may be made again.
+        for attempt in 1..=2 {
+            let error = match self.shared.store.create(&record).await {
                 Ok(()) => {
                     metrics::counter!("sessile_sessions_created_total").increment(1);
                     self.remember(&record);
                     out.cookie = self.issue(&record, now);
                     return;
                 }
-                Err(StoreError::Conflict) => {
-                    record.id = SessionId::random_for_user(record.meta.user_id.as_deref());
-                    record.meta.hint = self.shared.hints.hint_for(&record.id).as_str().to_owned();
+                Err(WriteError::Unknown(e)) => {
+                    // If it landed, nobody knows its id: it expires unused.
+                    out.error = Some(SaveError::Unknown(e));
+                    return;
                 }
-                Err(e) => {
+                Err(WriteError::Failed(StoreError::Conflict)) => StoreError::Conflict,
+                Err(WriteError::NotApplied(e)) => e,
+                Err(WriteError::Failed(e)) => {
                     out.error = Some(SaveError::Store(e));
                     return;
                 }
+            };
+            if attempt == 2 {
+                out.error = Some(SaveError::Store(error));
+                return;
             }
+            record.id = SessionId::random_for_user(record.meta.user_id.as_deref());
+            record.meta.hint = self.shared.hints.hint_for(&record.id).as_str().to_owned();
         }
-        out.error = Some(SaveError::Store(StoreError::Conflict));
     }
 
     async fn commit_existing(&self, base: Base, st: State, now: UnixMillis, out: &mut Commit) {
@@ -147,108 +179,48 @@ impl RequestSession {
                 && (now / 1000).saturating_sub(u64::from(incoming.issued_at)) * 1000
                     >= self.renew_after_ms());
 
-        if st.ops.is_empty() && !st.cycle {
+        if !st.dirty && !st.cycle {
             self.touch_only(&base, now, cookie_due, out).await;
             return;
         }
-
-        let cfg = &self.shared.config;
-        let cycle = st.cycle;
-        let new_id = if cycle {
-            SessionId::random_for_user(st.user_id.as_deref())
-        } else {
-            base.id
-        };
-        // A cycled id is a new session identity: new hint, and the absolute lifetime restarts.
-        let fix_meta = |meta: &mut Metadata| {
-            if cycle {
-                meta.hint = self.shared.hints.hint_for(&new_id).as_str().to_owned();
-                meta.absolute_deadline = now + cfg.absolute_timeout.as_millis() as u64;
-            }
-        };
         // Waiting here is bounded by the other writers' store deadlines, all of which finish.
         let lock = self.shared.commit_lock(&base.id);
         let (_queue, waited) = match lock.try_lock() {
             Ok(guard) => (guard, false),
             Err(_) => (lock.lock().await, true),
         };
-        let mut expected = base.version;
-        let mut meta = base.meta;
-        fix_meta(&mut meta);
-        meta.user_id = st.user_id;
-        let mut data = st.data;
+        let mut writer = Writer::new(self, &base, &st, now);
         // A request that queued behind other writers of this session almost surely holds a stale
         // version: reading the record now costs one round trip, where a doomed save would cost one
         // and the reload after it another.
         let mut reload = waited;
-
-        for attempt in 1..=cfg.max_save_attempts {
+        let State {
+            data, user_id, ops, ..
+        } = st;
+        let (mut meta, mut data) = (base.meta.clone(), data);
+        meta.user_id = user_id;
+        let max = self.shared.config.max_save_attempts;
+        for attempt in 1..=max {
             if reload {
-                let fresh = match self.shared.store.load(base.id).await {
-                    Ok(Some(r)) if !r.is_expired(self.shared.clock.now_ms()) => r,
-                    Ok(_) => {
-                        self.ended_meanwhile(out);
+                match writer.reload(&ops, out).await {
+                    Some(Some(fresh)) => (meta, data) = fresh,
+                    Some(None) => {
+                        // The replay changed nothing: what this request wanted is already stored.
                         return;
                     }
-                    Err(e) => {
-                        out.error = Some(SaveError::Store(e));
-                        return;
-                    }
-                };
-                // Replay this request's operations on what the others saved.
-                expected = fresh.version;
-                meta = fresh.meta;
-                fix_meta(&mut meta);
-                data = fresh.data;
-                let mut user = meta.user_id.take();
-                for op in &st.ops {
-                    if let Err(e) = op.apply(&mut data, &mut user, cfg.max_payload_bytes) {
-                        out.error = Some(SaveError::Replay(e));
-                        return;
-                    }
+                    None => return,
                 }
-                meta.user_id = user;
             }
-            let record = Record {
-                id: new_id,
-                version: expected + 1,
-                idle_deadline: (now + self.idle_ms()).min(meta.absolute_deadline),
-                meta,
-                data,
-            };
-            let result = if cycle {
-                self.shared.store.rotate(base.id, &record, expected).await
-            } else {
-                self.shared.store.save(&record, expected).await
-            };
-            match result {
-                Ok(()) => {
-                    if cycle {
-                        self.forget(&base.id);
-                    }
-                    self.remember(&record);
-                    if cycle || cookie_due {
+            let record = writer.record(meta, data);
+            match writer.write(&record, attempt == max, out).await {
+                Attempt::Done => {
+                    if writer.cycle || cookie_due {
                         out.cookie = self.issue(&record, now);
                     }
                     return;
                 }
-                Err(StoreError::Conflict) if attempt < cfg.max_save_attempts => {
-                    metrics::counter!("sessile_save_conflicts_total").increment(1);
-                }
-                Err(StoreError::Conflict) => {
-                    metrics::counter!("sessile_save_conflicts_total").increment(1);
-                    out.error = Some(SaveError::Contended { attempts: attempt });
-                    return;
-                }
-                Err(StoreError::NotFound) => {
-                    self.forget(&base.id);
-                    self.ended_meanwhile(out);
-                    return;
-                }
-                Err(e) => {
-                    out.error = Some(SaveError::Store(e));
-                    return;
-                }
+                Attempt::Stop => return,
+                Attempt::Again => {}
             }
             // Someone saved first: another instance, since this one's writers are queued. Retry
             // at once; only when that keeps failing, pause a little (random, growing) so the
@@ -260,9 +232,8 @@ impl RequestSession {
                 tokio::time::sleep(pause).await;
             }
             reload = true;
-            // The record moved to `record`: take its parts back for the next attempt.
-            meta = record.meta;
-            data = record.data;
+            // The record moved into the attempt: take its parts back for the next one.
+            (meta, data) = (record.meta, record.data);
         }
     }
 
@@ -274,7 +245,11 @@ impl RequestSession {
         let touch_due = now.saturating_sub(last_extended) >= self.renew_after_ms()
             && new_deadline > base.idle_deadline;
         let mut deadline = base.idle_deadline;
-        if touch_due {
+        // A cookie is only re-issued for an id the store has just confirmed: the session may have
+        // been rotated (a login) since this request loaded it, and a fresh token for the dead id,
+        // arriving after the login's response, would log the user out.
+        if touch_due || cookie_due {
+            let new_deadline = new_deadline.max(base.idle_deadline);
             match self.shared.store.touch(base.id, new_deadline).await {
                 Ok(()) => {
                     deadline = new_deadline;
@@ -285,6 +260,11 @@ impl RequestSession {
                 Err(StoreError::NotFound) => {
                     self.forget(&base.id);
                     out.cookie = CookieAction::Remove;
+                    return;
+                }
+                Err(StoreError::Rotated) => {
+                    // A read made before a login: the browser's cookie is the login's by now.
+                    self.forget(&base.id);
                     return;
                 }
                 Err(e) => {
@@ -310,9 +290,18 @@ impl RequestSession {
         }
     }
 
-    fn ended_meanwhile(&self, out: &mut Commit) {
+    /// The session ended (logout, expiry) while the request ran: report it and drop the cookie.
+    fn ended_meanwhile(&self, id: &SessionId, out: &mut Commit) {
+        self.forget(id);
         out.cookie = CookieAction::Remove;
         out.error = Some(SaveError::Ended);
+    }
+
+    /// The session was rotated away by another request while this one ran: report it and leave
+    /// the cookie (by now the login's) alone.
+    fn rotated_meanwhile(&self, id: &SessionId, out: &mut Commit) {
+        self.forget(id);
+        out.error = Some(SaveError::Rotated);
     }
 
     fn issue(&self, record: &Record, now: UnixMillis) -> CookieAction {
@@ -340,5 +329,143 @@ impl RequestSession {
             .persistent
             .then(|| deadline.saturating_sub(now) / 1000);
         CookieAction::Set { token, max_age }
+    }
+}
+
+/// The save of one request's changes to a stored session: what stays the same across attempts.
+struct Writer<'r> {
+    req: &'r RequestSession,
+    /// The id the request loaded.
+    old: SessionId,
+    /// The id the record is written under: `old`, or a fresh one when cycling.
+    new: SessionId,
+    cycle: bool,
+    expected: u64,
+    now: UnixMillis,
+}
+
+impl<'r> Writer<'r> {
+    fn new(req: &'r RequestSession, base: &Base, st: &State, now: UnixMillis) -> Self {
+        let new = if st.cycle {
+            SessionId::random_for_user(st.user_id.as_deref())
+        } else {
+            base.id
+        };
+        Self {
+            req,
+            old: base.id,
+            new,
+            cycle: st.cycle,
+            expected: base.version,
+            now,
+        }
+    }
+
+    /// Reads the record again and replays the request's operations on it. `None`: the request
+    /// is done (the session ended or moved, or the store failed; `out` says which). `Some(None)`:
+    /// the replay changed nothing and no id is to be cycled, so there is nothing to write.
+    async fn reload(
+        &mut self,
+        ops: &[crate::session::Op],
+        out: &mut Commit,
+    ) -> Option<Option<(Metadata, crate::record::Payload)>> {
+        let req = self.req;
+        let fresh = match req.shared.store.load(self.old).await {
+            Ok(Some(r)) if !r.is_expired(req.shared.clock.now_ms()) => r,
+            Ok(_) => {
+                req.ended_meanwhile(&self.old, out);
+                return None;
+            }
+            Err(StoreError::Rotated) => {
+                req.rotated_meanwhile(&self.old, out);
+                return None;
+            }
+            Err(e) => {
+                out.error = Some(SaveError::Store(e));
+                return None;
+            }
+        };
+        self.expected = fresh.version;
+        let (mut meta, mut data) = (fresh.meta, fresh.data);
+        let mut user = meta.user_id.take();
+        let mut changed = false;
+        for op in ops {
+            match op.apply(&mut data, &mut user, req.shared.config.max_payload_bytes) {
+                Ok(c) => changed |= c,
+                Err(e) => {
+                    out.error = Some(SaveError::Replay(e));
+                    return None;
+                }
+            }
+        }
+        meta.user_id = user;
+        Some((changed || self.cycle).then_some((meta, data)))
+    }
+
+    /// The record to write from `meta` and `data`. A cycled id is a new session identity: new
+    /// hint, and the absolute lifetime restarts.
+    fn record(&self, mut meta: Metadata, data: crate::record::Payload) -> Record {
+        let req = self.req;
+        if self.cycle {
+            meta.hint = req.shared.hints.hint_for(&self.new).as_str().to_owned();
+            meta.absolute_deadline =
+                self.now + req.shared.config.absolute_timeout.as_millis() as u64;
+        }
+        Record {
+            id: self.new,
+            version: self.expected + 1,
+            idle_deadline: (self.now + req.idle_ms()).min(meta.absolute_deadline),
+            meta,
+            data,
+        }
+    }
+
+    /// One compare-and-set attempt (a `rotate` when cycling).
+    async fn write(&self, record: &Record, last: bool, out: &mut Commit) -> Attempt {
+        let req = self.req;
+        let store = &req.shared.store;
+        let result = if self.cycle {
+            store.rotate(self.old, record, self.expected).await
+        } else {
+            store.save(record, self.expected).await
+        };
+        match result {
+            Ok(()) => {
+                if self.cycle {
+                    req.forget(&self.old);
+                }
+                req.remember(record);
+                Attempt::Done
+            }
+            Err(WriteError::Failed(StoreError::Conflict)) => {
+                metrics::counter!("sessile_save_conflicts_total").increment(1);
+                if last {
+                    out.error = Some(SaveError::Contended {
+                        attempts: req.shared.config.max_save_attempts,
+                    });
+                    return Attempt::Stop;
+                }
+                Attempt::Again
+            }
+            // The reply was lost, and the store established that the write did not land and
+            // never will: writing again (with a new write id) cannot apply it twice.
+            Err(WriteError::NotApplied(_)) if !last => Attempt::Again,
+            Err(WriteError::Failed(StoreError::NotFound)) => {
+                req.ended_meanwhile(&self.old, out);
+                Attempt::Stop
+            }
+            Err(WriteError::Failed(StoreError::Rotated)) => {
+                req.rotated_meanwhile(&self.old, out);
+                Attempt::Stop
+            }
+            Err(WriteError::Failed(e) | WriteError::NotApplied(e)) => {
+                out.error = Some(SaveError::Store(e));
+                Attempt::Stop
+            }
+            Err(WriteError::Unknown(e)) => {
+                out.error = Some(SaveError::Unknown(e));
+                Attempt::Stop
+            }
+        }
     }
 }

@@ -7,7 +7,19 @@ use tracing::Instrument as _;
 use crate::SessionId;
 use crate::clock::UnixMillis;
 use crate::record::Record;
-use crate::store::{BoxFuture, DynStore, StoreError};
+use crate::store::{BoxFuture, DynStore, Settled, StoreError, WriteId};
+
+/// Why a write did not take effect.
+#[derive(Debug)]
+pub(crate) enum WriteError {
+    /// The store answered: not applied.
+    Failed(StoreError),
+    /// The reply was lost, and `settle` established that the write was not applied and now never
+    /// will be: writing again is safe.
+    NotApplied(StoreError),
+    /// The reply was lost and the outcome could not be learned: applied once or not at all.
+    Unknown(StoreError),
+}
 
 /// The store as the layer sees it: every call passes the circuit breaker (if any), gets a
 /// deadline, a trace span and metrics.
@@ -92,14 +104,55 @@ impl StoreHandle {
         self.run("load", Some(id), self.store.load(id)).await
     }
 
-    pub(crate) async fn create(&self, record: &Record) -> Result<(), StoreError> {
-        self.run("create", Some(record.id), self.store.create(record))
-            .await
+    /// Runs a write; if its outcome is unclear (a timeout, a dropped connection, this layer's
+    /// deadline), asks the store whether it was applied instead of guessing. A write is therefore
+    /// never reported failed when it landed, and never replayed when it may have landed.
+    async fn write<'a>(
+        &'a self,
+        op: &'static str,
+        (old, new, expected): (SessionId, SessionId, u64),
+        call: impl FnOnce(WriteId) -> BoxFuture<'a, Result<(), StoreError>>,
+    ) -> Result<(), WriteError> {
+        let write = WriteId::random();
+        let error = match self.run(op, Some(new), call(write)).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_ambiguous() => e,
+            Err(e) => return Err(WriteError::Failed(e)),
+        };
+        let settled = self
+            .run(
+                "settle",
+                Some(new),
+                self.store.settle(old, new, expected, write),
+            )
+            .await;
+        let outcome = match &settled {
+            Ok(Settled::Applied) => "applied",
+            Ok(Settled::NotApplied) => "not_applied",
+            Ok(Settled::Unknown) | Err(_) => "unknown",
+        };
+        metrics::counter!("sessile_writes_settled_total", "op" => op, "outcome" => outcome)
+            .increment(1);
+        tracing::warn!(op, outcome, error = %error, "session write outcome was unclear; settled");
+        match settled {
+            Ok(Settled::Applied) => Ok(()),
+            Ok(Settled::NotApplied) => Err(WriteError::NotApplied(error)),
+            Ok(Settled::Unknown) | Err(_) => Err(WriteError::Unknown(error)),
+        }
     }
 
-    pub(crate) async fn save(&self, record: &Record, expected: u64) -> Result<(), StoreError> {
-        self.run("save", Some(record.id), self.store.save(record, expected))
-            .await
+    pub(crate) async fn create(&self, record: &Record) -> Result<(), WriteError> {
+        self.write("create", (record.id, record.id, 0), |w| {
+            self.store.create(record, w)
+        })
+        .await
+    }
+
+    pub(crate) async fn save(&self, record: &Record, expected: u64) -> Result<(), WriteError> {
+        self.write("save", (record.id, record.id, expected), |w| {
+            self.store.save(record, expected, w)
+        })
+        .await
     }
 
     pub(crate) async fn touch(
@@ -116,12 +169,10 @@ impl StoreHandle {
         old: SessionId,
         record: &Record,
         expected: u64,
-    ) -> Result<(), StoreError> {
-        self.run(
-            "rotate",
-            Some(old),
-            self.store.rotate(old, record, expected),
-        )
+    ) -> Result<(), WriteError> {
+        self.write("rotate", (old, record.id, expected), |w| {
+            self.store.rotate(old, record, expected, w)
+        })
         .await
     }
 

@@ -2,18 +2,25 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use super::{DEFAULT_MAX_RECORD_BYTES, SessionStore, StoreError, encode_record};
+use super::{
+    DEFAULT_MAX_RECORD_BYTES, ROTATED_MARKER_TTL_MS, SessionStore, Settled, StoreError, WriteId,
+    encode_record,
+};
 use crate::SessionId;
 use crate::clock::{Clock, SystemClock, UnixMillis};
-use crate::record::Record;
+use crate::record::{Metadata, Record};
 
 /// Number of independently locked shards. A power of two well above the core count keeps two
-/// requests from waiting on each other unless they share a shard; ids are random, so the first
-/// byte spreads them evenly.
+/// requests from waiting on each other unless they share a shard.
 const SHARDS: usize = 64;
+
+/// Stripes of the user index, each locked on its own: a user's writes and "log out everywhere"
+/// serialise on the user's stripe only.
+const USER_STRIPES: usize = 64;
 
 /// How often the background sweeper wakes; each wake sweeps one shard, so every record is looked at
 /// once per `SHARDS * DEFAULT_SWEEP_INTERVAL` (about a minute). Expired records are also dropped
@@ -24,13 +31,20 @@ pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 ///
 /// Records are kept encoded (the same bytes a network store would hold) in 64 maps, each
 /// behind a `std::sync::Mutex`: critical sections are a hash lookup and a copy, never an `.await`,
-/// so a blocking mutex is cheaper than an async one.
+/// so a blocking mutex is cheaper than an async one. Records are spread over the maps by a hash
+/// of the whole id, so one user's sessions (whose ids share a partition) do not crowd one map.
 ///
 /// * Expired records vanish on read and are swept in the background (when built inside a tokio
 ///   runtime; otherwise only on read and through [`MemoryStore::purge_expired`]).
-/// * With a [capacity](MemoryStoreBuilder::capacity), creating a session in a full shard first
-///   drops that shard's expired records and then evicts its oldest-created ones, so memory stays
-///   bounded under a flood of new sessions.
+/// * With a [capacity](MemoryStoreBuilder::capacity), creating a session in a full store first
+///   drops expired records and then evicts the oldest-created ones of the same map, so memory
+///   stays bounded under a flood of new sessions, and no session is evicted while the store holds
+///   fewer than its capacity.
+/// * Every operation finishes in one step under a lock, so a write is never half applied and its
+///   outcome is never in doubt; [`settle`](SessionStore::settle) still answers from the last
+///   write id each record keeps.
+/// * "Log out everywhere" runs under the user's index stripe, which every write of a user's
+///   session also holds: it is atomic with respect to that user's logins and rotations.
 /// * Sessions are lost when the process exits and are not shared between instances: use the Redis
 ///   store for that.
 #[derive(Clone)]
@@ -41,16 +55,26 @@ pub struct MemoryStore {
 struct Inner {
     shards: Box<[Mutex<Shard>]>,
     clock: Arc<dyn Clock>,
-    per_shard_capacity: Option<usize>,
+    capacity: Option<usize>,
+    /// Entries held in all shards (records and rotation markers, expired or not).
+    len: AtomicUsize,
     max_record_bytes: usize,
     /// User partition (16 bits of the user id's hash, see [`SessionId::user_partition`]) ->
-    /// sessions that had a user of that partition when last written. Keying by partition rather
-    /// than by user id costs about 16 bytes per session instead of a map entry and two
-    /// allocations per user (some 100 bytes). Entries go stale when sessions expire or change
-    /// user, and a partition holds several users: `destroy_user` checks each record's user, and
-    /// the sweeper prunes.
-    /// A set per partition, so indexing stays O(1) however many sessions one user has.
-    users: Mutex<HashMap<u16, HashSet<SessionId>>>,
+    /// sessions that had a user of that partition when last written, in stripes by partition.
+    /// Keying by partition rather than by user id costs about 16 bytes per session instead of a
+    /// map entry and two allocations per user (some 100 bytes). Entries go stale when sessions
+    /// expire or change user, and a partition holds several users: `destroy_user` checks each
+    /// record's user, and the sweeper prunes. A set per partition keeps indexing O(1) however many
+    /// sessions one user has.
+    ///
+    /// Lock order: a user stripe, then shards (lower index first).
+    users: Box<[Mutex<HashMap<u16, HashSet<SessionId>>>]>,
+    /// Writes that `settle` declared not applied, until when they stay refused. A write here
+    /// cannot really be in flight (every operation finishes in one step), but a caller may
+    /// still hold it: the store keeps the promise `settle` makes.
+    fences: Mutex<HashMap<WriteId, UnixMillis>>,
+    /// Whether `fences` may be non-empty: writes skip its lock when it is not.
+    any_fences: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -61,10 +85,29 @@ struct Shard {
     order: VecDeque<SessionId>,
 }
 
-struct Entry {
-    version: u64,
-    idle_deadline: UnixMillis,
-    body: Box<[u8]>,
+enum Entry {
+    Live {
+        version: u64,
+        idle_deadline: UnixMillis,
+        /// The write that made this version.
+        write: WriteId,
+        body: Box<[u8]>,
+    },
+    /// Left under an id that `rotate` moved away from, until `until`.
+    Rotated {
+        until: UnixMillis,
+        to: SessionId,
+        write: WriteId,
+    },
+}
+
+impl Entry {
+    fn deadline(&self) -> UnixMillis {
+        match self {
+            Self::Live { idle_deadline, .. } => *idle_deadline,
+            Self::Rotated { until, .. } => *until,
+        }
+    }
 }
 
 /// Configures a [`MemoryStore`].
@@ -88,7 +131,8 @@ impl Default for MemoryStoreBuilder {
 }
 
 impl MemoryStoreBuilder {
-    /// Bounds the number of sessions (approximately: the bound is split evenly across shards).
+    /// Bounds the number of sessions (approximately: concurrent creations may overshoot it by a
+    /// few, and rotation markers count as entries while they last).
     pub fn capacity(mut self, sessions: usize) -> Self {
         self.capacity = Some(sessions.max(1));
         self
@@ -117,9 +161,12 @@ impl MemoryStoreBuilder {
         let inner = Arc::new(Inner {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             clock: self.clock,
-            per_shard_capacity: self.capacity.map(|c| c.div_ceil(SHARDS)),
+            capacity: self.capacity,
+            len: AtomicUsize::new(0),
             max_record_bytes: self.max_record_bytes,
-            users: Mutex::default(),
+            users: (0..USER_STRIPES).map(|_| Mutex::default()).collect(),
+            fences: Mutex::default(),
+            any_fences: std::sync::atomic::AtomicBool::new(false),
         });
         if let (Some(every), Ok(rt)) = (self.sweep_interval, tokio::runtime::Handle::try_current())
         {
@@ -142,6 +189,7 @@ async fn sweep(store: Weak<Inner>, every: Duration) {
         next = (next + 1) % SHARDS;
         if next == 0 {
             inner.prune_users();
+            inner.prune_fences(now);
         }
     }
 }
@@ -156,7 +204,7 @@ impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore")
             .field("sessions", &self.len())
-            .field("per_shard_capacity", &self.inner.per_shard_capacity)
+            .field("capacity", &self.inner.capacity)
             .finish()
     }
 }
@@ -172,9 +220,9 @@ impl MemoryStore {
         MemoryStoreBuilder::default()
     }
 
-    /// Records held, expired or not.
+    /// Entries held (records and rotation markers), expired or not.
     pub fn len(&self) -> usize {
-        self.inner.shards.iter().map(|s| lock(s).map.len()).sum()
+        self.inner.len.load(Ordering::Relaxed)
     }
 
     /// Whether no records are held.
@@ -192,52 +240,133 @@ impl MemoryStore {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding a shard lock cannot leave a half-written entry (each write is one
+    // A panic while holding a lock cannot leave a half-written entry (each write is one
     // `insert`/`remove`), so a poisoned lock is safe to keep using.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The shard of an id: a hash of all its bytes. (Not the first bytes: a logged-in user's ids share
+/// their first two, the user's partition, and would all land in one shard.)
 fn shard_of(id: &SessionId) -> usize {
-    id.as_bytes()[0] as usize % SHARDS
+    let x = u128::from_le_bytes(*id.as_bytes());
+    let folded = (x as u64) ^ ((x >> 64) as u64);
+    // Fibonacci hashing: the top bits of the product mix every input bit.
+    (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SHARDS.trailing_zeros())) as usize
 }
+
+fn stripe_of(partition: u16) -> usize {
+    usize::from(partition) % USER_STRIPES
+}
+
+/// The user of an encoded body, decoding the metadata only.
+fn owner(body: &[u8]) -> Option<String> {
+    let (_, rest) = body.split_first()?;
+    let (meta, _): (Metadata, serde::de::IgnoredAny) = rmp_serde::from_slice(rest).ok()?;
+    meta.user_id
+}
+
+/// The held user stripe of a write, if the record has a user: index the record under it.
+type UserGuard<'a> = Option<(u16, MutexGuard<'a, HashMap<u16, HashSet<SessionId>>>)>;
 
 impl Inner {
     fn shard(&self, id: &SessionId) -> MutexGuard<'_, Shard> {
         lock(&self.shards[shard_of(id)])
     }
 
-    fn entry(&self, record: &Record) -> Result<Entry, StoreError> {
-        Ok(Entry {
+    /// Locks the user stripe of `record`'s user, if it has one. Taken before any shard.
+    fn user_guard(&self, record: &Record) -> UserGuard<'_> {
+        let user = record.meta.user_id.as_deref()?;
+        let partition = SessionId::user_partition(user);
+        Some((partition, lock(&self.users[stripe_of(partition)])))
+    }
+
+    fn entry(&self, record: &Record, write: WriteId) -> Result<Entry, StoreError> {
+        if self.any_fences.load(Ordering::Acquire) && lock(&self.fences).contains_key(&write) {
+            return Err(StoreError::Conflict);
+        }
+        Ok(Entry::Live {
             version: record.version,
             idle_deadline: record.expires_at(),
+            write,
             body: encode_record(record, self.max_record_bytes)?.into_boxed_slice(),
         })
     }
 
     fn purge_shard(&self, shard: usize, now: UnixMillis) -> usize {
         let mut s = lock(&self.shards[shard]);
-        let before = s.map.len();
-        s.map.retain(|_, e| e.idle_deadline > now);
-        let dropped = before - s.map.len();
+        let dropped = self.retain(&mut s, |e| e.deadline() > now);
         s.compact_order();
         dropped
     }
 
-    fn prune_users(&self) {
-        let mut users = lock(&self.users);
-        users.retain(|_, ids| {
-            ids.retain(|id| self.shard(id).map.contains_key(id));
-            !ids.is_empty()
-        });
+    /// Keeps the entries for which `keep` holds; returns how many were dropped.
+    fn retain(&self, shard: &mut Shard, mut keep: impl FnMut(&Entry) -> bool) -> usize {
+        let before = shard.map.len();
+        shard.map.retain(|_, e| keep(e));
+        let dropped = before - shard.map.len();
+        self.len.fetch_sub(dropped, Ordering::Relaxed);
+        dropped
     }
 
-    fn index_user(&self, record: &Record) {
-        if let Some(user) = &record.meta.user_id {
-            let mut users = lock(&self.users);
-            users
-                .entry(SessionId::user_partition(user))
-                .or_default()
-                .insert(record.id);
+    fn remove(&self, shard: &mut Shard, id: &SessionId) -> Option<Entry> {
+        let e = shard.map.remove(id)?;
+        self.len.fetch_sub(1, Ordering::Relaxed);
+        Some(e)
+    }
+
+    /// Inserts or replaces an entry, keeping the count.
+    fn put(&self, shard: &mut Shard, id: SessionId, entry: Entry) {
+        if shard.map.insert(id, entry).is_none() {
+            self.len.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn fence(&self, write: WriteId, now: UnixMillis) {
+        lock(&self.fences).insert(write, now + ROTATED_MARKER_TTL_MS);
+        self.any_fences.store(true, Ordering::Release);
+    }
+
+    fn prune_fences(&self, now: UnixMillis) {
+        let mut fences = lock(&self.fences);
+        fences.retain(|_, until| *until > now);
+        self.any_fences.store(!fences.is_empty(), Ordering::Release);
+    }
+
+    fn prune_users(&self) {
+        for stripe in self.users.iter() {
+            let mut users = lock(stripe);
+            users.retain(|_, ids| {
+                ids.retain(|id| {
+                    matches!(self.shard(id).map.get(id), Some(Entry::Live { .. }))
+                });
+                !ids.is_empty()
+            });
+        }
+    }
+
+    /// The entry for `id` if it is a live record, dropping it if it has expired.
+    fn live<'s>(&self, shard: &'s mut Shard, id: &SessionId, now: UnixMillis) -> Option<&'s mut Entry> {
+        if shard.map.get(id).is_some_and(|e| e.deadline() <= now) {
+            self.remove(shard, id);
+        }
+        shard.map.get_mut(id)
+    }
+
+    /// Checks that `id` is a live record at `expected` version.
+    fn check(
+        &self,
+        shard: &mut Shard,
+        id: &SessionId,
+        expected: u64,
+        now: UnixMillis,
+    ) -> Result<(), StoreError> {
+        match self.live(shard, id, now) {
+            None => Err(StoreError::NotFound),
+            Some(Entry::Rotated { .. }) => Err(StoreError::Rotated),
+            Some(Entry::Live { version, .. }) if *version != expected => {
+                Err(StoreError::Conflict)
+            }
+            Some(Entry::Live { .. }) => Ok(()),
         }
     }
 
@@ -251,39 +380,75 @@ impl Inner {
         new: SessionId,
         entry: Entry,
         expected: u64,
+        write: WriteId,
         now: UnixMillis,
     ) -> Result<(), StoreError> {
-        old_shard.check(&old, expected, now)?;
+        self.check(old_shard, &old, expected, now)?;
         let taken = match new_shard.as_deref_mut() {
-            Some(s) => s.live(&new, now).is_some(),
-            None => old_shard.live(&new, now).is_some(),
+            Some(s) => self.live(s, &new, now).is_some(),
+            None => self.live(old_shard, &new, now).is_some(),
         };
         if taken {
             return Err(StoreError::Conflict);
         }
-        old_shard.map.remove(&old);
+        let marker = Entry::Rotated {
+            until: now + ROTATED_MARKER_TTL_MS,
+            to: new,
+            write,
+        };
+        self.put(old_shard, old, marker);
         self.insert_new(new_shard.unwrap_or(old_shard), new, entry, now);
         Ok(())
     }
 
-    /// Inserts a new entry into a locked shard, evicting to make room if a capacity is set.
+    /// Inserts a new entry into a locked shard, evicting to make room if the store is full.
     fn insert_new(&self, shard: &mut Shard, id: SessionId, entry: Entry, now: UnixMillis) {
-        if let Some(cap) = self.per_shard_capacity {
-            if shard.map.len() >= cap {
-                shard.map.retain(|_, e| e.idle_deadline > now);
+        if let Some(cap) = self.capacity {
+            if self.len.load(Ordering::Relaxed) >= cap {
+                self.retain(shard, |e| e.deadline() > now);
             }
-            while shard.map.len() >= cap {
+            // The store is full: evict this shard's oldest. Ids spread evenly over the shards,
+            // so its oldest are about as old as the store's.
+            while self.len.load(Ordering::Relaxed) >= cap {
                 let Some(victim) = shard.order.pop_front() else {
+                    // This shard has nothing to give: take from another one that is free now
+                    // (`try_lock`, so the fixed lock order cannot deadlock).
+                    self.evict_elsewhere(cap);
                     break;
                 };
-                if shard.map.remove(&victim).is_some() {
+                if self.remove(shard, &victim).is_some() {
                     metrics::counter!("sessile_memory_evictions_total").increment(1);
                 }
             }
             shard.order.push_back(id);
             shard.compact_order();
         }
-        shard.map.insert(id, entry);
+        self.put(shard, id, entry);
+    }
+}
+
+impl Inner {
+    fn evict_elsewhere(&self, cap: usize) {
+        for other in self.shards.iter() {
+            if self.len.load(Ordering::Relaxed) < cap {
+                return;
+            }
+            let Ok(mut s) = other.try_lock() else {
+                continue;
+            };
+            while let Some(victim) = s.order.pop_front() {
+                if self.remove(&mut s, &victim).is_some() {
+                    metrics::counter!("sessile_memory_evictions_total").increment(1);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn index(guard: &mut UserGuard<'_>, id: SessionId) {
+    if let Some((partition, users)) = guard {
+        users.entry(*partition).or_default().insert(id);
     }
 }
 
@@ -294,69 +459,67 @@ impl Shard {
             self.order.retain(|id| map.contains_key(id));
         }
     }
-
-    /// The live entry for `id`, dropping it if it has expired.
-    fn live(&mut self, id: &SessionId, now: UnixMillis) -> Option<&mut Entry> {
-        if self.map.get(id).is_some_and(|e| e.idle_deadline <= now) {
-            self.map.remove(id);
-        }
-        self.map.get_mut(id)
-    }
-
-    /// Checks that `id` is live at `expected` version.
-    fn check(&mut self, id: &SessionId, expected: u64, now: UnixMillis) -> Result<(), StoreError> {
-        match self.live(id, now) {
-            None => Err(StoreError::NotFound),
-            Some(e) if e.version != expected => Err(StoreError::Conflict),
-            Some(_) => Ok(()),
-        }
-    }
 }
 
 impl SessionStore for MemoryStore {
     async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
         let now = self.inner.clock.now_ms();
         let mut shard = self.inner.shard(&id);
-        let Some(e) = shard.live(&id, now) else {
-            return Ok(None);
-        };
-        Record::decode(id, e.version, e.idle_deadline, &e.body)
-            .map(Some)
-            .map_err(StoreError::Corrupt)
+        match self.inner.live(&mut shard, &id, now) {
+            None => Ok(None),
+            Some(Entry::Rotated { .. }) => Err(StoreError::Rotated),
+            Some(Entry::Live {
+                version,
+                idle_deadline,
+                body,
+                ..
+            }) => Record::decode(id, *version, *idle_deadline, body)
+                .map(Some)
+                .map_err(StoreError::Corrupt),
+        }
     }
 
-    async fn create(&self, record: &Record) -> Result<(), StoreError> {
-        let entry = self.inner.entry(record)?;
+    async fn create(&self, record: &Record, write: WriteId) -> Result<(), StoreError> {
+        let entry = self.inner.entry(record, write)?;
         let now = self.inner.clock.now_ms();
-        {
-            let mut shard = self.inner.shard(&record.id);
-            if shard.live(&record.id, now).is_some() {
-                return Err(StoreError::Conflict);
-            }
-            self.inner.insert_new(&mut shard, record.id, entry, now);
+        let mut users = self.inner.user_guard(record);
+        let mut shard = self.inner.shard(&record.id);
+        if self.inner.live(&mut shard, &record.id, now).is_some() {
+            return Err(StoreError::Conflict);
         }
-        self.inner.index_user(record);
+        self.inner.insert_new(&mut shard, record.id, entry, now);
+        index(&mut users, record.id);
         Ok(())
     }
 
-    async fn save(&self, record: &Record, expected_version: u64) -> Result<(), StoreError> {
-        let entry = self.inner.entry(record)?;
+    async fn save(
+        &self,
+        record: &Record,
+        expected_version: u64,
+        write: WriteId,
+    ) -> Result<(), StoreError> {
+        let entry = self.inner.entry(record, write)?;
         let now = self.inner.clock.now_ms();
-        {
-            let mut shard = self.inner.shard(&record.id);
-            shard.check(&record.id, expected_version, now)?;
-            shard.map.insert(record.id, entry);
-        }
-        self.inner.index_user(record);
+        let mut users = self.inner.user_guard(record);
+        let mut shard = self.inner.shard(&record.id);
+        self.inner
+            .check(&mut shard, &record.id, expected_version, now)?;
+        self.inner.put(&mut shard, record.id, entry);
+        index(&mut users, record.id);
         Ok(())
     }
 
     async fn touch(&self, id: SessionId, idle_deadline: UnixMillis) -> Result<(), StoreError> {
         let now = self.inner.clock.now_ms();
         let mut shard = self.inner.shard(&id);
-        let e = shard.live(&id, now).ok_or(StoreError::NotFound)?;
-        e.idle_deadline = idle_deadline;
-        Ok(())
+        match self.inner.live(&mut shard, &id, now) {
+            None => Err(StoreError::NotFound),
+            Some(Entry::Rotated { .. }) => Err(StoreError::Rotated),
+            Some(Entry::Live { idle_deadline: d, .. }) => {
+                *d = idle_deadline;
+                Ok(())
+            }
+        }
     }
 
     async fn rotate(
@@ -364,9 +527,11 @@ impl SessionStore for MemoryStore {
         old: SessionId,
         record: &Record,
         expected_version: u64,
+        write: WriteId,
     ) -> Result<(), StoreError> {
-        let entry = self.inner.entry(record)?;
+        let entry = self.inner.entry(record, write)?;
         let now = self.inner.clock.now_ms();
+        let mut users = self.inner.user_guard(record);
         let (a, b) = (shard_of(&old), shard_of(&record.id));
         {
             // Lock both shards, lower index first, so two rotations can never deadlock.
@@ -384,38 +549,71 @@ impl SessionStore for MemoryStore {
                 record.id,
                 entry,
                 expected_version,
+                write,
                 now,
             )?;
         }
-        self.inner.index_user(record);
+        index(&mut users, record.id);
         Ok(())
     }
 
+    /// Each record keeps only its last write id, so a write followed by others is `Unknown`.
+    async fn settle(
+        &self,
+        old: SessionId,
+        new: SessionId,
+        expected_version: u64,
+        write: WriteId,
+    ) -> Result<Settled, StoreError> {
+        let now = self.inner.clock.now_ms();
+        let settled = {
+            let shard = self.inner.shard(&old);
+            match shard.map.get(&old) {
+                // A rotation: the old id's marker names the write that moved it.
+                Some(Entry::Rotated { to, write: w, .. }) if *to == new && *w == write => {
+                    Settled::Applied
+                }
+                Some(Entry::Live { write: w, .. }) if old == new && *w == write => {
+                    Settled::Applied
+                }
+                Some(Entry::Live { version, .. })
+                    if old == new && *version > expected_version + 1 =>
+                {
+                    Settled::Unknown
+                }
+                _ => Settled::NotApplied,
+            }
+        };
+        if settled == Settled::NotApplied {
+            self.inner.fence(write, now);
+        }
+        Ok(settled)
+    }
+
     async fn destroy(&self, id: SessionId) -> Result<(), StoreError> {
-        self.inner.shard(&id).map.remove(&id);
+        let mut shard = self.inner.shard(&id);
+        self.inner.remove(&mut shard, &id);
         Ok(())
     }
 
     async fn destroy_user(&self, user_id: &str) -> Result<u64, StoreError> {
         let partition = SessionId::user_partition(user_id);
-        // Lock order: the index, then shards (as everywhere else).
-        let mut users = lock(&self.inner.users);
+        // Held throughout: every write of this user's sessions waits for it, so the deletion is
+        // atomic with respect to them; a rotation that comes after finds its record gone.
+        let mut users = lock(&self.inner.users[stripe_of(partition)]);
         let Some(ids) = users.get_mut(&partition) else {
             return Ok(0);
         };
         let mut destroyed = 0;
         ids.retain(|id| {
             let mut shard = self.inner.shard(id);
-            let Some(e) = shard.map.get(id) else {
+            let Some(Entry::Live { body, .. }) = shard.map.get(id) else {
                 return false;
             };
             // The partition holds other users' sessions too: delete only this user's.
-            let owner = Record::decode(*id, e.version, e.idle_deadline, &e.body)
-                .ok()
-                .and_then(|r| r.meta.user_id);
-            match owner.as_deref() {
+            match owner(body).as_deref() {
                 Some(u) if u == user_id => {
-                    shard.map.remove(id);
+                    self.inner.remove(&mut shard, id);
                     destroyed += 1;
                     false
                 }
@@ -454,6 +652,10 @@ mod tests {
         }
     }
 
+    fn users(s: &MemoryStore) -> usize {
+        s.inner.users.iter().map(|u| lock(u).len()).sum()
+    }
+
     fn store(clock: &Arc<ManualClock>, capacity: Option<usize>) -> MemoryStore {
         let mut b = MemoryStore::builder()
             .clock(clock.clone())
@@ -472,7 +674,7 @@ mod tests {
         for _ in 0..10_000 {
             let r = record(T0, 60_000);
             ids.push(r.id);
-            s.create(&r).await.expect("create");
+            s.create(&r, WriteId::random()).await.expect("create");
         }
         assert!(s.len() <= 640, "{} sessions held", s.len());
         // Oldest-created go first: the newest sessions are all still there.
@@ -487,17 +689,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn no_live_session_is_evicted_while_the_store_has_room() {
+        // Logged-in users' ids share their first two bytes (the user's partition). Sharding by
+        // those bytes put all of one user's sessions in one shard holding 1/64 of the capacity,
+        // so another user's session was evicted with the store nearly empty.
+        let clock = Arc::new(ManualClock::new(T0));
+        let s = store(&clock, Some(6_400));
+        let mut victim = record(T0, 60_000);
+        victim.id = SessionId::random_for_user(Some("bob"));
+        victim.meta.user_id = Some("bob".into());
+        s.create(&victim, WriteId::random()).await.expect("create");
+        let mut ids = vec![victim.id];
+        // 90% of the capacity, most of them one user's.
+        for i in 0..5_759 {
+            let mut r = record(T0, 60_000);
+            let user = if i % 10 == 0 { format!("u{i}") } else { "alice".into() };
+            r.id = SessionId::random_for_user(Some(&user));
+            r.meta.user_id = Some(user);
+            s.create(&r, WriteId::random()).await.expect("create");
+            ids.push(r.id);
+        }
+        assert_eq!(s.len(), 5_760);
+        let mut evicted = 0;
+        for id in &ids {
+            evicted += usize::from(s.load(*id).await.expect("load").is_none());
+        }
+        assert_eq!(evicted, 0, "sessions evicted below 90% of capacity");
+        // Past capacity the bound holds, oldest first.
+        for _ in 0..1_000 {
+            s.create(&record(T0, 60_000), WriteId::random())
+                .await
+                .expect("create");
+        }
+        assert!(s.len() <= 6_400, "{} held", s.len());
+        assert!(s.load(victim.id).await.expect("load").is_none(), "oldest went first");
+    }
+
+    #[tokio::test]
     async fn full_shards_drop_expired_sessions_before_live_ones() {
         let clock = Arc::new(ManualClock::new(T0));
         let s = store(&clock, Some(SHARDS));
         let old = record(T0, 1_000);
-        s.create(&old).await.expect("create");
+        s.create(&old, WriteId::random()).await.expect("create");
         clock.advance(Duration::from_secs(2));
         let live: Vec<Record> = (0..SHARDS * 4)
             .map(|_| record(T0 + 2_000, 60_000))
             .collect();
         for r in &live {
-            s.create(r).await.expect("create");
+            s.create(r, WriteId::random()).await.expect("create");
         }
         assert!(s.len() <= SHARDS);
         assert!(s.load(old.id).await.expect("load").is_none());
@@ -509,8 +748,8 @@ mod tests {
         let s = store(&clock, None);
         let short = record(T0, 1_000);
         let long = record(T0, 60_000);
-        s.create(&short).await.expect("create");
-        s.create(&long).await.expect("create");
+        s.create(&short, WriteId::random()).await.expect("create");
+        s.create(&long, WriteId::random()).await.expect("create");
         assert_eq!(s.purge_expired(), 0);
         clock.advance(Duration::from_secs(1));
         assert_eq!(s.purge_expired(), 1);
@@ -526,7 +765,7 @@ mod tests {
             .sweep_interval(Some(Duration::from_millis(10)))
             .build();
         for _ in 0..200 {
-            s.create(&record(T0, 1_000)).await.expect("create");
+            s.create(&record(T0, 1_000), WriteId::random()).await.expect("create");
         }
         clock.advance(Duration::from_secs(5));
         // One shard per tick: after a full round every shard was swept.
@@ -558,13 +797,13 @@ mod tests {
         let (mut ra, mut rb) = (record(T0, 60_000), record(T0, 60_000));
         ra.meta.user_id = Some(a.clone());
         rb.meta.user_id = Some(b.clone());
-        s.create(&ra).await.expect("create");
-        s.create(&rb).await.expect("create");
+        s.create(&ra, WriteId::random()).await.expect("create");
+        s.create(&rb, WriteId::random()).await.expect("create");
         assert_eq!(s.destroy_user(&a).await.expect("destroy"), 1);
         assert!(s.load(ra.id).await.expect("load").is_none());
         assert!(s.load(rb.id).await.expect("load").is_some());
         assert_eq!(s.destroy_user(&b).await.expect("destroy"), 1);
-        assert!(lock(&s.inner.users).is_empty());
+        assert_eq!(users(&s), 0);
     }
 
     #[tokio::test]
@@ -573,10 +812,10 @@ mod tests {
         let s = store(&clock, None);
         let mut r = record(T0, 1_000);
         r.meta.user_id = Some("ann".into());
-        s.create(&r).await.expect("create");
-        assert_eq!(lock(&s.inner.users).len(), 1);
+        s.create(&r, WriteId::random()).await.expect("create");
+        assert_eq!(users(&s), 1);
         clock.advance(Duration::from_secs(2));
         s.purge_expired();
-        assert!(lock(&s.inner.users).is_empty());
+        assert_eq!(users(&s), 0);
     }
 }

@@ -10,11 +10,32 @@
 //! | [`save`](SessionStore::save) | the stored version equals `expected_version` | `Conflict`, or `NotFound` if gone |
 //! | [`touch`](SessionStore::touch) | the record exists | `NotFound` |
 //! | [`rotate`](SessionStore::rotate) | as `save`, on the old id | `Conflict` / `NotFound`; nothing changes |
+//! | [`settle`](SessionStore::settle) | the store answers | see [`Settled`] |
 //! | [`destroy`](SessionStore::destroy) | always (idempotent) | |
 //! | [`destroy_user`](SessionStore::destroy_user) | always | |
 //!
 //! `save` and `rotate` never create a record: a session that was destroyed, rotated away or expired
 //! stays gone, whatever requests were still in flight with it. That is what makes logout final.
+//!
+//! # Rotated ids
+//!
+//! `rotate` leaves a short-lived marker under the old id ([`ROTATED_MARKER_TTL`]): for that long,
+//! `load`, `save`, `touch` and `rotate` of the old id answer [`StoreError::Rotated`] instead of
+//! `NotFound`. The layer uses the difference to leave the browser's cookie alone for requests that
+//! were in flight during a login (their responses may reach the browser after the login's), while a
+//! logged-out or expired session's cookie is removed.
+//!
+//! # Exactly once
+//!
+//! Every write (`create`, `save`, `rotate`) carries a fresh random [`WriteId`]. A store must never
+//! apply one write twice, and must be able to tell afterwards whether a write was applied: when a
+//! reply is lost (a dropped connection, a deadline that fired first), the layer calls
+//! [`settle`](SessionStore::settle), which answers from the record's recent write ids and makes
+//! sure a write it reports as not applied can never land later. So a write whose outcome was
+//! unclear is never replayed blindly, and an `update` is applied exactly once.
+//!
+//! A network store must therefore not let its client re-send a write command on its own after a
+//! connection drops (`sessile-redis` sends its scripts with a single attempt).
 //!
 //! Every store must pass the `sessile-conformance` suite.
 
@@ -32,6 +53,56 @@ pub use memory::{DEFAULT_SWEEP_INTERVAL, MemoryStore, MemoryStoreBuilder};
 use crate::SessionId;
 use crate::clock::UnixMillis;
 use crate::record::{CodecError, Record};
+
+/// How long the marker left under a rotated-away id lasts, in milliseconds: longer than any
+/// request that was in flight when the session was rotated. After it, the old id is simply gone.
+pub const ROTATED_MARKER_TTL_MS: u64 = 60_000;
+
+/// [`ROTATED_MARKER_TTL_MS`] as a duration.
+pub const ROTATED_MARKER_TTL: Duration = Duration::from_millis(ROTATED_MARKER_TTL_MS);
+
+/// Identifies one write (`create`, `save` or `rotate`) so that its outcome can be learned after its
+/// reply was lost. Make a fresh one for every call: a store takes a write id it already holds as
+/// proof that the write was applied.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WriteId([u8; 8]);
+
+impl WriteId {
+    /// A fresh random write id (64 bits: one record holds only a few at a time).
+    pub fn random() -> Self {
+        use rand::Rng as _;
+        Self(rand::rng().random())
+    }
+
+    /// The raw bytes.
+    pub const fn as_bytes(&self) -> &[u8; 8] {
+        &self.0
+    }
+
+    /// Wraps raw bytes.
+    pub const fn from_bytes(bytes: [u8; 8]) -> Self {
+        Self(bytes)
+    }
+}
+
+impl std::fmt::Debug for WriteId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WriteId({:016x})", u64::from_be_bytes(self.0))
+    }
+}
+
+/// What [`SessionStore::settle`] learned about a write whose reply was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The write was applied (once).
+    Applied,
+    /// The write was not applied, and now never will be: the store fenced it off, so a copy of it
+    /// still on its way is refused. Writing again (with a new [`WriteId`]) is safe.
+    NotApplied,
+    /// The store cannot tell any more (the record has moved on by more writes than it remembers).
+    /// The write was applied once or not at all.
+    Unknown,
+}
 
 /// Largest encoded record a store accepts unless configured otherwise: 1 MiB, which is far beyond
 /// what belongs in a session and well under Redis's limits.
@@ -53,9 +124,13 @@ pub fn encode_record(record: &Record, limit: usize) -> Result<Vec<u8>, StoreErro
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The record does not exist (never did, expired, destroyed or rotated away).
+    /// The record does not exist (never did, expired, or destroyed).
     #[error("session record not found")]
     NotFound,
+    /// The record was moved to a new id by `rotate` (a login) within the last
+    /// [`ROTATED_MARKER_TTL`]: this id no longer works, but the session goes on under its new one.
+    #[error("session record was rotated to a new id")]
+    Rotated,
     /// The record's version is not the expected one (or, for `create`, the id is taken).
     #[error("session record version conflict")]
     Conflict,
@@ -89,6 +164,7 @@ impl StoreError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::NotFound => "not_found",
+            Self::Rotated => "rotated",
             Self::Conflict => "conflict",
             Self::Timeout(_) => "timeout",
             Self::Unavailable(_) => "unavailable",
@@ -107,6 +183,12 @@ impl StoreError {
             Self::Timeout(_) | Self::Unavailable(_) | Self::Rejected { .. }
         )
     }
+
+    /// Whether a write that failed this way may still have been applied (or may still be
+    /// applied later): the store was called, and no answer about the record came back.
+    pub fn is_ambiguous(&self) -> bool {
+        matches!(self, Self::Timeout(_) | Self::Unavailable(_))
+    }
 }
 
 /// Where sessions live.
@@ -122,7 +204,11 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send;
 
     /// Stores a new record; [`StoreError::Conflict`] if the id exists.
-    fn create(&self, record: &Record) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn create(
+        &self,
+        record: &Record,
+        write: WriteId,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Replaces a record if its stored version is `expected_version`. `record.version` is the new
     /// version (the layer sets it to `expected_version + 1`). Never creates a record.
@@ -130,6 +216,7 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         record: &Record,
         expected_version: u64,
+        write: WriteId,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Moves the idle deadline (and so the time to live) without changing the version.
@@ -139,19 +226,35 @@ pub trait SessionStore: Send + Sync + 'static {
         idle_deadline: UnixMillis,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// In one atomic step: checks `old`'s version is `expected_version`, deletes `old`, and stores
-    /// `record` under its (new) id.
+    /// In one atomic step: checks `old`'s version is `expected_version`, replaces `old` with a
+    /// marker (see [Rotated ids](self#rotated-ids)), and stores `record` under its (new) id.
     fn rotate(
         &self,
         old: SessionId,
         record: &Record,
         expected_version: u64,
+        write: WriteId,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Learns whether the write `write` was applied, after its reply was lost; if it was not,
+    /// makes sure it never will be. `old` and `new` are the ids the write named (the same for
+    /// `create` and `save`) and `expected_version` the version it expected (0 for `create`).
+    fn settle(
+        &self,
+        old: SessionId,
+        new: SessionId,
+        expected_version: u64,
+        write: WriteId,
+    ) -> impl Future<Output = Result<Settled, StoreError>> + Send;
 
     /// Deletes a record. Deleting a missing record is not an error.
     fn destroy(&self, id: SessionId) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Deletes every session whose `user_id` is `user_id`; returns how many were deleted.
+    ///
+    /// When it returns, no session of the user that existed when it was called still loads, nor
+    /// any id such a session was rotated to meanwhile: a rotation that races it either lands
+    /// before it (and its new id is deleted too) or fails.
     fn destroy_user(&self, user_id: &str) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
@@ -162,11 +265,16 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// parameter. One allocation per store call is noise next to the call itself.
 pub(crate) trait DynStore: Send + Sync + 'static {
     fn load(&self, id: SessionId) -> BoxFuture<'_, Result<Option<Record>, StoreError>>;
-    fn create<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn create<'a>(
+        &'a self,
+        record: &'a Record,
+        write: WriteId,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
     fn save<'a>(
         &'a self,
         record: &'a Record,
         expected: u64,
+        write: WriteId,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     fn touch(
         &self,
@@ -178,7 +286,15 @@ pub(crate) trait DynStore: Send + Sync + 'static {
         old: SessionId,
         record: &'a Record,
         expected: u64,
+        write: WriteId,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn settle(
+        &self,
+        old: SessionId,
+        new: SessionId,
+        expected: u64,
+        write: WriteId,
+    ) -> BoxFuture<'_, Result<Settled, StoreError>>;
     fn destroy(&self, id: SessionId) -> BoxFuture<'_, Result<(), StoreError>>;
     fn destroy_user<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<u64, StoreError>>;
 }
@@ -187,15 +303,20 @@ impl<S: SessionStore> DynStore for S {
     fn load(&self, id: SessionId) -> BoxFuture<'_, Result<Option<Record>, StoreError>> {
         Box::pin(SessionStore::load(self, id))
     }
-    fn create<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(SessionStore::create(self, record))
+    fn create<'a>(
+        &'a self,
+        record: &'a Record,
+        write: WriteId,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(SessionStore::create(self, record, write))
     }
     fn save<'a>(
         &'a self,
         record: &'a Record,
         expected: u64,
+        write: WriteId,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(SessionStore::save(self, record, expected))
+        Box::pin(SessionStore::save(self, record, expected, write))
     }
     fn touch(
         &self,
@@ -209,8 +330,18 @@ impl<S: SessionStore> DynStore for S {
         old: SessionId,
         record: &'a Record,
         expected: u64,
+        write: WriteId,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(SessionStore::rotate(self, old, record, expected))
+        Box::pin(SessionStore::rotate(self, old, record, expected, write))
+    }
+    fn settle(
+        &self,
+        old: SessionId,
+        new: SessionId,
+        expected: u64,
+        write: WriteId,
+    ) -> BoxFuture<'_, Result<Settled, StoreError>> {
+        Box::pin(SessionStore::settle(self, old, new, expected, write))
     }
     fn destroy(&self, id: SessionId) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(SessionStore::destroy(self, id))
@@ -224,11 +355,16 @@ impl<S: SessionStore> SessionStore for std::sync::Arc<S> {
     async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
         (**self).load(id).await
     }
-    async fn create(&self, record: &Record) -> Result<(), StoreError> {
-        (**self).create(record).await
+    async fn create(&self, record: &Record, write: WriteId) -> Result<(), StoreError> {
+        (**self).create(record, write).await
     }
-    async fn save(&self, record: &Record, expected_version: u64) -> Result<(), StoreError> {
-        (**self).save(record, expected_version).await
+    async fn save(
+        &self,
+        record: &Record,
+        expected_version: u64,
+        write: WriteId,
+    ) -> Result<(), StoreError> {
+        (**self).save(record, expected_version, write).await
     }
     async fn touch(&self, id: SessionId, idle_deadline: UnixMillis) -> Result<(), StoreError> {
         (**self).touch(id, idle_deadline).await
@@ -238,8 +374,18 @@ impl<S: SessionStore> SessionStore for std::sync::Arc<S> {
         old: SessionId,
         record: &Record,
         expected_version: u64,
+        write: WriteId,
     ) -> Result<(), StoreError> {
-        (**self).rotate(old, record, expected_version).await
+        (**self).rotate(old, record, expected_version, write).await
+    }
+    async fn settle(
+        &self,
+        old: SessionId,
+        new: SessionId,
+        expected_version: u64,
+        write: WriteId,
+    ) -> Result<Settled, StoreError> {
+        (**self).settle(old, new, expected_version, write).await
     }
     async fn destroy(&self, id: SessionId) -> Result<(), StoreError> {
         (**self).destroy(id).await
