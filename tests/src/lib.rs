@@ -1,6 +1,8 @@
 //! Support for sessile's integration tests: store wrappers that count or fail operations, and a
 //! minimal HTTP client that drives a `Router` in-process with a cookie.
 
+pub mod proxy;
+pub mod races;
 pub mod redis;
 
 use std::collections::HashMap;
@@ -244,6 +246,25 @@ impl Reply {
     }
 }
 
+/// A browser's cookie jar for one cookie: applies each response's `Set-Cookie` in the order the
+/// responses arrive, as a browser does.
+#[derive(Debug, Clone, Default)]
+pub struct Jar {
+    /// The cookie's value, if the jar holds one.
+    pub value: Option<String>,
+}
+
+impl Jar {
+    /// Applies `reply`'s `Set-Cookie` for `name`, if any: an empty value removes the cookie.
+    pub fn apply(&mut self, reply: &Reply, name: &str) {
+        match reply.cookie_value(name) {
+            Some(v) if v.is_empty() => self.value = None,
+            Some(v) => self.value = Some(v),
+            None => {}
+        }
+    }
+}
+
 /// Sends one request to `app` with an optional cookie header and form body.
 pub async fn send(
     app: &Router,
@@ -290,6 +311,10 @@ pub struct Gate {
     pub entered: Notify,
     /// Signal to let the gated handler finish.
     pub release: Notify,
+    /// The same pair for the gated read (`/slow-read`).
+    pub read_entered: Notify,
+    /// Signal to let the gated read finish.
+    pub read_release: Notify,
 }
 
 /// The routes the integration tests drive: read, set, update, login (cycle), logout, failures.
@@ -311,6 +336,19 @@ pub fn routes(gate: Arc<Gate>) -> Router {
             post(|s: Session, Path(k): Path<String>| async move { s.insert(&k, &true) }),
         )
         .route("/keys", get(|s: Session| async move { s.keys().join(",") }))
+        .route(
+            "/whoami",
+            get(|s: Session| async move { s.user_id().unwrap_or_else(|| "-".into()) }),
+        )
+        .route("/cycle", post(|s: Session| async move { s.cycle_id() }))
+        .route(
+            "/unchanged",
+            post(|s: Session| async move {
+                s.remove("absent");
+                s.update("name", |v: Option<String>| v.unwrap_or_default())?;
+                Ok::<_, SessionError>("ok")
+            }),
+        )
         .route(
             "/incr",
             post(|s: Session| async move {
@@ -348,6 +386,17 @@ pub fn routes(gate: Arc<Gate>) -> Router {
             "/big",
             post(|s: Session| async move { s.insert("blob", &"x".repeat(20_000)) }),
         )
+        .route("/slow-read", {
+            let gate = Arc::clone(&gate);
+            get(move |s: Session| {
+                let gate = Arc::clone(&gate);
+                async move {
+                    gate.read_entered.notify_one();
+                    gate.read_release.notified().await;
+                    Ok::<_, SessionError>(s.get::<String>("name")?.unwrap_or_else(|| "-".into()))
+                }
+            })
+        })
         .route(
             "/slow-incr",
             post(move |s: Session| {

@@ -196,6 +196,15 @@ impl RedisServer {
             .expect("run redis-cli");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+
+    /// Session records (not rotation markers) among the keys matching `pattern`.
+    pub fn records(&self, pattern: &str) -> Vec<String> {
+        self.cli(&["--scan", "--pattern", pattern])
+            .lines()
+            .filter(|k| self.cli(&["hexists", k, "v"]).trim() == "1")
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 impl Drop for RedisServer {

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sessile::record::Record;
+use sessile::store::WriteId;
 use sessile::{SessionId, SessionStore};
 use sessile_redis::RedisStore;
 use sessile_tests::redis::{RedisCluster, RedisServer, unique_prefix};
@@ -65,7 +66,7 @@ async fn a_users_keys_share_a_slot_and_survive_a_primary_failover() {
     // Alice's sessions, created as the layer creates them, plus her index: one slot.
     let alice: Vec<Record> = (0..5).map(|i| user_record("alice", i)).collect();
     for r in &alice {
-        store.create(r).await.expect("create");
+        store.create(r, WriteId::random()).await.expect("create");
     }
     let index = store.index_key("alice");
     let alice_slot = slot(&index);
@@ -74,7 +75,7 @@ async fn a_users_keys_share_a_slot_and_survive_a_primary_failover() {
     }
     // A rotation into alice's partition from an anonymous session in another slot (a login).
     let anon = sessile_conformance::record(None, 9);
-    store.create(&anon).await.expect("create");
+    store.create(&anon, WriteId::random()).await.expect("create");
     assert_ne!(
         slot(&store.record_key(&anon.id)),
         alice_slot,
@@ -85,10 +86,13 @@ async fn a_users_keys_share_a_slot_and_survive_a_primary_failover() {
     logged_in.version = 2;
     logged_in.meta.user_id = Some("alice".into());
     store
-        .rotate(anon.id, &logged_in, 1)
+        .rotate(anon.id, &logged_in, 1, WriteId::random())
         .await
         .expect("cross-slot rotate");
-    assert!(store.load(anon.id).await.expect("load").is_none());
+    assert!(matches!(
+        store.load(anon.id).await,
+        Err(sessile::StoreError::Rotated)
+    ));
     assert_eq!(slot(&store.record_key(&logged_in.id)), alice_slot);
 
     // Many users' sessions, spread over every primary, written before the fault.
@@ -96,7 +100,7 @@ async fn a_users_keys_share_a_slot_and_survive_a_primary_failover() {
         .map(|i| user_record(&format!("user{i}"), i))
         .collect();
     for r in &before {
-        store.create(r).await.expect("create");
+        store.create(r, WriteId::random()).await.expect("create");
     }
 
     // Wait until the primary serving alice's slot has replicated everything written so far.
@@ -117,7 +121,7 @@ async fn a_users_keys_share_a_slot_and_survive_a_primary_failover() {
             let mut i = 0u64;
             while !stop.load(Ordering::SeqCst) && i < 5_000 {
                 let r = user_record(&format!("load{i}"), i);
-                let res = tokio::time::timeout(Duration::from_secs(3), store.create(&r)).await;
+                let res = tokio::time::timeout(Duration::from_secs(3), store.create(&r, WriteId::random())).await;
                 let counter = if matches!(res, Ok(Ok(()))) {
                     &ok
                 } else {

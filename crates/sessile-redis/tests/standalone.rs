@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use sessile::{SessionId, SessionStore, StoreError};
+use sessile::store::WriteId;
 use sessile_redis::{RedisStore, RedisStoreError};
 use sessile_tests::redis::{RedisServer, TestRedis, unique_prefix};
 
@@ -89,12 +90,12 @@ async fn scripts_are_reloaded_after_a_script_flush() {
     let server = RedisServer::start();
     let store = store_on(&server.url()).await;
     let r = sessile_conformance::record(None, 1);
-    store.create(&r).await.expect("create");
+    store.create(&r, WriteId::random()).await.expect("create");
     assert!(server.cli(&["script", "flush"]).contains("OK"));
     let mut next = r.clone();
     next.version = 2;
     store
-        .save(&next, 1)
+        .save(&next, 1, WriteId::random())
         .await
         .expect("save after NOSCRIPT reload");
     assert_eq!(
@@ -113,7 +114,7 @@ async fn a_corrupt_record_is_a_typed_error() {
     let server = RedisServer::start();
     let store = store_on(&server.url()).await;
     let r = sessile_conformance::record(None, 1);
-    store.create(&r).await.expect("create");
+    store.create(&r, WriteId::random()).await.expect("create");
     let key = store.record_key(&r.id);
     let _: () = store
         .pool()
@@ -139,7 +140,7 @@ async fn a_paused_server_costs_a_deadline_and_recovers_when_resumed() {
     let server = RedisServer::start();
     let store = store_on(&server.url()).await;
     let r = sessile_conformance::record(None, 1);
-    store.create(&r).await.expect("create");
+    store.create(&r, WriteId::random()).await.expect("create");
 
     server.pause();
     let started = Instant::now();
@@ -166,7 +167,7 @@ async fn the_store_reconnects_by_itself_after_a_restart() {
     let mut server = RedisServer::start();
     let store = store_on(&server.url()).await;
     store
-        .create(&sessile_conformance::record(None, 1))
+        .create(&sessile_conformance::record(None, 1), WriteId::random())
         .await
         .expect("create");
     server.kill();
@@ -177,7 +178,7 @@ async fn the_store_reconnects_by_itself_after_a_restart() {
     server.restart();
     let deadline = Instant::now() + Duration::from_secs(10);
     let r = sessile_conformance::record(None, 2);
-    while store.create(&r).await.is_err() {
+    while store.create(&r, WriteId::random()).await.is_err() {
         assert!(Instant::now() < deadline, "no reconnect within 10 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

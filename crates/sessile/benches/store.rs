@@ -8,6 +8,7 @@ use std::task::{Context, Poll, Waker};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sessile::record::{Metadata, Payload, Record};
+use sessile::store::WriteId;
 use sessile::{MemoryStore, SessionId, SessionStore};
 
 /// The memory store never waits: poll its futures once.
@@ -89,7 +90,7 @@ fn memory_store(c: &mut Criterion) {
         .map(|_| {
             let mut r = record();
             r.id = SessionId::random();
-            ready(store.create(&r)).expect("create");
+            ready(store.create(&r, WriteId::random())).expect("create");
             r.id
         })
         .collect();
@@ -101,12 +102,12 @@ fn memory_store(c: &mut Criterion) {
         })
     });
     let mut r = record();
-    ready(store.create(&r)).expect("create");
+    ready(store.create(&r, WriteId::random())).expect("create");
     let mut n = 0u64;
     c.bench_function("memory_store/save", |b| {
         b.iter(|| {
             r.version += 1;
-            ready(store.save(&r, r.version - 1)).expect("save");
+            ready(store.save(&r, r.version - 1, WriteId::random())).expect("save");
         })
     });
     // Every login is a new user here: the realistic case for the index.
@@ -116,7 +117,7 @@ fn memory_store(c: &mut Criterion) {
             let user = format!("u{n}");
             r.id = SessionId::random_for_user(Some(&user));
             r.meta.user_id = Some(user);
-            ready(store.create(&r)).expect("create");
+            ready(store.create(&r, WriteId::random())).expect("create");
         })
     });
 }

@@ -106,7 +106,7 @@ pub async fn app(config: AppConfig) -> Result<Router, Box<dyn std::error::Error 
         // the user can try again. (A session that ended meanwhile is not an error: it was a
         // logout.)
         .on_save_error(|error, parts| {
-            if !matches!(error, SaveError::Ended) {
+            if !matches!(error, SaveError::Ended | SaveError::Rotated) {
                 parts.status = StatusCode::SERVICE_UNAVAILABLE;
                 parts.headers.remove(axum::http::header::LOCATION);
                 parts.headers.insert(

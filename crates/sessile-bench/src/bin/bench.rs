@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use sessile_bench::{Spawned, User, client, free_port, histogram, ms_at, wait_ready};
+use sessile::store::WriteId;
 use sessile_tests::redis::RedisServer;
 
 const CONTENDERS: &[&str] = &[
@@ -729,7 +730,7 @@ async fn memory(sessions: usize) {
             },
             data: payload(i),
         };
-        store.create(&r).await.expect("create");
+        store.create(&r, WriteId::random()).await.expect("create");
     }
     let after = rss_kb();
     let per = (after.saturating_sub(before) * 1024) as f64 / sessions as f64;

@@ -75,14 +75,15 @@ struct Inner {
     fences: Mutex<HashMap<WriteId, UnixMillis>>,
     /// Whether `fences` may be non-empty: writes skip its lock when it is not.
     any_fences: std::sync::atomic::AtomicBool,
+    /// Creation order, kept only when a capacity is set: the eviction queue, oldest first. It may
+    /// hold ids that are already gone; it is compacted when it grows past twice the store. Locked
+    /// alone, never while a shard is held.
+    order: Mutex<VecDeque<SessionId>>,
 }
 
 #[derive(Default)]
 struct Shard {
     map: HashMap<SessionId, Entry>,
-    /// Creation order, kept only when a capacity is set: the eviction queue. May hold ids that are
-    /// already gone; it is compacted when it grows past twice the map.
-    order: VecDeque<SessionId>,
 }
 
 enum Entry {
@@ -167,6 +168,7 @@ impl MemoryStoreBuilder {
             users: (0..USER_STRIPES).map(|_| Mutex::default()).collect(),
             fences: Mutex::default(),
             any_fences: std::sync::atomic::AtomicBool::new(false),
+            order: Mutex::default(),
         });
         if let (Some(every), Ok(rt)) = (self.sweep_interval, tokio::runtime::Handle::try_current())
         {
@@ -294,9 +296,7 @@ impl Inner {
 
     fn purge_shard(&self, shard: usize, now: UnixMillis) -> usize {
         let mut s = lock(&self.shards[shard]);
-        let dropped = self.retain(&mut s, |e| e.deadline() > now);
-        s.compact_order();
-        dropped
+        self.retain(&mut s, |e| e.deadline() > now)
     }
 
     /// Keeps the entries for which `keep` holds; returns how many were dropped.
@@ -397,51 +397,35 @@ impl Inner {
             write,
         };
         self.put(old_shard, old, marker);
-        self.insert_new(new_shard.unwrap_or(old_shard), new, entry, now);
+        self.put(new_shard.unwrap_or(old_shard), new, entry);
         Ok(())
     }
 
-    /// Inserts a new entry into a locked shard, evicting to make room if the store is full.
-    fn insert_new(&self, shard: &mut Shard, id: SessionId, entry: Entry, now: UnixMillis) {
-        if let Some(cap) = self.capacity {
-            if self.len.load(Ordering::Relaxed) >= cap {
-                self.retain(shard, |e| e.deadline() > now);
-            }
-            // The store is full: evict this shard's oldest. Ids spread evenly over the shards,
-            // so its oldest are about as old as the store's.
-            while self.len.load(Ordering::Relaxed) >= cap {
-                let Some(victim) = shard.order.pop_front() else {
-                    // This shard has nothing to give: take from another one that is free now
-                    // (`try_lock`, so the fixed lock order cannot deadlock).
-                    self.evict_elsewhere(cap);
-                    break;
-                };
-                if self.remove(shard, &victim).is_some() {
-                    metrics::counter!("sessile_memory_evictions_total").increment(1);
-                }
-            }
-            shard.order.push_back(id);
-            shard.compact_order();
-        }
-        self.put(shard, id, entry);
-    }
-}
-
-impl Inner {
-    fn evict_elsewhere(&self, cap: usize) {
-        for other in self.shards.iter() {
-            if self.len.load(Ordering::Relaxed) < cap {
+    /// Before a new id is stored: while the store is full, evicts the oldest-created entry.
+    /// Called with no shard held (the victim may be in any shard).
+    fn make_room(&self) {
+        let Some(cap) = self.capacity else { return };
+        while self.len.load(Ordering::Relaxed) >= cap {
+            let Some(victim) = lock(&self.order).pop_front() else {
                 return;
-            }
-            let Ok(mut s) = other.try_lock() else {
-                continue;
             };
-            while let Some(victim) = s.order.pop_front() {
-                if self.remove(&mut s, &victim).is_some() {
-                    metrics::counter!("sessile_memory_evictions_total").increment(1);
-                    break;
-                }
+            let mut shard = self.shard(&victim);
+            if self.remove(&mut shard, &victim).is_some() {
+                metrics::counter!("sessile_memory_evictions_total").increment(1);
             }
+        }
+    }
+
+    /// After a new id was stored: queue it for eviction.
+    fn created(&self, id: SessionId) {
+        if self.capacity.is_none() {
+            return;
+        }
+        let mut order = lock(&self.order);
+        order.push_back(id);
+        let held = self.len.load(Ordering::Relaxed);
+        if order.len() > 2 * held + 64 {
+            order.retain(|id| self.shard(id).map.contains_key(id));
         }
     }
 }
@@ -449,15 +433,6 @@ impl Inner {
 fn index(guard: &mut UserGuard<'_>, id: SessionId) {
     if let Some((partition, users)) = guard {
         users.entry(*partition).or_default().insert(id);
-    }
-}
-
-impl Shard {
-    fn compact_order(&mut self) {
-        if !self.order.is_empty() && self.order.len() > 2 * self.map.len() + 16 {
-            let map = &self.map;
-            self.order.retain(|id| map.contains_key(id));
-        }
     }
 }
 
@@ -482,13 +457,18 @@ impl SessionStore for MemoryStore {
     async fn create(&self, record: &Record, write: WriteId) -> Result<(), StoreError> {
         let entry = self.inner.entry(record, write)?;
         let now = self.inner.clock.now_ms();
+        self.inner.make_room();
         let mut users = self.inner.user_guard(record);
-        let mut shard = self.inner.shard(&record.id);
-        if self.inner.live(&mut shard, &record.id, now).is_some() {
-            return Err(StoreError::Conflict);
+        {
+            let mut shard = self.inner.shard(&record.id);
+            if self.inner.live(&mut shard, &record.id, now).is_some() {
+                return Err(StoreError::Conflict);
+            }
+            self.inner.put(&mut shard, record.id, entry);
         }
-        self.inner.insert_new(&mut shard, record.id, entry, now);
         index(&mut users, record.id);
+        drop(users);
+        self.inner.created(record.id);
         Ok(())
     }
 
@@ -531,6 +511,7 @@ impl SessionStore for MemoryStore {
     ) -> Result<(), StoreError> {
         let entry = self.inner.entry(record, write)?;
         let now = self.inner.clock.now_ms();
+        self.inner.make_room();
         let mut users = self.inner.user_guard(record);
         let (a, b) = (shard_of(&old), shard_of(&record.id));
         {
@@ -554,6 +535,8 @@ impl SessionStore for MemoryStore {
             )?;
         }
         index(&mut users, record.id);
+        drop(users);
+        self.inner.created(record.id);
         Ok(())
     }
 
@@ -681,11 +664,8 @@ mod tests {
         for id in &ids[ids.len() - 100..] {
             assert!(s.load(*id).await.expect("load").is_some());
         }
-        let queued: usize = s.inner.shards.iter().map(|sh| lock(sh).order.len()).sum();
-        assert!(
-            queued <= 2 * 640 + 16 * SHARDS,
-            "eviction queue stays bounded: {queued}"
-        );
+        let queued = lock(&s.inner.order).len();
+        assert!(queued <= 2 * 640 + 64, "eviction queue stays bounded: {queued}");
     }
 
     #[tokio::test]
@@ -726,7 +706,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn full_shards_drop_expired_sessions_before_live_ones() {
+    async fn a_full_store_evicts_the_oldest_first_expired_or_not() {
         let clock = Arc::new(ManualClock::new(T0));
         let s = store(&clock, Some(SHARDS));
         let old = record(T0, 1_000);
