@@ -5,6 +5,7 @@
 //! <prefix>:[<tenant>:]{<partition>}:i:<user id>          user index (sorted set of session id
 //!                                                         hex, scored by absolute deadline)
 //! <prefix>:[<tenant>:]{<partition>}:g:<user id>          user generation (integer)
+//! <prefix>:[<tenant>:]{<partition>}:w:<write id hex>     a write's outcome, for a minute
 //! ```
 //!
 //! `{<partition>}` is the Redis Cluster hash tag: four hex digits of the session id's partition,
@@ -13,6 +14,7 @@
 //! can touch them together.
 
 use sessile::SessionId;
+use sessile::store::WriteId;
 
 #[derive(Debug, Clone)]
 pub(crate) struct KeySpace {
@@ -31,6 +33,12 @@ impl KeySpace {
 
     pub(crate) fn record(&self, id: &SessionId) -> String {
         format!("{}{{{:04x}}}:s:{}", self.base, id.partition(), id.to_hex())
+    }
+
+    /// The key that records the outcome of one write, in the slot of `id`'s record.
+    pub(crate) fn write(&self, id: &SessionId, write: WriteId) -> String {
+        let w = u64::from_be_bytes(*write.as_bytes());
+        format!("{}{{{:04x}}}:w:{w:016x}", self.base, id.partition())
     }
 
     pub(crate) fn index(&self, user: &str) -> String {

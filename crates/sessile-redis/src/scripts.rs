@@ -12,20 +12,20 @@
 //! | `d` | the encoded body |
 //! | `u` | user id, when there is one |
 //! | `g` | the user's generation when the record was last given to that user (see below) |
-//! | `h` | the write ids (8 bytes each) of the last [`HISTORY`] versions, newest last |
-//! | `x` | write ids fenced off by `SETTLE` at the current version; cleared by the next write |
 //!
 //! A rotated-away id holds a marker instead: `m` (the new id, hex) and `w` (the rotating write's
-//! id), for `sessile::store::ROTATED_MARKER_TTL_MS`. A create settled as not applied leaves a
-//! tombstone holding only `x`, for as long.
+//! id), for `sessile::store::ROTATED_MARKER_TTL_MS`.
 //!
 //! # Exactly once
 //!
-//! The compare-and-set scripts are sent with a single attempt, so fred never re-sends one after a
-//! dropped connection. When a reply is lost, `SETTLE` answers from `h` whether the write made the
-//! version it aimed at, and if the record is still at the version the write expected, puts the
-//! write id in `x`, so the write is refused if it arrives later. A record remembers [`HISTORY`]
-//! writes: a write followed by more than that many others before it is settled is "unknown".
+//! Every write carries a write id, and a write that lands sets `<..>{<partition>}:w:<write id hex>`
+//! to `1` in the record's slot, for [`WRITE_ID_TTL_MS`]. Each compare-and-set script first reads
+//! that key: `1` means this very write already ran (a re-sent command: answer "done" without
+//! running it again), `0` means `SETTLE` fenced it off (answer "fenced"). When a reply is lost,
+//! `SETTLE` reads the key: `1` is "applied"; otherwise it sets it to `0` and answers "not
+//! applied", and the write can never land after that. fred re-sends a command after a reconnect
+//! even when told to try once (its retry path resets the attempt count), so recognising a re-send
+//! cannot be left to the client; with the key it is exact however many writes came between.
 //!
 //! # User index and generation
 //!
@@ -37,45 +37,35 @@
 //! a same-slot rotation of a session whose `g` is not the current generation fails, so no
 //! session escapes the logout by rotating while the batches run.
 //!
-//! Return codes: `1` done, `2` done and more of the index is to be pruned, `0` version conflict
-//! (or id taken), `-1` not found, `-2` rotated away, `-3` this write was fenced off by `SETTLE`.
+//! Return codes: `1` done (now, or by an earlier run of the same write), `2` done and more of the
+//! index is to be pruned, `0` version conflict (or id taken), `-1` not found, `-2` rotated away,
+//! `-3` this write was fenced off by `SETTLE`.
 
 use fred::types::scripts::Script;
 
-/// Write ids kept per record: the outcome of a write whose reply was lost can be learned as long
-/// as fewer than this many writes followed it.
-pub(crate) const HISTORY: usize = 4;
+/// How long a write's id key lives: far longer than fred's command timeout and reconnect delays
+/// (a re-send), and than the layer's settle after a lost reply.
+pub(crate) const WRITE_ID_TTL_MS: u64 = 60_000;
 
 /// Expired index members dropped by one script call.
 pub(crate) const PRUNE_CHUNK: i64 = 1000;
 
 /// Shared helpers, prepended to every script.
 const HELPERS: &str = r#"
-local function has(list, w)
-  if not list then return false end
-  for i = 1, #list, 8 do
-    if string.sub(list, i, i + 7) == w then return true end
-  end
-  return false
+local function seen(wk)
+  local st = redis.call('GET', wk)
+  if st == '1' then return 1 end
+  if st == '0' then return -3 end
+  return nil
 end
-local function made(h, cur, want)
-  if not h then return false end
-  local back = cur - want
-  local n = #h / 8
-  if back < 0 or back >= n then return false end
-  local i = (n - 1 - back) * 8 + 1
-  return string.sub(h, i, i + 7)
+local function landed(wk)
+  redis.call('SET', wk, '1', 'PX', WRITE_ID_TTL_MS)
 end
-local function push(list, w, keep)
-  list = (list or '') .. w
-  if #list > keep * 8 then list = string.sub(list, #list - keep * 8 + 1) end
-  return list
-end
-local function write(k, v, e, d, u, g, h)
+local function write(k, v, e, d, u, g)
   if u == '' then
-    redis.call('HSET', k, 'v', v, 'e', e, 'd', d, 'h', h)
+    redis.call('HSET', k, 'v', v, 'e', e, 'd', d)
   else
-    redis.call('HSET', k, 'v', v, 'e', e, 'd', d, 'h', h, 'u', u, 'g', g)
+    redis.call('HSET', k, 'v', v, 'e', e, 'd', d, 'u', u, 'g', g)
   end
   redis.call('PEXPIREAT', k, e)
 end
@@ -106,130 +96,99 @@ local function marker(k, new, w, ttl)
 end
 "#;
 
-/// KEYS: record [, index, generation]. ARGV: version, idle deadline, body, user, id hex,
-/// absolute deadline, write id.
+/// KEYS: record, write id [, index, generation]. ARGV: version, idle deadline, body, user, id
+/// hex, absolute deadline.
 const CREATE: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  if has(redis.call('HGET', KEYS[1], 'h'), ARGV[7]) then return 1 end
-  return 0
-end
+local done = seen(KEYS[2])
+if done then return done end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local g = 0
-if KEYS[2] then g = gen(KEYS[3]) end
-write(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], g, ARGV[7])
-if KEYS[2] then return index(KEYS[2], KEYS[3], ARGV[5], ARGV[6]) end
+if KEYS[3] then g = gen(KEYS[4]) end
+write(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], g)
+landed(KEYS[2])
+if KEYS[3] then return index(KEYS[3], KEYS[4], ARGV[5], ARGV[6]) end
 return 1
 "#;
 
-/// KEYS: record [, index, generation]. ARGV: expected version, new version, idle deadline, body,
-/// user, id hex, absolute deadline, write id.
+/// KEYS: record, write id [, index, generation]. ARGV: expected version, new version, idle
+/// deadline, body, user, id hex, absolute deadline.
 ///
 /// The index is only touched when the user changes: its expiry already covers the record's
 /// absolute deadline, which only a rotation (which always indexes) moves.
 const SAVE: &str = r#"
-local f = redis.call('HMGET', KEYS[1], 'v', 'u', 'h', 'x', 'm', 'g')
+local done = seen(KEYS[2])
+if done then return done end
+local f = redis.call('HMGET', KEYS[1], 'v', 'u', 'm', 'g')
 if not f[1] then
-  if f[5] then return -2 end
-  return -1
-end
-if f[1] ~= ARGV[1] then
-  if made(f[3], tonumber(f[1]), tonumber(ARGV[1]) + 1) == ARGV[8] then return 1 end
-  return 0
-end
-if has(f[4], ARGV[8]) then return -3 end
-local changed = (f[2] or '') ~= ARGV[5]
-local g = f[6] or 0
-if changed and KEYS[2] then g = gen(KEYS[3]) end
-write(KEYS[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], g, push(f[3], ARGV[8], HISTORY))
-if f[4] then redis.call('HDEL', KEYS[1], 'x') end
-if ARGV[5] == '' and f[2] then redis.call('HDEL', KEYS[1], 'u', 'g') end
-if changed and KEYS[2] then return index(KEYS[2], KEYS[3], ARGV[6], ARGV[7]) end
-return 1
-"#;
-
-/// KEYS: old record, new record [, index, generation]. ARGV: as `SAVE`, then the marker's time to
-/// live (ms) and the old id (hex).
-const ROTATE: &str = r#"
-local f = redis.call('HMGET', KEYS[1], 'v', 'u', 'h', 'x', 'm', 'g')
-if not f[1] then
-  if f[5] then
-    if f[5] == ARGV[6] and has(redis.call('HGET', KEYS[2], 'h'), ARGV[8]) then return 1 end
-    return -2
-  end
+  if f[3] then return -2 end
   return -1
 end
 if f[1] ~= ARGV[1] then return 0 end
-if has(f[4], ARGV[8]) then return -3 end
+local changed = (f[2] or '') ~= ARGV[5]
+local g = f[4] or 0
+if changed and KEYS[3] then g = gen(KEYS[4]) end
+write(KEYS[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], g)
+landed(KEYS[2])
+if ARGV[5] == '' and f[2] then redis.call('HDEL', KEYS[1], 'u', 'g') end
+if changed and KEYS[3] then return index(KEYS[3], KEYS[4], ARGV[6], ARGV[7]) end
+return 1
+"#;
+
+/// KEYS: old record, new record, write id [, index, generation]. ARGV: as `SAVE`, then the
+/// marker's time to live (ms), the old id (hex) and the write id.
+const ROTATE: &str = r#"
+local done = seen(KEYS[3])
+if done then return done end
+local f = redis.call('HMGET', KEYS[1], 'v', 'u', 'm', 'g')
+if not f[1] then
+  if f[3] then return -2 end
+  return -1
+end
+if f[1] ~= ARGV[1] then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local g = 0
-if KEYS[3] then
-  g = gen(KEYS[4])
-  if f[2] == ARGV[5] and tonumber(f[6] or '0') ~= g then
+if KEYS[4] then
+  g = gen(KEYS[5])
+  if f[2] == ARGV[5] and tonumber(f[4] or '0') ~= g then
     -- The user was logged out everywhere since this session was written: it is ending, and
     -- must not escape to a new id.
     redis.call('DEL', KEYS[1])
     return -1
   end
 end
-marker(KEYS[1], ARGV[6], ARGV[8], ARGV[9])
-write(KEYS[2], ARGV[2], ARGV[3], ARGV[4], ARGV[5], g, push(f[3], ARGV[8], HISTORY))
-if KEYS[3] then
-  if f[2] == ARGV[5] then redis.call('ZREM', KEYS[3], ARGV[10]) end
-  return index(KEYS[3], KEYS[4], ARGV[6], ARGV[7])
+marker(KEYS[1], ARGV[6], ARGV[10], ARGV[8])
+write(KEYS[2], ARGV[2], ARGV[3], ARGV[4], ARGV[5], g)
+landed(KEYS[3])
+if KEYS[4] then
+  if f[2] == ARGV[5] then redis.call('ZREM', KEYS[4], ARGV[9]) end
+  return index(KEYS[4], KEYS[5], ARGV[6], ARGV[7])
 end
 return 1
 "#;
 
-/// KEYS: old record. ARGV: expected version, new id hex, marker TTL (ms), write id. The second
-/// half of a rotation whose old and new ids live in different Cluster slots: replaces the record
-/// with a marker, only at that version.
+/// KEYS: old record, write id. ARGV: expected version, new id hex, marker TTL (ms), write id
+/// (hex). The second half of a rotation whose old and new ids live in different Cluster slots:
+/// replaces the record with a marker, only at that version.
 const DELETE_AT: &str = r#"
-local f = redis.call('HMGET', KEYS[1], 'v', 'm', 'w', 'x')
+local done = seen(KEYS[2])
+if done then return done end
+local f = redis.call('HMGET', KEYS[1], 'v', 'm')
 if not f[1] then
-  if f[2] == ARGV[2] and f[3] == ARGV[4] then return 1 end
   if f[2] then return -2 end
   return -1
 end
 if f[1] ~= ARGV[1] then return 0 end
-if has(f[4], ARGV[4]) then return -3 end
 marker(KEYS[1], ARGV[2], ARGV[4], ARGV[3])
+landed(KEYS[2])
 return 1
 "#;
 
-/// KEYS: record. ARGV: expected version, write id, tombstone TTL (ms). Settles a `create` (expected
-/// version 0) or `save`: `1` applied, `0` not applied (and fenced off), `2` unknown.
+/// KEYS: write id. Settles a write whose reply was lost: `1` applied; otherwise fences it off and
+/// answers `0`, not applied.
 const SETTLE: &str = r#"
-local f = redis.call('HMGET', KEYS[1], 'v', 'h', 'x', 'm')
-if not f[1] then
-  if f[4] then return 2 end
-  if ARGV[1] == '0' then
-    redis.call('HSET', KEYS[1], 'x', push(f[3], ARGV[2], 8))
-    redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  end
-  return 0
-end
-local cur, want = tonumber(f[1]), tonumber(ARGV[1]) + 1
-if cur < want then
-  redis.call('HSET', KEYS[1], 'x', push(f[3], ARGV[2], 8))
-  return 0
-end
-local w = made(f[2], cur, want)
-if not w then return 2 end
-if w == ARGV[2] then return 1 end
-return 0
-"#;
-
-/// KEYS: old record [, new record]. ARGV: expected version, write id, new id hex. Settles a
-/// `rotate`; the new record is only passed when it shares the old one's slot.
-const SETTLE_ROTATE: &str = r#"
-local f = redis.call('HMGET', KEYS[1], 'v', 'm', 'w', 'x')
-if not f[1] then
-  if f[2] == ARGV[3] and f[3] == ARGV[2] then return 1 end
-  if KEYS[2] and has(redis.call('HGET', KEYS[2], 'h'), ARGV[2]) then return 1 end
-  return 0
-end
-if f[1] == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'x', push(f[4], ARGV[2], 8))
-end
+local done = seen(KEYS[1])
+if done == 1 then return 1 end
+redis.call('SET', KEYS[1], '0', 'PX', WRITE_ID_TTL_MS)
 return 0
 "#;
 
@@ -296,7 +255,6 @@ pub(crate) struct Scripts {
     pub(crate) rotate: Script,
     pub(crate) delete_at: Script,
     pub(crate) settle: Script,
-    pub(crate) settle_rotate: Script,
     pub(crate) touch: Script,
     pub(crate) index: Script,
     pub(crate) prune: Script,
@@ -308,7 +266,7 @@ impl Scripts {
     pub(crate) fn new() -> Self {
         let script = |body: &str| {
             Script::from_lua(format!(
-                "local HISTORY = {HISTORY}\nlocal PRUNE_CHUNK = {PRUNE_CHUNK}\n{HELPERS}{body}"
+                "local WRITE_ID_TTL_MS = {WRITE_ID_TTL_MS}\nlocal PRUNE_CHUNK = {PRUNE_CHUNK}\n{HELPERS}{body}"
             ))
         };
         Self {
@@ -317,7 +275,6 @@ impl Scripts {
             rotate: script(ROTATE),
             delete_at: script(DELETE_AT),
             settle: script(SETTLE),
-            settle_rotate: script(SETTLE_ROTATE),
             touch: script(TOUCH),
             index: script(INDEX),
             prune: script(PRUNE),
@@ -326,14 +283,13 @@ impl Scripts {
         }
     }
 
-    pub(crate) fn all(&self) -> [&Script; 11] {
+    pub(crate) fn all(&self) -> [&Script; 10] {
         [
             &self.create,
             &self.save,
             &self.rotate,
             &self.delete_at,
             &self.settle,
-            &self.settle_rotate,
             &self.touch,
             &self.index,
             &self.prune,

@@ -118,7 +118,7 @@ fn int(n: u64) -> Value {
 }
 
 fn wid(w: WriteId) -> Value {
-    Value::Bytes(Bytes::copy_from_slice(w.as_bytes()))
+    Value::from(format!("{:016x}", u64::from_be_bytes(*w.as_bytes())))
 }
 
 fn slot(key: &str) -> u16 {
@@ -155,10 +155,10 @@ impl Inner {
             .map_err(|e| self.fail(e))
     }
 
-    /// Runs a compare-and-set script exactly as often as asked: once. fred re-sends a command
-    /// whose connection dropped unless told not to; a re-sent write that finds others wrote since
-    /// could not tell its own earlier run from theirs. A lost reply is settled instead (see
-    /// [`SessionStore::settle`]).
+    /// Runs a compare-and-set script, asking fred for a single attempt. That is not a guarantee:
+    /// fred 10.1 re-sends a command that was in flight when its connection dropped once the
+    /// client reconnects (the retry path resets the attempt count). The scripts do not rely on it:
+    /// a write's id key tells a re-sent write that it already ran, or that it was fenced off.
     async fn run_once(
         &self,
         script: &Script,
@@ -206,7 +206,7 @@ impl Inner {
     }
 
     /// `ARGV` of `CREATE`, or of `SAVE`/`ROTATE` after the expected version.
-    fn write_args(record: &Record, body: Bytes, write: WriteId) -> Vec<Value> {
+    fn write_args(record: &Record, body: Bytes) -> Vec<Value> {
         vec![
             int(record.version),
             int(record.idle_deadline.min(record.meta.absolute_deadline)),
@@ -214,16 +214,16 @@ impl Inner {
             Value::from(record.meta.user_id.clone().unwrap_or_default()),
             Value::from(record.id.to_hex()),
             int(record.meta.absolute_deadline),
-            wid(write),
         ]
     }
 
-    /// Writes a record with `script`: keys `leading` then the record (then the user's index and
-    /// generation when they can go along); `pre` arguments before the record's, `post` after.
+    /// Writes a record with `script`: keys `leading` then the record, the write's id key (in the
+    /// slot of the first key), then the user's index and generation when they can go along;
+    /// `pre` arguments before the record's, `post` after.
     async fn write(
         &self,
         script: &Script,
-        leading: Option<String>,
+        leading: Option<(SessionId, String)>,
         record: &Record,
         write: WriteId,
         pre: Option<u64>,
@@ -231,9 +231,13 @@ impl Inner {
     ) -> Result<(), StoreError> {
         let body = Bytes::from(encode_record(record, self.max_record_bytes)?);
         let key = self.keys.record(&record.id);
+        let first = leading.as_ref().map_or(record.id, |(id, _)| *id);
+        let write_key = self.keys.write(&first, write);
+        let leading = leading.map(|(_, k)| k);
         let user_keys = self.user_keys(record, leading.as_deref().unwrap_or(&key));
         let mut keys: Keys = leading.into_iter().collect();
         keys.push(key);
+        keys.push(write_key);
         let mut apart = None;
         match user_keys {
             Some((user_keys, true)) => keys.extend(user_keys),
@@ -241,7 +245,7 @@ impl Inner {
             None => {}
         }
         let mut args: Vec<Value> = pre.map(int).into_iter().collect();
-        args.extend(Self::write_args(record, body, write));
+        args.extend(Self::write_args(record, body));
         args.extend(post);
         let code = self.run_once(script, keys, args).await?;
         Self::outcome(code)?;
@@ -432,11 +436,15 @@ impl SessionStore for RedisStore {
         let old_key = inner.keys.record(&old);
         let new_key = inner.keys.record(&record.id);
         if !inner.clustered || slot(&old_key) == slot(&new_key) {
-            let post = vec![int(ROTATED_MARKER_TTL_MS), Value::from(old.to_hex())];
+            let post = vec![
+                int(ROTATED_MARKER_TTL_MS),
+                Value::from(old.to_hex()),
+                wid(write),
+            ];
             return inner
                 .write(
                     &inner.scripts.rotate,
-                    Some(old_key),
+                    Some((old, old_key)),
                     record,
                     write,
                     Some(expected_version),
@@ -455,9 +463,8 @@ impl SessionStore for RedisStore {
             int(ROTATED_MARKER_TTL_MS),
             wid(write),
         ];
-        let code = inner
-            .run_once(&inner.scripts.delete_at, vec![old_key], args)
-            .await;
+        let keys = vec![old_key, inner.keys.write(&old, write)];
+        let code = inner.run_once(&inner.scripts.delete_at, keys, args).await;
         let result = code.and_then(Inner::outcome);
         if matches!(
             result,
@@ -468,46 +475,31 @@ impl SessionStore for RedisStore {
         result
     }
 
+    /// Reads (and, if absent, fences) the write's id key, in the slot of the record the write
+    /// changed first; a rotation across Cluster slots that did not land is undone.
     async fn settle(
         &self,
         old: SessionId,
         new: SessionId,
-        expected_version: u64,
+        _expected_version: u64,
         write: WriteId,
     ) -> Result<Settled, StoreError> {
         let inner = &self.inner;
-        let old_key = inner.keys.record(&old);
-        let code = if old == new {
-            let args = vec![int(expected_version), wid(write), int(ROTATED_MARKER_TTL_MS)];
-            inner.run(&inner.scripts.settle, old_key, args).await?
-        } else {
-            let new_key = inner.keys.record(&new);
-            let together = !inner.clustered || slot(&old_key) == slot(&new_key);
-            let mut keys = vec![old_key];
-            if together {
-                keys.push(new_key.clone());
-            }
-            let args = vec![
-                int(expected_version),
-                wid(write),
-                Value::from(new.to_hex()),
-            ];
-            let code = inner.run(&inner.scripts.settle_rotate, keys, args).await?;
-            if code == 0 && !together {
-                // The rotation's first step may have landed: undo it.
-                let _: i64 = inner
-                    .pool
-                    .next_connected()
-                    .del(new_key)
-                    .await
-                    .map_err(|e| inner.fail(e))?;
-            }
-            code
-        };
+        let key = inner.keys.write(&old, write);
+        let code = inner.run(&inner.scripts.settle, key, vec![]).await?;
+        let (old_key, new_key) = (inner.keys.record(&old), inner.keys.record(&new));
+        if code == 0 && inner.clustered && old != new && slot(&old_key) != slot(&new_key) {
+            // The rotation's first step (the new record) may have landed: undo it.
+            let _: i64 = inner
+                .pool
+                .next_connected()
+                .del(new_key)
+                .await
+                .map_err(|e| inner.fail(e))?;
+        }
         match code {
             1 => Ok(Settled::Applied),
             0 => Ok(Settled::NotApplied),
-            2 => Ok(Settled::Unknown),
             other => Err(StoreError::Unavailable(Box::new(UnexpectedReply(other)))),
         }
     }

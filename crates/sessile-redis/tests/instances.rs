@@ -228,3 +228,161 @@ async fn every_key_written_has_a_ttl() {
         assert!(ttl > 0, "{key} has no TTL ({ttl})");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_whose_reply_was_lost_is_settled_not_replayed() {
+    // Instance A talks to Redis through a proxy that loses the reply to A's save and holds A's
+    // reconnect until instance B has saved too. Before write ids were recorded per write, fred
+    // re-sent A's save after the reconnect, the script saw B's write and answered "conflict", and
+    // A replayed its increment on a record that already held it: 3 instead of 2.
+    let server = RedisServer::start();
+    let prefix = unique_prefix();
+    let proxy = sessile_tests::proxy::Proxy::start(([127, 0, 0, 1], server.port()).into()).await;
+    let store_a = RedisStore::builder(format!("redis://{}", proxy.addr()))
+        .prefix(&prefix)
+        .pool_size(1)
+        .connect()
+        .await
+        .expect("connect through the proxy");
+    let store_a = CountingStore::new(store_a);
+    let layer = SessionManagerLayer::builder(store_a.clone(), KeyRing::new(1, &[4; 32]).expect("keys"))
+        .cookie_name(NAME)
+        .node_hint(Hint::new("node-a").expect("hint"))
+        // Long enough to wait out the held reconnect; the test releases it within milliseconds.
+        .store_timeout(Duration::from_secs(10))
+        .build()
+        .expect("layer");
+    let gate_a = Arc::new(Gate::default());
+    let app_a = routes(Arc::clone(&gate_a)).layer(layer);
+    let (app_b, _gate_b, _store_b) = instance(&server.url(), &prefix, "node-b", 0.25).await;
+
+    let token = send(&app_b, Method::POST, "/set/ann", None, None)
+        .await
+        .cookie_value(NAME)
+        .expect("a session");
+    let cookie = format!("{NAME}={token}");
+    let held = tokio::spawn({
+        let (app_a, cookie) = (app_a.clone(), cookie.clone());
+        async move { send(&app_a, Method::POST, "/slow-incr", Some(&cookie), None).await }
+    });
+    gate_a.entered.notified().await;
+    proxy.lose_next_reply();
+    gate_a.release.notify_one();
+    proxy.reply_lost().await;
+    // A's save ran on the server; A does not know. B increments meanwhile.
+    let b = send(&app_b, Method::POST, "/incr", Some(&cookie), None).await;
+    assert!(b.save_failed.is_none(), "{:?}", b.save_failed);
+    assert_eq!(b.body, "2", "B saw A's increment");
+    proxy.release();
+    let a = held.await.expect("A's request");
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(
+        a.save_failed.is_none(),
+        "A's save landed and must not be reported failed: {:?}",
+        a.save_failed
+    );
+    // fred re-sends the save after the reconnect (its retry path does not keep the single
+    // attempt the store asks for), and the re-sent script finds its write id marked as landed;
+    // had the reply's loss reached the layer, it would have settled. Either way: no replay.
+    eprintln!(
+        "instance A: {} save, {} settle, {} load",
+        store_a.count("save"),
+        store_a.count("settle"),
+        store_a.count("load")
+    );
+    assert_eq!(
+        (store_a.count("save"), store_a.count("load")),
+        (1, 1),
+        "A's increment was not replayed"
+    );
+    let n = send(&app_b, Method::GET, "/n", Some(&cookie), None).await;
+    assert_eq!(n.body, "2", "two increments, each applied once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_survives_responses_of_requests_made_before_it() {
+    let c = two_instances(0.0).await;
+    sessile_tests::races::login_survives_late_responses(&c.apps, &c.gates, NAME).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_out_everywhere_ends_sessions_rotating_on_two_instances() {
+    let c = two_instances(0.25).await;
+    let race =
+        sessile_tests::races::logout_everywhere_beats_rotation(c.apps.clone(), NAME, 100).await;
+    eprintln!("standalone Redis: {race:?}");
+    assert_eq!(race.survivors, 0, "{race:?}");
+    assert!(c.records().is_empty(), "{:?}", c.records());
+}
+
+/// Durations (µs) of every command in the slow log.
+async fn slowlog_us(pool: &fred::clients::Pool) -> Vec<i64> {
+    use fred::prelude::*;
+    use fred::types::{ClusterHash, CustomCommand, Value};
+    let cmd = CustomCommand::new_static("SLOWLOG", ClusterHash::Random, false);
+    let entries: Value = pool
+        .next()
+        .custom(cmd, vec![Value::from("GET"), Value::from(-1)])
+        .await
+        .expect("slowlog");
+    let Value::Array(entries) = entries else {
+        return vec![];
+    };
+    entries
+        .into_iter()
+        .filter_map(|e| match e {
+            Value::Array(fields) => fields.get(2).and_then(|d| d.as_i64()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_user_index_stays_bounded_and_log_out_everywhere_never_blocks_redis() {
+    use fred::prelude::*;
+    use fred::types::{ClusterHash, CustomCommand, Value};
+    let c = two_instances(0.25).await;
+    let mut tokens = Vec::new();
+    for i in 0..10 {
+        let r = c.go(i % 2, Method::POST, "/login/alice", None).await;
+        tokens.push(r.cookie_value(NAME).expect("logged in"));
+    }
+    // 100 000 ids of alice's sessions that died long ago, as an unpruned index would hold.
+    let store = c.stores[0].inner();
+    let index = store.index_key("alice");
+    let pool = store.pool();
+    let zadd = CustomCommand::new_static("ZADD", ClusterHash::FirstKey, false);
+    for chunk in 0..100 {
+        let mut args = vec![Value::from(index.as_str())];
+        for i in 0..1_000u64 {
+            args.push(Value::Integer(1_000 + (chunk * 1_000 + i) as i64));
+            args.push(Value::from(format!("{:032x}", chunk * 1_000 + i)));
+        }
+        let _: i64 = pool.next().custom(zadd.clone(), args).await.expect("zadd");
+    }
+    let zcard = || c.server.cli(&["zcard", &index]).trim().parse::<u64>().expect("zcard");
+    assert_eq!(zcard(), 100_010);
+    // Log every command from here on, to find the longest.
+    c.server.cli(&["config", "set", "slowlog-max-len", "1000000"]);
+    c.server.cli(&["config", "set", "slowlog-log-slower-than", "0"]);
+    c.server.cli(&["slowlog", "reset"]);
+
+    let r = c.go(0, Method::POST, "/login/alice", None).await;
+    tokens.push(r.cookie_value(NAME).expect("logged in"));
+    // The live sessions and the new one; nothing ended within the last absolute lifetime.
+    assert_eq!(zcard(), 11, "the index holds the live sessions only");
+
+    let r = c
+        .go(1, Method::POST, "/logout-everywhere", Some(&tokens[0]))
+        .await;
+    assert_eq!(r.body, "11");
+    assert!(c.records().is_empty(), "{:?}", c.records());
+    let durations = slowlog_us(pool).await;
+    let longest = durations.iter().copied().max().unwrap_or(0);
+    eprintln!(
+        "index: 100 010 -> 11 members after one login; {} commands, longest {longest} µs",
+        durations.len()
+    );
+    assert!(!durations.is_empty(), "the slow log recorded the commands");
+    assert!(longest < 10_000, "a command ran {longest} µs");
+}
