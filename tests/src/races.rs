@@ -67,7 +67,10 @@ pub async fn login_survives_late_responses(apps: &[Router], gates: &[Arc<Gate>],
     );
     let who = go(&apps[slow], Method::GET, "/whoami", name, Some(&new)).await;
     assert_eq!(who.body, "alice", "the logged-in session still loads");
-    assert_eq!(read.body, "ann", "the held read worked on the pre-login session");
+    assert_eq!(
+        read.body, "ann",
+        "the held read worked on the pre-login session"
+    );
     // Writes made with the pre-login id never reach the logged-in session, and say so.
     for w in [&write, &late_write] {
         assert!(

@@ -7,8 +7,8 @@ use std::time::Duration;
 use fred::bytes::Bytes;
 use fred::error::{Error as FredError, ErrorKind};
 use fred::prelude::*;
-use fred::types::scripts::Script;
 use fred::types::config::Options;
+use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand, MultipleKeys, Value};
 use sessile::clock::UnixMillis;
 use sessile::record::Record;
@@ -367,18 +367,13 @@ impl Inner {
 impl SessionStore for RedisStore {
     async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
         let key = self.inner.keys.record(&id);
-        let (version, idle, body, moved): (
-            Option<u64>,
-            Option<u64>,
-            Option<Bytes>,
-            Option<Bytes>,
-        ) = self
-            .inner
-            .pool
-            .next_connected()
-            .hmget(key, vec!["v", "e", "d", "m"])
-            .await
-            .map_err(|e| self.inner.fail(e))?;
+        let (version, idle, body, moved): (Option<u64>, Option<u64>, Option<Bytes>, Option<Bytes>) =
+            self.inner
+                .pool
+                .next_connected()
+                .hmget(key, vec!["v", "e", "d", "m"])
+                .await
+                .map_err(|e| self.inner.fail(e))?;
         let (Some(version), Some(idle), Some(body)) = (version, idle, body) else {
             return match moved {
                 Some(_) => Err(StoreError::Rotated),
@@ -456,7 +451,9 @@ impl SessionStore for RedisStore {
         // old one with a marker only at the expected version. Undo the first step if the second
         // fails; if the second's reply is lost, `settle` finishes the job.
         let create = &inner.scripts.create;
-        inner.write(create, None, record, write, None, vec![]).await?;
+        inner
+            .write(create, None, record, write, None, vec![])
+            .await?;
         let args = vec![
             int(expected_version),
             Value::from(record.id.to_hex()),

@@ -75,7 +75,10 @@ async fn a_users_keys_share_a_slot_and_survive_a_primary_failover() {
     }
     // A rotation into alice's partition from an anonymous session in another slot (a login).
     let anon = sessile_conformance::record(None, 9);
-    store.create(&anon, WriteId::random()).await.expect("create");
+    store
+        .create(&anon, WriteId::random())
+        .await
+        .expect("create");
     assert_ne!(
         slot(&store.record_key(&anon.id)),
         alice_slot,
@@ -121,7 +124,11 @@ async fn a_users_keys_share_a_slot_and_survive_a_primary_failover() {
             let mut i = 0u64;
             while !stop.load(Ordering::SeqCst) && i < 5_000 {
                 let r = user_record(&format!("load{i}"), i);
-                let res = tokio::time::timeout(Duration::from_secs(3), store.create(&r, WriteId::random())).await;
+                let res = tokio::time::timeout(
+                    Duration::from_secs(3),
+                    store.create(&r, WriteId::random()),
+                )
+                .await;
                 let counter = if matches!(res, Ok(Ok(()))) {
                     &ok
                 } else {
@@ -179,4 +186,27 @@ async fn a_users_keys_share_a_slot_and_survive_a_primary_failover() {
         "sessions replicated before the kill must survive it"
     );
     assert_eq!(store.destroy_user("alice").await.expect("destroy_user"), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_out_everywhere_ends_sessions_rotating_on_two_instances() {
+    let cluster = RedisCluster::start();
+    let prefix = unique_prefix();
+    let mut apps = Vec::new();
+    for node in ["node-a", "node-b"] {
+        let layer = sessile::SessionManagerLayer::builder(
+            store(&cluster, &prefix).await,
+            sessile::KeyRing::new(1, &[4; 32]).expect("keys"),
+        )
+        .cookie_name("sid")
+        .node_hint(sessile::Hint::new(node).expect("hint"))
+        .build()
+        .expect("layer");
+        let gate = Arc::new(sessile_tests::Gate::default());
+        apps.push(sessile_tests::routes(gate).layer(layer));
+    }
+    let apps: [axum::Router; 2] = apps.try_into().expect("two apps");
+    let race = sessile_tests::races::logout_everywhere_beats_rotation(apps, "sid", 100).await;
+    eprintln!("Redis Cluster: {race:?}");
+    assert_eq!(race.survivors, 0, "{race:?}");
 }

@@ -245,13 +245,14 @@ async fn a_save_whose_reply_was_lost_is_settled_not_replayed() {
         .await
         .expect("connect through the proxy");
     let store_a = CountingStore::new(store_a);
-    let layer = SessionManagerLayer::builder(store_a.clone(), KeyRing::new(1, &[4; 32]).expect("keys"))
-        .cookie_name(NAME)
-        .node_hint(Hint::new("node-a").expect("hint"))
-        // Long enough to wait out the held reconnect; the test releases it within milliseconds.
-        .store_timeout(Duration::from_secs(10))
-        .build()
-        .expect("layer");
+    let layer =
+        SessionManagerLayer::builder(store_a.clone(), KeyRing::new(1, &[4; 32]).expect("keys"))
+            .cookie_name(NAME)
+            .node_hint(Hint::new("node-a").expect("hint"))
+            // Long enough to wait out the held reconnect; the test releases it within milliseconds.
+            .store_timeout(Duration::from_secs(10))
+            .build()
+            .expect("layer");
     let gate_a = Arc::new(Gate::default());
     let app_a = routes(Arc::clone(&gate_a)).layer(layer);
     let (app_b, _gate_b, _store_b) = instance(&server.url(), &prefix, "node-b", 0.25).await;
@@ -360,11 +361,19 @@ async fn the_user_index_stays_bounded_and_log_out_everywhere_never_blocks_redis(
         }
         let _: i64 = pool.next().custom(zadd.clone(), args).await.expect("zadd");
     }
-    let zcard = || c.server.cli(&["zcard", &index]).trim().parse::<u64>().expect("zcard");
+    let zcard = || {
+        c.server
+            .cli(&["zcard", &index])
+            .trim()
+            .parse::<u64>()
+            .expect("zcard")
+    };
     assert_eq!(zcard(), 100_010);
     // Log every command from here on, to find the longest.
-    c.server.cli(&["config", "set", "slowlog-max-len", "1000000"]);
-    c.server.cli(&["config", "set", "slowlog-log-slower-than", "0"]);
+    c.server
+        .cli(&["config", "set", "slowlog-max-len", "1000000"]);
+    c.server
+        .cli(&["config", "set", "slowlog-log-slower-than", "0"]);
     c.server.cli(&["slowlog", "reset"]);
 
     let r = c.go(0, Method::POST, "/login/alice", None).await;

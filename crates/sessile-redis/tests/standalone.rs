@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
-use sessile::{SessionId, SessionStore, StoreError};
 use sessile::store::WriteId;
+use sessile::{SessionId, SessionStore, StoreError};
 use sessile_redis::{RedisStore, RedisStoreError};
 use sessile_tests::redis::{RedisServer, TestRedis, unique_prefix};
 

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
-use sessile_bench::{Spawned, User, client, free_port, histogram, ms_at, wait_ready};
 use sessile::store::WriteId;
+use sessile_bench::{Spawned, User, client, free_port, histogram, ms_at, wait_ready};
 use sessile_tests::redis::RedisServer;
 
 const CONTENDERS: &[&str] = &[

@@ -7,11 +7,11 @@ use http::StatusCode;
 use rand::Rng;
 use sessile_token::{Claims, Hint};
 
+use super::WriteError;
 use crate::SessionId;
 use crate::clock::UnixMillis;
 use crate::error::SaveError;
 use crate::record::{Metadata, Record};
-use super::WriteError;
 use crate::session::{Base, RequestSession, State};
 use crate::store::StoreError;
 

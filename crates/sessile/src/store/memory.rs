@@ -336,16 +336,19 @@ impl Inner {
         for stripe in self.users.iter() {
             let mut users = lock(stripe);
             users.retain(|_, ids| {
-                ids.retain(|id| {
-                    matches!(self.shard(id).map.get(id), Some(Entry::Live { .. }))
-                });
+                ids.retain(|id| matches!(self.shard(id).map.get(id), Some(Entry::Live { .. })));
                 !ids.is_empty()
             });
         }
     }
 
     /// The entry for `id` if it is a live record, dropping it if it has expired.
-    fn live<'s>(&self, shard: &'s mut Shard, id: &SessionId, now: UnixMillis) -> Option<&'s mut Entry> {
+    fn live<'s>(
+        &self,
+        shard: &'s mut Shard,
+        id: &SessionId,
+        now: UnixMillis,
+    ) -> Option<&'s mut Entry> {
         if shard.map.get(id).is_some_and(|e| e.deadline() <= now) {
             self.remove(shard, id);
         }
@@ -363,9 +366,7 @@ impl Inner {
         match self.live(shard, id, now) {
             None => Err(StoreError::NotFound),
             Some(Entry::Rotated { .. }) => Err(StoreError::Rotated),
-            Some(Entry::Live { version, .. }) if *version != expected => {
-                Err(StoreError::Conflict)
-            }
+            Some(Entry::Live { version, .. }) if *version != expected => Err(StoreError::Conflict),
             Some(Entry::Live { .. }) => Ok(()),
         }
     }
@@ -495,7 +496,9 @@ impl SessionStore for MemoryStore {
         match self.inner.live(&mut shard, &id, now) {
             None => Err(StoreError::NotFound),
             Some(Entry::Rotated { .. }) => Err(StoreError::Rotated),
-            Some(Entry::Live { idle_deadline: d, .. }) => {
+            Some(Entry::Live {
+                idle_deadline: d, ..
+            }) => {
                 *d = idle_deadline;
                 Ok(())
             }
@@ -556,9 +559,7 @@ impl SessionStore for MemoryStore {
                 Some(Entry::Rotated { to, write: w, .. }) if *to == new && *w == write => {
                     Settled::Applied
                 }
-                Some(Entry::Live { write: w, .. }) if old == new && *w == write => {
-                    Settled::Applied
-                }
+                Some(Entry::Live { write: w, .. }) if old == new && *w == write => Settled::Applied,
                 Some(Entry::Live { version, .. })
                     if old == new && *version > expected_version + 1 =>
                 {
@@ -665,7 +666,10 @@ mod tests {
             assert!(s.load(*id).await.expect("load").is_some());
         }
         let queued = lock(&s.inner.order).len();
-        assert!(queued <= 2 * 640 + 64, "eviction queue stays bounded: {queued}");
+        assert!(
+            queued <= 2 * 640 + 64,
+            "eviction queue stays bounded: {queued}"
+        );
     }
 
     #[tokio::test]
@@ -683,7 +687,11 @@ mod tests {
         // 90% of the capacity, most of them one user's.
         for i in 0..5_759 {
             let mut r = record(T0, 60_000);
-            let user = if i % 10 == 0 { format!("u{i}") } else { "alice".into() };
+            let user = if i % 10 == 0 {
+                format!("u{i}")
+            } else {
+                "alice".into()
+            };
             r.id = SessionId::random_for_user(Some(&user));
             r.meta.user_id = Some(user);
             s.create(&r, WriteId::random()).await.expect("create");
@@ -702,7 +710,10 @@ mod tests {
                 .expect("create");
         }
         assert!(s.len() <= 6_400, "{} held", s.len());
-        assert!(s.load(victim.id).await.expect("load").is_none(), "oldest went first");
+        assert!(
+            s.load(victim.id).await.expect("load").is_none(),
+            "oldest went first"
+        );
     }
 
     #[tokio::test]
@@ -745,7 +756,9 @@ mod tests {
             .sweep_interval(Some(Duration::from_millis(10)))
             .build();
         for _ in 0..200 {
-            s.create(&record(T0, 1_000), WriteId::random()).await.expect("create");
+            s.create(&record(T0, 1_000), WriteId::random())
+                .await
+                .expect("create");
         }
         clock.advance(Duration::from_secs(5));
         // One shard per tick: after a full round every shard was swept.
