@@ -515,7 +515,7 @@ impl SessionStore for RedisStore {
 
     /// Bumps the user's generation first, so that from then on no session of the user can rotate
     /// to a new id; then walks the index with `ZSCAN` (which returns every member present from
-    /// start to end) and deletes in batches of about [`DESTROY_BATCH`], each one short script.
+    /// start to end) and deletes in batches of about a hundred sessions, each one short script.
     async fn destroy_user(&self, user_id: &str) -> Result<u64, StoreError> {
         let inner = &self.inner;
         let index = inner.keys.index(user_id);

@@ -68,7 +68,7 @@ struct Inner {
     /// sessions one user has.
     ///
     /// Lock order: a user stripe, then shards (lower index first).
-    users: Box<[Mutex<HashMap<u16, HashSet<SessionId>>>]>,
+    users: Box<[Mutex<UserStripe>]>,
     /// Writes that `settle` declared not applied, until when they stay refused. A write here
     /// cannot really be in flight (every operation finishes in one step), but a caller may
     /// still hold it: the store keeps the promise `settle` makes.
@@ -267,8 +267,11 @@ fn owner(body: &[u8]) -> Option<String> {
     meta.user_id
 }
 
+/// One stripe of the user index: user partition -> sessions.
+type UserStripe = HashMap<u16, HashSet<SessionId>>;
+
 /// The held user stripe of a write, if the record has a user: index the record under it.
-type UserGuard<'a> = Option<(u16, MutexGuard<'a, HashMap<u16, HashSet<SessionId>>>)>;
+type UserGuard<'a> = Option<(u16, MutexGuard<'a, UserStripe>)>;
 
 impl Inner {
     fn shard(&self, id: &SessionId) -> MutexGuard<'_, Shard> {
