@@ -276,3 +276,61 @@ async fn a_hung_store_costs_the_deadline_until_the_breaker_opens_then_nothing() 
         "open breaker: no request waits"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_give_up_during_half_open_do_not_keep_the_breaker_open() {
+    // The store hangs; clients give up (their request futures are dropped) before the store
+    // deadline, so the half-open probes never answer. Before permits were guards, those probes
+    // held their slots forever and every session route answered 503 until an operator reset.
+    let clock = Arc::new(ManualClock::default());
+    let breaker = SharedBreaker::builder("test_store")
+        .config(Config {
+            window: Window::Count(10),
+            minimum_calls: 3,
+            half_open_probes: 2,
+            jitter: 0.0,
+            ..Config::default()
+        })
+        .clock(clock.clone())
+        .seed(3)
+        .build()
+        .expect("breaker");
+    let store = FaultyStore::new(MemoryStore::new());
+    let layer =
+        SessionManagerLayer::builder(store.clone(), KeyRing::new(1, &[8; 32]).expect("keys"))
+            .cookie_name(NAME)
+            .store_timeout(Duration::from_millis(200))
+            .circuit_breaker(breaker.clone())
+            .build()
+            .expect("layer");
+    let app = sessile_tests::routes(Arc::default()).layer(layer);
+    let token = send(&app, Method::POST, "/set/ann", None, None)
+        .await
+        .cookie_value(NAME)
+        .expect("cookie");
+    let cookie = format!("{NAME}={token}");
+    store.hang(true);
+    for _ in 0..3 {
+        let r = send(&app, Method::GET, "/read", Some(&cookie), None).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "deadline");
+    }
+    assert_eq!(breaker.state(), State::Open);
+    clock.advance(Duration::from_millis(1_001));
+    // The probes: each client gives up after 20 ms, well before the 200 ms store deadline.
+    for _ in 0..2 {
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(20),
+            send(&app, Method::GET, "/read", Some(&cookie), None),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the client gave up");
+    }
+    assert_eq!(breaker.state(), State::HalfOpen);
+    store.hang(false);
+    for _ in 0..3 {
+        let r = send(&app, Method::GET, "/read", Some(&cookie), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(r.body, "ann");
+    }
+    assert_eq!(breaker.state(), State::Closed);
+}

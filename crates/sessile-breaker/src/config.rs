@@ -17,6 +17,10 @@ pub const DEFAULT_SLOW_CALL_DURATION: Duration = Duration::from_millis(250);
 pub const DEFAULT_MINIMUM_CALLS: u32 = 10;
 /// Calls let through while half-open; all must succeed to close again.
 pub const DEFAULT_HALF_OPEN_PROBES: u32 = 3;
+/// A half-open probe not answered within this is given up on, and its slot given back, so that
+/// probes whose callers vanished can never hold the breaker half-open. Set it to the calls' own
+/// deadline (the session layer uses its store deadline).
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// First open wait.
 pub const DEFAULT_OPEN_WAIT: Duration = Duration::from_secs(1);
 /// Longest open wait, however long the backend keeps failing.
@@ -56,6 +60,8 @@ pub struct Config {
     pub minimum_calls: u32,
     /// Probes allowed while half-open.
     pub half_open_probes: u32,
+    /// How long a half-open probe may stay unanswered before its slot is given back.
+    pub probe_timeout: Duration,
     /// First open wait.
     pub open_wait: Duration,
     /// Cap of the open wait.
@@ -75,6 +81,7 @@ impl Default for Config {
             slow_call_duration: DEFAULT_SLOW_CALL_DURATION,
             minimum_calls: DEFAULT_MINIMUM_CALLS,
             half_open_probes: DEFAULT_HALF_OPEN_PROBES,
+            probe_timeout: DEFAULT_PROBE_TIMEOUT,
             open_wait: DEFAULT_OPEN_WAIT,
             max_open_wait: DEFAULT_MAX_OPEN_WAIT,
             backoff: DEFAULT_BACKOFF,
@@ -109,6 +116,9 @@ impl Config {
             return Err(ConfigError(
                 "minimum calls and half-open probes must be at least 1",
             ));
+        }
+        if self.probe_timeout.is_zero() {
+            return Err(ConfigError("probe timeout must be positive"));
         }
         if self.open_wait.is_zero() || self.open_wait > self.max_open_wait {
             return Err(ConfigError(

@@ -4,8 +4,50 @@ use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 
-use crate::machine::{Permit, Rejected};
-use crate::{BreakerError, Classify, SharedBreaker};
+use crate::machine::Rejected;
+use crate::shared::Guard;
+use crate::{BreakerError, Classify};
+
+pin_project! {
+    /// A future run under a breaker [`Guard`]: when it completes, its result is classified and
+    /// recorded; if it is dropped first, the guard gives the permit back. The one implementation
+    /// of acquire / call / classify / record, shared by [`CircuitBreaker`](crate::CircuitBreaker)
+    /// and any caller of [`SharedBreaker::call`](crate::SharedBreaker::call).
+    pub struct Guarded<F, C> {
+        #[pin]
+        future: F,
+        guard: Option<Guard>,
+        classifier: C,
+    }
+}
+
+impl<F, C> Guarded<F, C> {
+    /// Runs `future` under `guard`.
+    pub fn new(future: F, guard: Guard, classifier: C) -> Self {
+        Self {
+            future,
+            guard: Some(guard),
+            classifier,
+        }
+    }
+}
+
+impl<F, C, T, E> Future for Guarded<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    C: Classify<T, E>,
+{
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.future.poll(cx));
+        if let Some(guard) = this.guard.take() {
+            guard.record(this.classifier.is_failure(&result));
+        }
+        Poll::Ready(result)
+    }
+}
 
 pin_project! {
     /// Response future of [`CircuitBreaker`](crate::CircuitBreaker).
@@ -21,28 +63,15 @@ pin_project! {
         Rejected { rejected: Option<Rejected> },
         Running {
             #[pin]
-            future: F,
-            permit: Option<Permit>,
-            breaker: SharedBreaker,
-            classifier: C,
+            future: Guarded<F, C>,
         },
     }
 }
 
 impl<F, C> ResponseFuture<F, C> {
-    pub(crate) fn running(
-        future: F,
-        permit: Permit,
-        breaker: SharedBreaker,
-        classifier: C,
-    ) -> Self {
+    pub(crate) fn running(future: Guarded<F, C>) -> Self {
         Self {
-            kind: Kind::Running {
-                future,
-                permit: Some(permit),
-                breaker,
-                classifier,
-            },
+            kind: Kind::Running { future },
         }
     }
 
@@ -67,17 +96,8 @@ where
             KindProj::Rejected { rejected } => Poll::Ready(Err(BreakerError::Rejected(
                 rejected.take().expect("polled after completion"),
             ))),
-            KindProj::Running {
-                future,
-                permit,
-                breaker,
-                classifier,
-            } => {
-                let result = ready!(future.poll(cx));
-                if let Some(permit) = permit.take() {
-                    breaker.record(permit, classifier.is_failure(&result));
-                }
-                Poll::Ready(result.map_err(BreakerError::Inner))
+            KindProj::Running { future } => {
+                Poll::Ready(ready!(future.poll(cx)).map_err(BreakerError::Inner))
             }
         }
     }

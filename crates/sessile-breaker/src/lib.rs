@@ -46,14 +46,16 @@ pub use classify::{Classify, ErrorIsFailure};
 pub use config::{
     Config, ConfigError, DEFAULT_BACKOFF, DEFAULT_FAILURE_RATE, DEFAULT_HALF_OPEN_PROBES,
     DEFAULT_JITTER, DEFAULT_MAX_OPEN_WAIT, DEFAULT_MINIMUM_CALLS, DEFAULT_OPEN_WAIT,
-    DEFAULT_SLOW_CALL_DURATION, DEFAULT_SLOW_CALL_RATE, DEFAULT_WINDOW_CALLS, Window,
+    DEFAULT_PROBE_TIMEOUT, DEFAULT_SLOW_CALL_DURATION, DEFAULT_SLOW_CALL_RATE,
+    DEFAULT_WINDOW_CALLS, Window,
 };
-pub use future::ResponseFuture;
+pub use future::{Guarded, ResponseFuture};
 pub use layer::CircuitBreakerLayer;
 pub use machine::{Breaker, Permit, Rejected, State, Transition};
 pub use service::CircuitBreaker;
 pub use shared::{
-    Clock, ManualClock, MetricsObserver, Observer, SharedBreaker, SharedBreakerBuilder, SystemClock,
+    Clock, Guard, ManualClock, MetricsObserver, Observer, SharedBreaker, SharedBreakerBuilder,
+    SystemClock,
 };
 
 /// The error of a [`CircuitBreaker`] service: rejected by the breaker, or the inner service's own.

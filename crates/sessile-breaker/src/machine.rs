@@ -67,8 +67,16 @@ pub struct Permit {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
     Closed,
-    Open { until: Duration },
-    HalfOpen { issued: u32, succeeded: u32 },
+    Open {
+        until: Duration,
+    },
+    /// `issued` probes are out or answered, `succeeded` answered well; the oldest unanswered one
+    /// was issued at `oldest` (probes out since then are given back at `oldest + probe_timeout`).
+    HalfOpen {
+        issued: u32,
+        succeeded: u32,
+        oldest: Duration,
+    },
     ForcedOpen,
     ForcedClosed,
 }
@@ -151,16 +159,38 @@ impl Breaker {
             transition = self.enter(Phase::HalfOpen {
                 issued: 0,
                 succeeded: 0,
+                oldest: now,
             });
+        }
+        let probes = self.config.half_open_probes;
+        let timeout = self.config.probe_timeout;
+        if let Phase::HalfOpen {
+            issued,
+            succeeded,
+            oldest,
+        } = &mut self.phase
+        {
+            if *issued >= probes && now >= *oldest + timeout {
+                // Every probe is out and none answered in time: their callers gave up or hang.
+                // Give the slots back; a late answer still counts when it comes.
+                *issued = *succeeded;
+                *oldest = now;
+            }
         }
         let result = match &mut self.phase {
             Phase::Closed | Phase::ForcedClosed => Ok(self.permit(now)),
-            Phase::HalfOpen { issued, .. } if *issued < self.config.half_open_probes => {
+            Phase::HalfOpen { issued, oldest, .. } if *issued < probes => {
+                if *issued == 0 {
+                    *oldest = now;
+                }
                 *issued += 1;
                 Ok(self.permit(now))
             }
-            // Probes are out: their answers come within one call's time.
-            Phase::HalfOpen { .. } | Phase::ForcedOpen | Phase::Open { .. } => Err(Rejected {
+            // Probes are out: their slots come back when they answer, are dropped, or time out.
+            Phase::HalfOpen { oldest, .. } => Err(Rejected {
+                retry_after: (*oldest + timeout).saturating_sub(now),
+            }),
+            Phase::ForcedOpen | Phase::Open { .. } => Err(Rejected {
                 retry_after: self.config.open_wait,
             }),
         };
@@ -198,6 +228,25 @@ impl Breaker {
             }
             Phase::Open { .. } | Phase::ForcedOpen => None,
         }
+    }
+
+    /// The call of `permit` was abandoned at `now` (its caller dropped it) without an outcome.
+    ///
+    /// A call abandoned after [`slow_call_duration`](Config::slow_call_duration) is recorded as a
+    /// slow success: its caller waited that long, so an outer timeout shorter than the call's own
+    /// still shows the breaker a slow backend. One abandoned sooner (a client that went away) says
+    /// nothing about the backend: it is not counted, and a half-open probe's slot is given back.
+    pub fn abandon(&mut self, permit: Permit, now: Duration) -> Option<Transition> {
+        if permit.generation != self.generation {
+            return None;
+        }
+        if now.saturating_sub(permit.started) > self.config.slow_call_duration {
+            return self.record(permit, false, now);
+        }
+        if let Phase::HalfOpen { issued, .. } = &mut self.phase {
+            *issued = issued.saturating_sub(1);
+        }
+        None
     }
 
     /// Holds the breaker open until [`reset`](Self::reset) or [`force_closed`](Self::force_closed).

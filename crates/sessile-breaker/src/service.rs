@@ -62,13 +62,9 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        match self.breaker.acquire() {
-            Ok(permit) => ResponseFuture::running(
-                self.inner.call(req),
-                permit,
-                self.breaker.clone(),
-                self.classifier.clone(),
-            ),
+        let classifier = self.classifier.clone();
+        match self.breaker.call(|| self.inner.call(req), classifier) {
+            Ok(guarded) => ResponseFuture::running(guarded),
             Err(rejected) => ResponseFuture::rejected(rejected),
         }
     }

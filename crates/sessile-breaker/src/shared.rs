@@ -3,6 +3,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::future::Guarded;
 use crate::machine::{Breaker, Permit, Rejected, State, Transition};
 use crate::{Config, ConfigError};
 
@@ -242,7 +243,33 @@ impl SharedBreaker {
         }
     }
 
-    /// Asks to make a call.
+    /// Asks to make a call: a [`Guard`] that records the call's outcome, and settles it if the
+    /// call is dropped first (see [`Breaker::abandon`](crate::Breaker::abandon)), so a permit can
+    /// never leak.
+    pub fn enter(&self) -> Result<Guard, Rejected> {
+        self.acquire().map(|permit| Guard {
+            breaker: self.clone(),
+            permit: Some(permit),
+        })
+    }
+
+    /// Runs `future` under a permit, classifying its result with `classifier`; rejected without
+    /// creating the future when the breaker is open.
+    pub fn call<F, T, E, C>(
+        &self,
+        future: impl FnOnce() -> F,
+        classifier: C,
+    ) -> Result<Guarded<F, C>, Rejected>
+    where
+        F: std::future::Future<Output = Result<T, E>>,
+        C: crate::Classify<T, E>,
+    {
+        let guard = self.enter()?;
+        Ok(Guarded::new(future(), guard, classifier))
+    }
+
+    /// Asks to make a call. The permit must be handed back with [`record`](Self::record) or
+    /// [`abandon`](Self::abandon); [`enter`](Self::enter) does that by itself.
     pub fn acquire(&self) -> Result<Permit, Rejected> {
         let now = self.now();
         let (result, t) = self.machine().try_acquire(now);
@@ -261,6 +288,13 @@ impl SharedBreaker {
         self.inner
             .observer
             .on_call(&self.inner.name, failed, elapsed);
+        self.notify(t);
+    }
+
+    /// Gives back the permit of a call that ended without an outcome.
+    pub fn abandon(&self, permit: Permit) {
+        let now = self.now();
+        let t = self.machine().abandon(permit, now);
         self.notify(t);
     }
 
@@ -285,5 +319,39 @@ impl SharedBreaker {
     pub fn reset(&self) {
         let t = self.machine().reset();
         self.notify(t);
+    }
+}
+
+/// A permit in use: record the call's outcome with [`record`](Self::record); dropped without it
+/// (the caller's future was dropped: a client that went away, an outer timeout), it gives the
+/// permit back through [`SharedBreaker::abandon`].
+#[must_use = "a guard settles its permit when dropped; record the outcome first"]
+pub struct Guard {
+    breaker: SharedBreaker,
+    permit: Option<Permit>,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("breaker", &self.breaker.inner.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Guard {
+    /// Records the call's outcome.
+    pub fn record(mut self, failed: bool) {
+        if let Some(permit) = self.permit.take() {
+            self.breaker.record(permit, failed);
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.breaker.abandon(permit);
+        }
     }
 }

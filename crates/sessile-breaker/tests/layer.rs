@@ -161,3 +161,102 @@ async fn operators_force_it_through_the_handle() {
     f.breaker.reset();
     assert_eq!(svc.clone().oneshot(1).await.expect("closed again"), 1);
 }
+
+/// A service whose calls never answer while `hang` is set.
+fn hanging(
+    f: &Fixture,
+    hang: Arc<AtomicBool>,
+) -> impl Service<u32, Response = u32, Error = BreakerError<std::io::Error>> + Clone {
+    let calls = f.calls.clone();
+    let inner = service_fn(move |x: u32| {
+        let (calls, hang) = (calls.clone(), hang.clone());
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            if hang.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, std::io::Error>(x)
+        }
+    });
+    CircuitBreakerLayer::new(f.breaker.clone()).layer(inner)
+}
+
+#[tokio::test]
+async fn dropping_every_half_open_probe_does_not_wedge_the_breaker() {
+    // Before permits were guards, a probe whose future was dropped (its caller went away) kept
+    // its half-open slot forever: with every probe dropped the breaker rejected every call until
+    // an operator reset it.
+    let f = fixture();
+    let hang = Arc::new(AtomicBool::new(false));
+    let svc = hanging(&f, hang.clone());
+    f.breaker.force_open();
+    f.breaker.reset();
+    let failing = f.service();
+    f.failing.store(true, Ordering::SeqCst);
+    for _ in 0..5 {
+        let _ = failing.clone().oneshot(1).await;
+    }
+    assert_eq!(f.breaker.state(), State::Open);
+    f.clock.advance(Duration::from_millis(1_001));
+    hang.store(true, Ordering::SeqCst);
+    // Both probes start, hang, and are dropped by callers that give up.
+    for _ in 0..2 {
+        let probe = svc.clone().oneshot(1);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(5), probe)
+                .await
+                .is_err(),
+            "the probe hangs"
+        );
+    }
+    assert_eq!(f.breaker.state(), State::HalfOpen);
+    // The backend heals: the next calls are probes again, and close the breaker.
+    hang.store(false, Ordering::SeqCst);
+    assert_eq!(svc.clone().oneshot(7).await.expect("probe"), 7);
+    assert_eq!(svc.clone().oneshot(8).await.expect("probe"), 8);
+    assert_eq!(f.breaker.state(), State::Closed);
+}
+
+#[tokio::test]
+async fn probes_that_never_answer_are_given_back_after_the_probe_timeout() {
+    let f = fixture();
+    let failing = f.service();
+    f.failing.store(true, Ordering::SeqCst);
+    for _ in 0..5 {
+        let _ = failing.clone().oneshot(1).await;
+    }
+    f.clock.advance(Duration::from_millis(1_001));
+    // Two probes are out and never answer (held, not dropped).
+    let held: Vec<_> = (0..2)
+        .map(|_| f.breaker.acquire().expect("a probe"))
+        .collect();
+    assert!(f.breaker.acquire().is_err(), "both slots taken");
+    f.clock.advance(sessile_breaker::DEFAULT_PROBE_TIMEOUT);
+    f.failing.store(false, Ordering::SeqCst);
+    assert_eq!(failing.clone().oneshot(7).await.expect("probe"), 7);
+    assert_eq!(failing.clone().oneshot(8).await.expect("probe"), 8);
+    assert_eq!(f.breaker.state(), State::Closed);
+    // A late answer from a given-back probe is harmless.
+    for p in held {
+        f.breaker.record(p, true);
+    }
+    assert_eq!(f.breaker.state(), State::Closed);
+}
+
+#[tokio::test]
+async fn a_call_dropped_after_the_slow_threshold_counts_as_slow() {
+    // An outer timeout that always fires first must not blind the breaker.
+    let f = fixture();
+    // Dropped fast: a client that went away says nothing about the backend.
+    for _ in 0..20 {
+        drop(f.breaker.enter().expect("closed"));
+    }
+    assert_eq!(f.breaker.state(), State::Closed);
+    // Dropped after 300 ms (over the 250 ms slow threshold): the minimum of 5 calls, all slow.
+    for _ in 0..5 {
+        let guard = f.breaker.enter().expect("closed");
+        f.clock.advance(Duration::from_millis(300));
+        drop(guard);
+    }
+    assert_eq!(f.breaker.state(), State::Open, "5 slow calls of 5");
+}

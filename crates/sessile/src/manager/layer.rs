@@ -257,8 +257,14 @@ impl SessionManagerBuilder {
         self.config.validate()?;
         let codec = TokenCodec::new(self.keys, &self.config.cookie.name)?;
         let breaker = match self.breaker {
+            // A probe that has not answered within the store deadline never will: the deadline
+            // ended it. So half-open slots come back after that long.
             BreakerChoice::Default => Some(
                 SharedBreaker::builder(STORE_BREAKER_NAME)
+                    .config(sessile_breaker::Config {
+                        probe_timeout: self.config.store_timeout,
+                        ..sessile_breaker::Config::default()
+                    })
                     .build()
                     .expect("the default breaker settings are valid"),
             ),

@@ -59,36 +59,34 @@ impl StoreHandle {
             session = session.map(tracing::field::display),
             outcome = tracing::field::Empty,
         );
-        let permit = match self.breaker.as_ref().map(SharedBreaker::acquire) {
-            Some(Err(rejected)) => {
-                // Open: answer now, without touching the store.
-                span.record("outcome", "rejected");
-                metrics::counter!("sessile_store_ops_total", "op" => op, "outcome" => "rejected")
-                    .increment(1);
-                return Err(StoreError::Rejected {
-                    retry_after: rejected.retry_after,
-                });
-            }
-            Some(Ok(permit)) => Some(permit),
-            None => None,
-        };
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.timeout, call)
-            .instrument(span.clone())
-            .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        let deadline = self.timeout;
+        let call = async move {
+            match tokio::time::timeout(deadline, call).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Timeout(deadline)),
+            }
         };
-        if let (Some(breaker), Some(permit)) = (&self.breaker, permit) {
-            // Only "the store did not answer" counts against it; not-found, conflicts and the
-            // like are answers.
-            let failed = result
-                .as_ref()
-                .err()
-                .is_some_and(StoreError::is_unavailability);
-            breaker.record(permit, failed);
-        }
+        // Only "the store did not answer" counts against the breaker; not-found, conflicts and
+        // the like are answers. The guard inside `Guarded` settles the permit even if this
+        // future is dropped (a client that went away, an outer timeout).
+        let unavailable =
+            |r: &Result<T, StoreError>| r.as_ref().err().is_some_and(StoreError::is_unavailability);
+        let result = match &self.breaker {
+            None => call.instrument(span.clone()).await,
+            Some(breaker) => match breaker.call(|| call, unavailable) {
+                Ok(guarded) => guarded.instrument(span.clone()).await,
+                Err(rejected) => {
+                    // Open: answer now, without touching the store.
+                    span.record("outcome", "rejected");
+                    metrics::counter!("sessile_store_ops_total", "op" => op, "outcome" => "rejected")
+                        .increment(1);
+                    return Err(StoreError::Rejected {
+                        retry_after: rejected.retry_after,
+                    });
+                }
+            },
+        };
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.kind(),
