@@ -98,9 +98,9 @@ impl<S: SessionStore, H: Hook> SessionStore for Hooked<S, H> {
         self.hook.before("destroy").await?;
         self.inner.destroy(id).await
     }
-    async fn destroy_user(&self, user: &str) -> Result<u64, StoreError> {
+    async fn destroy_user(&self, tenant: Option<&str>, user: &str) -> Result<u64, StoreError> {
         self.hook.before("destroy_user").await?;
-        self.inner.destroy_user(user).await
+        self.inner.destroy_user(tenant, user).await
     }
 }
 

@@ -168,3 +168,37 @@ pub async fn logout_everywhere_beats_rotation(
         destroyed,
     }
 }
+
+/// Two apps of different tenants over one store, with the same keys and cookie name: a token of
+/// one never works at the other, and logging a user out everywhere in one tenant spares the same
+/// user id in the other.
+pub async fn tenants_are_isolated(acme: &Router, globex: &Router, name: &str) {
+    let a = go(acme, Method::POST, "/login/alice", name, None).await;
+    let a = a.cookie_value(name).expect("acme's alice");
+    let g = go(globex, Method::POST, "/login/alice", name, None).await;
+    let g = g.cookie_value(name).expect("globex's alice");
+    // acme's token at globex is no session at all.
+    assert_eq!(
+        go(globex, Method::GET, "/whoami", name, Some(&a))
+            .await
+            .body,
+        "-"
+    );
+    assert_eq!(
+        go(acme, Method::GET, "/whoami", name, Some(&g)).await.body,
+        "-"
+    );
+    let r = go(acme, Method::POST, "/logout-everywhere", name, Some(&a)).await;
+    assert_eq!(r.body, "1", "only acme's alice");
+    assert_eq!(
+        go(acme, Method::GET, "/whoami", name, Some(&a)).await.body,
+        "-"
+    );
+    assert_eq!(
+        go(globex, Method::GET, "/whoami", name, Some(&g))
+            .await
+            .body,
+        "alice",
+        "globex's alice is still logged in"
+    );
+}

@@ -582,3 +582,34 @@ async fn operations_that_change_nothing_cost_no_save() {
     assert!(r.save_failed.is_none());
     assert_eq!(f.store.count("save"), 1, "a real change is saved");
 }
+
+#[tokio::test]
+async fn tenants_sharing_a_store_and_keys_stay_apart() {
+    let memory = MemoryStore::new();
+    let store = CountingStore::new(memory.clone());
+    let app = |tenant: &str| {
+        let layer = SessionManagerLayer::builder(store.clone(), keys())
+            .cookie_name(NAME)
+            .tenant(tenant)
+            .build()
+            .expect("layer");
+        routes(Arc::default()).layer(layer)
+    };
+    let (acme, globex) = (app("acme"), app("globex"));
+    sessile_tests::races::tenants_are_isolated(&acme, &globex, NAME).await;
+    // The other tenant's token never reached the store.
+    let token = send(&acme, Method::POST, "/set/x", None, None)
+        .await
+        .cookie_value(NAME)
+        .expect("cookie");
+    store.reset();
+    let cookie = format!("{NAME}={token}");
+    send(&globex, Method::GET, "/read", Some(&cookie), None).await;
+    assert_eq!(store.count("load"), 0);
+    assert!(
+        SessionManagerLayer::builder(memory, keys())
+            .tenant("a:b")
+            .build()
+            .is_err()
+    );
+}

@@ -45,6 +45,7 @@ macro_rules! __for_each_case {
             oversized_records_are_refused,
             settle_tells_whether_a_write_was_applied,
             destroy_user_catches_sessions_rotating_meanwhile,
+            destroy_user_is_per_tenant,
         );
     };
 }
@@ -316,14 +317,32 @@ pub async fn destroy_user_ends_only_that_users_sessions<S: SessionStore>(store: 
         .await
         .expect("rotate");
 
-    assert_eq!(store.destroy_user("alice").await.expect("destroy_user"), 3);
+    assert_eq!(
+        store
+            .destroy_user(Some("t1"), "alice")
+            .await
+            .expect("destroy_user"),
+        3
+    );
     for id in [alice[1].id, alice[2].id, moved.id] {
         assert!(absent(&*store, id).await);
     }
     assert!(!absent(&*store, bob.id).await);
     assert!(!absent(&*store, anon.id).await);
-    assert_eq!(store.destroy_user("alice").await.expect("again"), 0);
-    assert_eq!(store.destroy_user("nobody").await.expect("nobody"), 0);
+    assert_eq!(
+        store
+            .destroy_user(Some("t1"), "alice")
+            .await
+            .expect("again"),
+        0
+    );
+    assert_eq!(
+        store
+            .destroy_user(Some("t1"), "nobody")
+            .await
+            .expect("nobody"),
+        0
+    );
 }
 
 /// The user index follows saves that change or clear the user.
@@ -335,7 +354,13 @@ pub async fn a_save_that_changes_the_user_moves_the_session_between_users<S: Ses
     let mut bobs = with_counter(&r, 2);
     bobs.meta.user_id = Some("bob".into());
     store.save(&bobs, 1, WriteId::random()).await.expect("save");
-    assert_eq!(store.destroy_user("alice").await.expect("alice"), 0);
+    assert_eq!(
+        store
+            .destroy_user(Some("t1"), "alice")
+            .await
+            .expect("alice"),
+        0
+    );
     assert!(
         !absent(&*store, r.id).await,
         "alice's logout spares what is now bob's"
@@ -347,7 +372,7 @@ pub async fn a_save_that_changes_the_user_moves_the_session_between_users<S: Ses
         .await
         .expect("save");
     assert_eq!(must_load(&*store, r.id).await.meta.user_id, None);
-    assert_eq!(store.destroy_user("bob").await.expect("bob"), 0);
+    assert_eq!(store.destroy_user(Some("t1"), "bob").await.expect("bob"), 0);
     assert!(!absent(&*store, r.id).await, "no longer bob's either");
     let mut carols = with_counter(&nobody, 4);
     carols.meta.user_id = Some("carol".into());
@@ -355,7 +380,13 @@ pub async fn a_save_that_changes_the_user_moves_the_session_between_users<S: Ses
         .save(&carols, 3, WriteId::random())
         .await
         .expect("save");
-    assert_eq!(store.destroy_user("carol").await.expect("carol"), 1);
+    assert_eq!(
+        store
+            .destroy_user(Some("t1"), "carol")
+            .await
+            .expect("carol"),
+        1
+    );
     assert!(absent(&*store, r.id).await);
 }
 
@@ -592,7 +623,10 @@ pub async fn destroy_user_catches_sessions_rotating_meanwhile<S: SessionStore>(s
         .collect();
     started.wait().await;
     tokio::task::yield_now().await;
-    store.destroy_user(user).await.expect("destroy_user");
+    store
+        .destroy_user(Some("t1"), user)
+        .await
+        .expect("destroy_user");
     // Whatever each rotator holds now, and anything it gets to, must be dead.
     let mut survivors = 0;
     let mut rotations = 0;
@@ -605,5 +639,40 @@ pub async fn destroy_user_catches_sessions_rotating_meanwhile<S: SessionStore>(s
         survivors, 0,
         "sessions survived log-out-everywhere ({rotations} rotations)"
     );
-    assert_eq!(store.destroy_user(user).await.expect("again"), 0);
+    assert_eq!(
+        store.destroy_user(Some("t1"), user).await.expect("again"),
+        0
+    );
+}
+
+/// The same user id in two tenants is two users: logging one out everywhere spares the other.
+pub async fn destroy_user_is_per_tenant<S: SessionStore>(store: Arc<S>) {
+    let mut here = record(Some("alice"), 1);
+    here.id = SessionId::random_for_user(Some("alice"));
+    let mut there = record(Some("alice"), 2);
+    there.id = SessionId::random_for_user(Some("alice"));
+    there.meta.tenant = Some("t2".into());
+    let mut nowhere = record(Some("alice"), 3);
+    nowhere.id = SessionId::random_for_user(Some("alice"));
+    nowhere.meta.tenant = None;
+    for r in [&here, &there, &nowhere] {
+        store.create(r, WriteId::random()).await.expect("create");
+    }
+    assert_eq!(
+        store.destroy_user(Some("t2"), "alice").await.expect("t2"),
+        1
+    );
+    assert!(absent(&*store, there.id).await);
+    assert!(!absent(&*store, here.id).await, "t1's alice stays");
+    assert!(
+        !absent(&*store, nowhere.id).await,
+        "the untenanted alice stays"
+    );
+    assert_eq!(store.destroy_user(None, "alice").await.expect("none"), 1);
+    assert!(!absent(&*store, here.id).await);
+    assert_eq!(
+        store.destroy_user(Some("t1"), "alice").await.expect("t1"),
+        1
+    );
+    assert!(absent(&*store, here.id).await);
 }

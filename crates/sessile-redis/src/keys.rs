@@ -2,9 +2,13 @@
 //!
 //! ```text
 //! <prefix>:[<tenant>:]{<partition>}:s:<session id hex>   session record (hash)
-//! <prefix>:[<tenant>:]{<partition>}:i:<user id>          user index (sorted set of session id
+//! <prefix>:[<tenant>:]{<partition>}:i:<user key>         user index (sorted set of session id
 //!                                                         hex, scored by absolute deadline)
-//! <prefix>:[<tenant>:]{<partition>}:g:<user id>          user generation (integer)
+//! <prefix>:[<tenant>:]{<partition>}:g:<user key>         user generation (integer)
+//!
+//! The user key is `<session tenant>:<user id>` (`:<user id>` without one; see
+//! `sessile::record::user_key`), so that each tenant's users are their own; the partition is the
+//! user id's alone.
 //! <prefix>:[<tenant>:]{<partition>}:w:<write id hex>     a write's outcome, for a minute
 //! ```
 //!
@@ -41,19 +45,24 @@ impl KeySpace {
         format!("{}{{{:04x}}}:w:{w:016x}", self.base, id.partition())
     }
 
-    pub(crate) fn index(&self, user: &str) -> String {
-        self.user_key("i", user)
+    /// The index of `user` within `tenant`.
+    pub(crate) fn index(&self, tenant: Option<&str>, user: &str) -> String {
+        self.user_key("i", tenant, user)
     }
 
-    pub(crate) fn generation(&self, user: &str) -> String {
-        self.user_key("g", user)
+    /// The generation of `user` within `tenant`.
+    pub(crate) fn generation(&self, tenant: Option<&str>, user: &str) -> String {
+        self.user_key("g", tenant, user)
     }
 
-    fn user_key(&self, kind: &str, user: &str) -> String {
+    /// In the partition of the user id alone (where the layer puts the user's sessions), named by
+    /// the user's key within the tenant.
+    fn user_key(&self, kind: &str, tenant: Option<&str>, user: &str) -> String {
         format!(
-            "{}{{{:04x}}}:{kind}:{user}",
+            "{}{{{:04x}}}:{kind}:{}",
             self.base,
-            SessionId::user_partition(user)
+            SessionId::user_partition(user),
+            sessile::record::user_key(tenant, user)
         )
     }
 
@@ -78,9 +87,12 @@ mod tests {
     #[test]
     fn a_users_records_and_index_share_a_hash_slot() {
         let keys = KeySpace::new("sessile", Some("acme"));
-        let index = keys.index("alice");
-        assert!(index.starts_with("sessile:acme:{2bd8}:i:alice"), "{index}");
-        assert_eq!(keys.generation("alice"), "sessile:acme:{2bd8}:g:alice");
+        let index = keys.index(None, "alice");
+        assert_eq!(index, "sessile:acme:{2bd8}:i::alice");
+        assert_eq!(
+            keys.generation(Some("t"), "alice"),
+            "sessile:acme:{2bd8}:g:t:alice"
+        );
         for _ in 0..10 {
             let id = SessionId::random_for_user(Some("alice"));
             let record = keys.record(&id);

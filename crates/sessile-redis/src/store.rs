@@ -102,9 +102,9 @@ impl RedisStore {
         self.inner.keys.record(id)
     }
 
-    /// The key of a user's index.
-    pub fn index_key(&self, user: &str) -> String {
-        self.inner.keys.index(user)
+    /// The key of a user's index, for the user's sessions in `tenant`.
+    pub fn index_key(&self, tenant: Option<&str>, user: &str) -> String {
+        self.inner.keys.index(tenant, user)
     }
 
     /// Closes the connections.
@@ -200,9 +200,10 @@ impl Inner {
     /// keys share a slot, which they do for every id the layer makes).
     fn user_keys(&self, record: &Record, with: &str) -> Option<([String; 2], bool)> {
         let user = record.meta.user_id.as_deref()?;
-        let index = self.keys.index(user);
+        let tenant = record.meta.tenant.as_deref();
+        let index = self.keys.index(tenant, user);
         let together = !self.clustered || slot(&index) == slot(with);
-        Some(([index, self.keys.generation(user)], together))
+        Some(([index, self.keys.generation(tenant, user)], together))
     }
 
     /// `ARGV` of `CREATE`, or of `SAVE`/`ROTATE` after the expected version.
@@ -211,7 +212,8 @@ impl Inner {
             int(record.version),
             int(record.idle_deadline.min(record.meta.absolute_deadline)),
             Value::Bytes(body),
-            Value::from(record.meta.user_id.clone().unwrap_or_default()),
+            // The user within its tenant: what the record's `u` field and the index compare.
+            Value::from(record.user_key().unwrap_or_default()),
             Value::from(record.id.to_hex()),
             int(record.meta.absolute_deadline),
         ]
@@ -275,7 +277,7 @@ impl Inner {
         let Some(user) = record.meta.user_id.as_deref() else {
             return Ok(());
         };
-        let index = self.keys.index(user);
+        let index = self.keys.index(record.meta.tenant.as_deref(), user);
         while self.run(&self.scripts.prune, index.clone(), vec![]).await? == 2 {}
         Ok(())
     }
@@ -516,10 +518,10 @@ impl SessionStore for RedisStore {
     /// Bumps the user's generation first, so that from then on no session of the user can rotate
     /// to a new id; then walks the index with `ZSCAN` (which returns every member present from
     /// start to end) and deletes in batches of about a hundred sessions, each one short script.
-    async fn destroy_user(&self, user_id: &str) -> Result<u64, StoreError> {
+    async fn destroy_user(&self, tenant: Option<&str>, user_id: &str) -> Result<u64, StoreError> {
         let inner = &self.inner;
-        let index = inner.keys.index(user_id);
-        let keys = vec![index.clone(), inner.keys.generation(user_id)];
+        let index = inner.keys.index(tenant, user_id);
+        let keys = vec![index.clone(), inner.keys.generation(tenant, user_id)];
         let g = inner.run(&inner.scripts.bump, keys, vec![]).await?;
         if g < 0 {
             return Ok(0);
@@ -529,7 +531,8 @@ impl SessionStore for RedisStore {
         loop {
             let (next, members) = inner.scan_index(&index, &cursor).await?;
             if !members.is_empty() {
-                destroyed += inner.destroy_batch(&index, user_id, g, members).await?;
+                let user = sessile::record::user_key(tenant, user_id);
+                destroyed += inner.destroy_batch(&index, &user, g, members).await?;
             }
             if next == "0" {
                 return Ok(destroyed);

@@ -68,7 +68,7 @@ async fn a_users_keys_share_a_slot_and_survive_a_primary_failover() {
     for r in &alice {
         store.create(r, WriteId::random()).await.expect("create");
     }
-    let index = store.index_key("alice");
+    let index = store.index_key(Some("t1"), "alice");
     let alice_slot = slot(&index);
     for r in &alice {
         assert_eq!(slot(&store.record_key(&r.id)), alice_slot);
@@ -185,7 +185,13 @@ async fn a_users_keys_share_a_slot_and_survive_a_primary_failover() {
         lost, 0,
         "sessions replicated before the kill must survive it"
     );
-    assert_eq!(store.destroy_user("alice").await.expect("destroy_user"), 6);
+    assert_eq!(
+        store
+            .destroy_user(Some("t1"), "alice")
+            .await
+            .expect("destroy_user"),
+        6
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -350,7 +350,7 @@ async fn the_user_index_stays_bounded_and_log_out_everywhere_never_blocks_redis(
     }
     // 100 000 ids of alice's sessions that died long ago, as an unpruned index would hold.
     let store = c.stores[0].inner();
-    let index = store.index_key("alice");
+    let index = store.index_key(None, "alice");
     let pool = store.pool();
     let zadd = CustomCommand::new_static("ZADD", ClusterHash::FirstKey, false);
     for chunk in 0..100 {
@@ -394,4 +394,24 @@ async fn the_user_index_stays_bounded_and_log_out_everywhere_never_blocks_redis(
     );
     assert!(!durations.is_empty(), "the slow log recorded the commands");
     assert!(longest < 10_000, "a command ran {longest} µs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_sharing_a_store_and_keys_stay_apart() {
+    let server = RedisServer::start();
+    let store = RedisStore::builder(server.url())
+        .prefix(unique_prefix())
+        .connect()
+        .await
+        .expect("connect");
+    let app = |tenant: &str| {
+        let layer =
+            SessionManagerLayer::builder(store.clone(), KeyRing::new(1, &[4; 32]).expect("keys"))
+                .cookie_name(NAME)
+                .tenant(tenant)
+                .build()
+                .expect("layer");
+        routes(Arc::default()).layer(layer)
+    };
+    sessile_tests::races::tenants_are_isolated(&app("acme"), &app("globex"), NAME).await;
 }

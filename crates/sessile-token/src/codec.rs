@@ -28,8 +28,11 @@ const TAG_AT: usize = CIPHER_AT + PLAIN_LEN;
 const SEALED_LEN: usize = TAG_AT + TAG_LEN;
 /// base64url without padding of [`SEALED_LEN`] bytes.
 const ENCODED_LEN: usize = (SEALED_LEN * 4).div_ceil(3);
-/// Associated data: name length, name, hint length, hint, header.
-const AAD_MAX: usize = 1 + MAX_COOKIE_NAME_LEN + 1 + MAX_HINT_LEN + HEADER_LEN;
+/// Longest context (tenant) a codec accepts; it is bound into every token as associated data.
+pub const MAX_CONTEXT_LEN: usize = 64;
+/// Associated data: name length, name, hint length, hint, [context length, context,] header.
+const AAD_MAX: usize =
+    1 + MAX_COOKIE_NAME_LEN + 1 + MAX_HINT_LEN + 1 + MAX_CONTEXT_LEN + HEADER_LEN;
 
 /// What a token proves once opened: which session, and when the token was issued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +62,7 @@ pub struct Opened<'a> {
 pub struct TokenCodec {
     keys: KeyRing,
     cookie_name: Box<str>,
+    context: Box<str>,
 }
 
 impl TokenCodec {
@@ -72,7 +76,24 @@ impl TokenCodec {
         Ok(Self {
             keys,
             cookie_name: cookie_name.into(),
+            context: "".into(),
         })
+    }
+
+    /// Binds `context` (a tenant, say) into every token, as associated data: a token sealed under
+    /// one context never opens under another, or under none. Tokens of a codec without a context
+    /// are exactly those of earlier versions.
+    pub fn with_context(mut self, context: &str) -> Result<Self, TokenError> {
+        if context.is_empty()
+            || context.len() > MAX_CONTEXT_LEN
+            || !context.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(TokenError::BadContext {
+                max: MAX_CONTEXT_LEN,
+            });
+        }
+        self.context = context.into();
+        Ok(self)
     }
 
     /// The key ring.
@@ -163,13 +184,20 @@ impl TokenCodec {
         })
     }
 
-    /// Length-prefixed cookie name and hint, then the header: unambiguous, so no two different
-    /// (name, hint) pairs produce the same associated data.
+    /// Length-prefixed cookie name, hint and (when set) context, then the header: unambiguous, so
+    /// no two different (name, hint, context) triples produce the same associated data. Without a
+    /// context the bytes are those of codecs that had none.
     fn aad<'b>(&self, out: &'b mut [u8; AAD_MAX], hint: &str, header: [u8; 2]) -> &'b [u8] {
         let name = self.cookie_name.as_bytes();
+        let context = self.context.as_bytes();
+        let parts: &[&[u8]] = if context.is_empty() {
+            &[name, hint.as_bytes()]
+        } else {
+            &[name, hint.as_bytes(), context]
+        };
         let mut at = 0;
-        for part in [name, hint.as_bytes()] {
-            // Both lengths are bounded (64 and 32) by validation, so they fit in one byte.
+        for part in parts {
+            // Every length is bounded (64, 32, 64) by validation, so it fits in one byte.
             out[at] = part.len() as u8;
             out[at + 1..at + 1 + part.len()].copy_from_slice(part);
             at += 1 + part.len();
@@ -258,6 +286,28 @@ mod tests {
             c.open(&wrong_version),
             Err(TokenError::UnsupportedVersion(9))
         );
+    }
+
+    #[test]
+    fn a_token_of_one_context_opens_under_no_other() {
+        let keys = KeyRing::new(1, &[9; 32]).expect("keys");
+        let plain = TokenCodec::new(keys.clone(), "sid").expect("codec");
+        let acme = plain.clone().with_context("acme").expect("context");
+        let globex = plain.clone().with_context("globex").expect("context");
+        let claims = Claims {
+            session_id: [3; 16],
+            issued_at: 7,
+        };
+        let hint = Hint::new("n1").expect("hint");
+        let token = acme.seal(&claims, &hint);
+        assert_eq!(acme.open(&token).expect("opens").claims, claims);
+        assert!(matches!(globex.open(&token), Err(TokenError::Invalid)));
+        assert!(matches!(plain.open(&token), Err(TokenError::Invalid)));
+        let untenanted = plain.seal(&claims, &hint);
+        assert!(matches!(acme.open(&untenanted), Err(TokenError::Invalid)));
+        for bad in ["", "a b", &"x".repeat(65)] {
+            assert!(plain.clone().with_context(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

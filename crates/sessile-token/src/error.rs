@@ -45,4 +45,10 @@ pub enum TokenError {
         /// Maximum cookie name length.
         max: usize,
     },
+    /// A codec context (tenant) is empty, too long or not visible ASCII.
+    #[error("token context must be 1 to {max} visible ASCII characters")]
+    BadContext {
+        /// Maximum context length.
+        max: usize,
+    },
 }

@@ -73,7 +73,7 @@ mod error;
 mod hint;
 mod keys;
 
-pub use codec::{Claims, Opened, TOKEN_FORMAT_VERSION, TokenCodec, hint_of};
+pub use codec::{Claims, MAX_CONTEXT_LEN, Opened, TOKEN_FORMAT_VERSION, TokenCodec, hint_of};
 pub use error::TokenError;
 pub use hint::{Hint, MAX_HINT_LEN};
 pub use keys::{KeyId, KeyRing, MIN_SECRET_LEN};

@@ -100,6 +100,10 @@ pub enum ConfigError {
     /// A `__Host-` or `__Secure-` cookie name with attributes browsers would reject.
     #[error("cookie prefix rule broken: {0}")]
     CookiePrefix(&'static str),
+    /// The tenant is not 1-64 visible ASCII characters without `:`, `{` or `}` (it is bound into
+    /// tokens and store keys).
+    #[error("tenant must be 1-64 visible ASCII characters without ':', '{{' or '}}'")]
+    Tenant,
 }
 
 /// Cookie attributes.
@@ -190,6 +194,13 @@ impl SessionConfig {
         }
         if !(0.0..=1.0).contains(&self.renew_fraction) {
             return Err(ConfigError::RenewFraction(self.renew_fraction));
+        }
+        if self
+            .tenant
+            .as_deref()
+            .is_some_and(|t| !crate::record::valid_tenant(t))
+        {
+            return Err(ConfigError::Tenant);
         }
         let c = &self.cookie;
         if c.name.starts_with("__Host-") {

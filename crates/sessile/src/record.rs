@@ -48,7 +48,34 @@ pub struct Metadata {
     pub hint: String,
 }
 
+/// Whether `tenant` can name a tenant: 1-64 visible ASCII characters without `:`, `{` or `}`,
+/// so that stores can put it in keys and [`user_key`] stays unambiguous.
+pub fn valid_tenant(tenant: &str) -> bool {
+    !tenant.is_empty()
+        && tenant.len() <= 64
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b':' | b'{' | b'}'))
+}
+
+/// One string for a user within a tenant, for stores that index sessions by user:
+/// `<tenant>:<user>`, or `:<user>` without a tenant. Unambiguous, since a tenant holds no `:`.
+pub fn user_key(tenant: Option<&str>, user: &str) -> String {
+    let tenant = tenant.unwrap_or_default();
+    let mut key = String::with_capacity(tenant.len() + 1 + user.len());
+    key.push_str(tenant);
+    key.push(':');
+    key.push_str(user);
+    key
+}
+
 impl Record {
+    /// The user key of the record's user in its tenant (see [`user_key`]), if it has a user.
+    pub fn user_key(&self) -> Option<String> {
+        let user = self.meta.user_id.as_deref()?;
+        Some(user_key(self.meta.tenant.as_deref(), user))
+    }
+
     /// When the store may forget the record.
     pub fn expires_at(&self) -> UnixMillis {
         self.idle_deadline.min(self.meta.absolute_deadline)

@@ -170,7 +170,11 @@ impl RequestSession {
                     Err(e) => return Err(Arc::new(e)),
                 };
                 let now = self.shared.clock.now_ms();
-                if let Some(r) = record.filter(|r| r.id == incoming.id && !r.is_expired(now)) {
+                // Another tenant's record is not this tenant's session, whatever the token said.
+                let tenant = self.shared.config.tenant.as_deref();
+                if let Some(r) = record.filter(|r| {
+                    r.id == incoming.id && !r.is_expired(now) && r.meta.tenant.as_deref() == tenant
+                }) {
                     if let Some(copies) = &self.shared.fallback {
                         copies.remember(&r);
                     }
@@ -401,7 +405,7 @@ impl Session {
             .0
             .shared
             .store
-            .destroy_user(&user)
+            .destroy_user(self.0.shared.config.tenant.as_deref(), &user)
             .await
             .map_err(SessionError::Store)?;
         self.destroy();

@@ -188,6 +188,10 @@ impl SessionManagerBuilder {
     }
 
     /// Tenant recorded in new sessions' metadata.
+    ///
+    /// The tenant is bound into every token (a token issued for one tenant never opens under
+    /// another, even with the same keys), checked on every load, and scopes "log out
+    /// everywhere" to the tenant's users.
     pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
         self.config.tenant = Some(tenant.into());
         self
@@ -255,7 +259,11 @@ impl SessionManagerBuilder {
     /// Validates the settings and builds the layer.
     pub fn build(self) -> Result<SessionManagerLayer, ConfigError> {
         self.config.validate()?;
-        let codec = TokenCodec::new(self.keys, &self.config.cookie.name)?;
+        let mut codec = TokenCodec::new(self.keys, &self.config.cookie.name)?;
+        if let Some(tenant) = &self.config.tenant {
+            // A token issued for one tenant never opens under another.
+            codec = codec.with_context(tenant)?;
+        }
         let breaker = match self.breaker {
             // A probe that has not answered within the store deadline never will: the deadline
             // ended it. So half-open slots come back after that long.

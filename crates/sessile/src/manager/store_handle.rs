@@ -178,8 +178,12 @@ impl StoreHandle {
         self.run("destroy", Some(id), self.store.destroy(id)).await
     }
 
-    pub(crate) async fn destroy_user(&self, user: &str) -> Result<u64, StoreError> {
-        self.run("destroy_user", None, self.store.destroy_user(user))
+    pub(crate) async fn destroy_user(
+        &self,
+        tenant: Option<&str>,
+        user: &str,
+    ) -> Result<u64, StoreError> {
+        self.run("destroy_user", None, self.store.destroy_user(tenant, user))
             .await
     }
 }

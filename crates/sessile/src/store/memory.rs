@@ -260,11 +260,11 @@ fn stripe_of(partition: u16) -> usize {
     usize::from(partition) % USER_STRIPES
 }
 
-/// The user of an encoded body, decoding the metadata only.
-fn owner(body: &[u8]) -> Option<String> {
+/// The tenant and user of an encoded body, decoding the metadata only.
+fn owner(body: &[u8]) -> Option<(Option<String>, String)> {
     let (_, rest) = body.split_first()?;
     let (meta, _): (Metadata, serde::de::IgnoredAny) = rmp_serde::from_slice(rest).ok()?;
-    meta.user_id
+    Some((meta.tenant, meta.user_id?))
 }
 
 /// One stripe of the user index: user partition -> sessions.
@@ -583,7 +583,7 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
-    async fn destroy_user(&self, user_id: &str) -> Result<u64, StoreError> {
+    async fn destroy_user(&self, tenant: Option<&str>, user_id: &str) -> Result<u64, StoreError> {
         let partition = SessionId::user_partition(user_id);
         // Held throughout: every write of this user's sessions waits for it, so the deletion is
         // atomic with respect to them; a rotation that comes after finds its record gone.
@@ -597,9 +597,10 @@ impl SessionStore for MemoryStore {
             let Some(Entry::Live { body, .. }) = shard.map.get(id) else {
                 return false;
             };
-            // The partition holds other users' sessions too: delete only this user's.
-            match owner(body).as_deref() {
-                Some(u) if u == user_id => {
+            // The partition holds other users' sessions too (and other tenants'): delete only
+            // this user's.
+            match owner(body) {
+                Some((t, u)) if u == user_id && t.as_deref() == tenant => {
                     self.inner.remove(&mut shard, id);
                     destroyed += 1;
                     false
@@ -795,10 +796,10 @@ mod tests {
         rb.meta.user_id = Some(b.clone());
         s.create(&ra, WriteId::random()).await.expect("create");
         s.create(&rb, WriteId::random()).await.expect("create");
-        assert_eq!(s.destroy_user(&a).await.expect("destroy"), 1);
+        assert_eq!(s.destroy_user(None, &a).await.expect("destroy"), 1);
         assert!(s.load(ra.id).await.expect("load").is_none());
         assert!(s.load(rb.id).await.expect("load").is_some());
-        assert_eq!(s.destroy_user(&b).await.expect("destroy"), 1);
+        assert_eq!(s.destroy_user(None, &b).await.expect("destroy"), 1);
         assert_eq!(users(&s), 0);
     }
 

@@ -255,7 +255,14 @@ pub trait SessionStore: Send + Sync + 'static {
     /// When it returns, no session of the user that existed when it was called still loads, nor
     /// any id such a session was rotated to meanwhile: a rotation that races it either lands
     /// before it (and its new id is deleted too) or fails.
-    fn destroy_user(&self, user_id: &str) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    ///
+    /// Only the sessions of `user_id` within `tenant` (the record's `meta.tenant`): the same user
+    /// id in another tenant is another user.
+    fn destroy_user(
+        &self,
+        tenant: Option<&str>,
+        user_id: &str,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
 /// A boxed, sendable future.
@@ -296,7 +303,11 @@ pub(crate) trait DynStore: Send + Sync + 'static {
         write: WriteId,
     ) -> BoxFuture<'_, Result<Settled, StoreError>>;
     fn destroy(&self, id: SessionId) -> BoxFuture<'_, Result<(), StoreError>>;
-    fn destroy_user<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<u64, StoreError>>;
+    fn destroy_user<'a>(
+        &'a self,
+        tenant: Option<&'a str>,
+        user_id: &'a str,
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
 }
 
 impl<S: SessionStore> DynStore for S {
@@ -346,8 +357,12 @@ impl<S: SessionStore> DynStore for S {
     fn destroy(&self, id: SessionId) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(SessionStore::destroy(self, id))
     }
-    fn destroy_user<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
-        Box::pin(SessionStore::destroy_user(self, user_id))
+    fn destroy_user<'a>(
+        &'a self,
+        tenant: Option<&'a str>,
+        user_id: &'a str,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(SessionStore::destroy_user(self, tenant, user_id))
     }
 }
 
@@ -390,7 +405,7 @@ impl<S: SessionStore> SessionStore for std::sync::Arc<S> {
     async fn destroy(&self, id: SessionId) -> Result<(), StoreError> {
         (**self).destroy(id).await
     }
-    async fn destroy_user(&self, user_id: &str) -> Result<u64, StoreError> {
-        (**self).destroy_user(user_id).await
+    async fn destroy_user(&self, tenant: Option<&str>, user_id: &str) -> Result<u64, StoreError> {
+        (**self).destroy_user(tenant, user_id).await
     }
 }
