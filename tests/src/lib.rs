@@ -342,6 +342,10 @@ pub fn routes(gate: Arc<Gate>) -> Router {
         )
         .route("/cycle", post(|s: Session| async move { s.cycle_id() }))
         .route(
+            "/name-as-number",
+            get(|s: Session| async move { s.get::<u64>("name").map(|n| format!("{n:?}")) }),
+        )
+        .route(
             "/unchanged",
             post(|s: Session| async move {
                 s.remove("absent");

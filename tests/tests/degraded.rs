@@ -77,6 +77,7 @@ fn fixture(mode: DegradedMode) -> Fixture {
             "/login",
             post(|s: Session| async move { s.insert("name", "ann") }),
         )
+        .route("/logout", post(|s: Session| async move { s.destroy() }))
         .layer(layer);
     Fixture {
         app,
@@ -333,4 +334,101 @@ async fn clients_that_give_up_during_half_open_do_not_keep_the_breaker_open() {
         assert_eq!(r.body, "ann");
     }
     assert_eq!(breaker.state(), State::Closed);
+}
+
+/// Two instances over one store: A serves recent copies during outages, B is elsewhere.
+fn cached_pair() -> (Router, Router, FaultyStore<MemoryStore>) {
+    let store = FaultyStore::new(MemoryStore::new());
+    let app = |mode| {
+        let layer =
+            SessionManagerLayer::builder(store.clone(), KeyRing::new(1, &[8; 32]).expect("keys"))
+                .cookie_name(NAME)
+                .degraded_mode(mode)
+                .build()
+                .expect("layer");
+        sessile_tests::routes(Arc::default()).layer(layer)
+    };
+    (
+        app(DegradedMode::CachedReadOnly),
+        app(DegradedMode::FailClosed),
+        store,
+    )
+}
+
+#[tokio::test]
+async fn a_recent_copy_does_not_outlive_a_logout_this_instance_has_seen() {
+    let (a, b, store) = cached_pair();
+    let get = |app: &Router, uri: &'static str, token: &str| {
+        let (app, cookie) = (app.clone(), format!("{NAME}={token}"));
+        async move { send(&app, Method::GET, uri, Some(&cookie), None).await }
+    };
+    let token = send(&a, Method::POST, "/set/ann", None, None)
+        .await
+        .cookie_value(NAME)
+        .expect("cookie");
+    assert_eq!(get(&a, "/read", &token).await.body, "ann", "A keeps a copy");
+    let cookie = format!("{NAME}={token}");
+    send(&b, Method::POST, "/logout", Some(&cookie), None).await;
+    // A sees the logout: the store no longer has the session.
+    assert_eq!(get(&a, "/read", &token).await.body, "-");
+    store.fail_loads(true);
+    let r = get(&a, "/read", &token).await;
+    assert_eq!(
+        r.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the logged-out copy was served: {}",
+        r.body
+    );
+}
+
+#[tokio::test]
+async fn log_out_everywhere_drops_the_users_recent_copies() {
+    let (a, _b, store) = cached_pair();
+    let login = || async {
+        send(&a, Method::POST, "/login/alice", None, None)
+            .await
+            .cookie_value(NAME)
+            .expect("cookie")
+    };
+    let (one, two) = (login().await, login().await);
+    let cookie = |t: &str| format!("{NAME}={t}");
+    assert_eq!(
+        send(&a, Method::GET, "/whoami", Some(&cookie(&two)), None)
+            .await
+            .body,
+        "alice",
+        "A keeps a copy of the second session"
+    );
+    let r = send(
+        &a,
+        Method::POST,
+        "/logout-everywhere",
+        Some(&cookie(&one)),
+        None,
+    )
+    .await;
+    assert_eq!(r.body, "2");
+    store.fail_loads(true);
+    let r = send(&a, Method::GET, "/whoami", Some(&cookie(&two)), None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+}
+
+#[tokio::test]
+async fn a_logout_that_could_not_be_saved_keeps_the_cookie() {
+    let f = fixture(DegradedMode::FailClosed);
+    let token = f.session().await;
+    f.store.inner().fail_writes(true);
+    let r = f.go(Method::POST, "/logout", Some(&token)).await;
+    assert!(
+        r.set_cookie(NAME).is_none(),
+        "the session lives on: keep the cookie"
+    );
+    assert!(
+        matches!(r.save_failed.as_deref(), Some(SaveError::Store(_))),
+        "{:?}",
+        r.save_failed
+    );
+    f.store.inner().fail_writes(false);
+    let r = f.go(Method::GET, "/read", Some(&token)).await;
+    assert_eq!(r.body, "ann degraded=false");
 }

@@ -613,3 +613,85 @@ async fn tenants_sharing_a_store_and_keys_stay_apart() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn only_the_first_few_session_cookies_are_tried() {
+    let f = fixture();
+    let token = f.session("ann").await;
+    let garbage = |n: usize| vec![format!("{NAME}=garbage"); n].join("; ");
+    let with = |n: usize| format!("{}; {NAME}={token}", garbage(n));
+    let read = |cookie: String| {
+        let app = f.app.clone();
+        async move {
+            send(&app, Method::GET, "/read", Some(&cookie), None)
+                .await
+                .body
+        }
+    };
+    assert_eq!(read(with(sessile::MAX_SESSION_COOKIES - 1)).await, "ann");
+    // Past the bound nothing more is opened, whatever follows: a flood of cookies costs a few
+    // AEAD opens, not one per cookie.
+    assert_eq!(read(with(sessile::MAX_SESSION_COOKIES)).await, "-");
+    assert_eq!(read(with(500)).await, "-");
+}
+
+/// Log lines written while `run` runs, as text.
+fn logs_of(run: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, run);
+    let bytes = buffer.0.lock().expect("lock").clone();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[test]
+fn session_values_never_reach_the_logs() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let logs = logs_of(|| {
+        rt.block_on(async {
+            let f = fixture();
+            let token = f.session("hunter2-secret").await;
+            let cookie = format!("{NAME}={token}");
+            // Reading the value as the wrong type: a 500, logged.
+            let r = send(&f.app, Method::GET, "/name-as-number", Some(&cookie), None).await;
+            assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+            assert!(!r.body.contains("hunter2"), "nor the response: {}", r.body);
+            // A save that fails.
+            f.store_faults().fail_writes(true);
+            send(
+                &f.app,
+                Method::POST,
+                "/set/another-secret",
+                Some(&cookie),
+                None,
+            )
+            .await;
+        });
+    });
+    assert!(logs.contains("session error"), "{logs}");
+    assert!(logs.contains("session changes not saved"), "{logs}");
+    assert!(
+        !logs.contains("hunter2"),
+        "a session value reached the logs:\n{logs}"
+    );
+    assert!(!logs.contains("another-secret"), "{logs}");
+}

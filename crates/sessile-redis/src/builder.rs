@@ -5,6 +5,7 @@ use std::time::Duration;
 use fred::error::Error as FredError;
 use fred::prelude::*;
 use fred::types::config::UnresponsiveConfig;
+use fred::types::{ClusterHash, CustomCommand, Value};
 use thiserror::Error;
 
 use crate::keys::{KeySpace, valid_part};
@@ -70,10 +71,51 @@ pub enum RedisStoreError {
     /// No connection within the connect timeout.
     #[error("Redis did not answer within {0:?}")]
     Unreachable(Duration),
+    /// The server is older than [`MIN_REDIS_VERSION`]: the scripts use `PEXPIRETIME` (7.0), and on
+    /// an older server they would stop halfway and leave keys without an expiry.
+    #[error("Redis {found} is too old: sessile-redis needs {}.{} or later", MIN_REDIS_VERSION.0, MIN_REDIS_VERSION.1)]
+    TooOld {
+        /// The version the server reported.
+        found: String,
+    },
 }
 
-/// Configures a [`RedisStore`]. Every default is a named constant in this crate.
-#[derive(Debug, Clone)]
+/// Oldest Redis (major, minor) the scripts run on.
+pub const MIN_REDIS_VERSION: (u32, u32) = (7, 0);
+
+/// Whether an `INFO server` reply names a version at least [`MIN_REDIS_VERSION`]; the version
+/// found, if any.
+pub(crate) fn version_ok(info: &str) -> (bool, Option<&str>) {
+    let Some(version) = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("redis_version:"))
+    else {
+        return (false, None);
+    };
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (found >= MIN_REDIS_VERSION, Some(version))
+}
+
+/// `url` with any password replaced, for `Debug` output and logs.
+pub(crate) fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
+            let user = if userinfo.contains(':') { user } else { "" };
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Configures a [`RedisStore`]. Every default is a named constant in this crate. Its `Debug`
+/// output hides the URL's password.
+#[derive(Clone)]
 #[must_use]
 pub struct RedisStoreBuilder {
     pub(crate) url: String,
@@ -88,6 +130,19 @@ pub struct RedisStoreBuilder {
     pub(crate) reconnect_max: Duration,
     pub(crate) reconnect_jitter: Duration,
     pub(crate) max_record_bytes: usize,
+}
+
+impl std::fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("url", &redacted(&self.url))
+            .field("prefix", &self.prefix)
+            .field("tenant", &self.tenant)
+            .field("pool_size", &self.pool_size)
+            .field("command_timeout", &self.command_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RedisStoreBuilder {
@@ -232,6 +287,25 @@ impl RedisStoreBuilder {
                 return Err(RedisStoreError::Unreachable(self.connect_timeout));
             }
         }
+        let info = CustomCommand::new_static("INFO", ClusterHash::Random, false);
+        let reply: Result<String, _> = pool
+            .next_connected()
+            .custom(info, vec![Value::from("server")])
+            .await;
+        match reply.as_deref().map(version_ok) {
+            Ok((true, _)) => {}
+            Ok((false, found)) => {
+                stop(&pool).await;
+                return Err(RedisStoreError::TooOld {
+                    found: found.unwrap_or("(unknown)").to_owned(),
+                });
+            }
+            Err(_) => {
+                let e = reply.err().expect("an error");
+                stop(&pool).await;
+                return Err(RedisStoreError::Connect(e));
+            }
+        }
         let scripts = Scripts::new();
         for script in scripts.all() {
             if let Err(e) = script.load(pool.next_connected()).await {
@@ -247,5 +321,34 @@ impl RedisStoreBuilder {
             command_timeout: self.command_timeout,
             max_record_bytes: self.max_record_bytes,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show_in_debug_output() {
+        for url in [
+            "redis://:s3cret@127.0.0.1:6379/0",
+            "redis://user:s3cret@127.0.0.1:6379",
+            "redis-sentinel://user:s3cret@h:26379/0?sentinelServiceName=m",
+        ] {
+            let shown = format!("{:?}", RedisStore::builder(url));
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(shown.contains("***@"), "{shown}");
+        }
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn servers_older_than_7_0_are_refused() {
+        let info = |v: &str| format!("# Server\r\nredis_version:{v}\r\nredis_mode:standalone\r\n");
+        assert_eq!(version_ok(&info("7.0.15")), (true, Some("7.0.15")));
+        assert_eq!(version_ok(&info("7.2.4")), (true, Some("7.2.4")));
+        assert_eq!(version_ok(&info("8.0.0")), (true, Some("8.0.0")));
+        assert_eq!(version_ok(&info("6.2.14")), (false, Some("6.2.14")));
+        assert_eq!(version_ok("nothing here"), (false, None));
     }
 }

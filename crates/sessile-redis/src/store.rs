@@ -11,7 +11,7 @@ use fred::types::config::Options;
 use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand, MultipleKeys, Value};
 use sessile::clock::UnixMillis;
-use sessile::record::Record;
+use sessile::record::{CodecError, Record};
 use sessile::store::{
     DEFAULT_MAX_RECORD_BYTES, ROTATED_MARKER_TTL_MS, Settled, WriteId, encode_record,
 };
@@ -369,19 +369,33 @@ impl Inner {
 impl SessionStore for RedisStore {
     async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
         let key = self.inner.keys.record(&id);
-        let (version, idle, body, moved): (Option<u64>, Option<u64>, Option<Bytes>, Option<Bytes>) =
-            self.inner
-                .pool
-                .next_connected()
-                .hmget(key, vec!["v", "e", "d", "m"])
-                .await
-                .map_err(|e| self.inner.fail(e))?;
+        // Read as bytes and parsed here: a field that is not a number is a corrupt record (which
+        // never opens the breaker), not a failing store.
+        let (version, idle, body, moved): (
+            Option<Bytes>,
+            Option<Bytes>,
+            Option<Bytes>,
+            Option<Bytes>,
+        ) = self
+            .inner
+            .pool
+            .next_connected()
+            .hmget(key, vec!["v", "e", "d", "m"])
+            .await
+            .map_err(|e| self.inner.fail(e))?;
         let (Some(version), Some(idle), Some(body)) = (version, idle, body) else {
             return match moved {
                 Some(_) => Err(StoreError::Rotated),
                 None => Ok(None),
             };
         };
+        let number = |field: &'static str, raw: &[u8]| {
+            std::str::from_utf8(raw)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or(StoreError::Corrupt(CodecError::Field(field)))
+        };
+        let (version, idle) = (number("v", &version)?, number("e", &idle)?);
         Record::decode(id, version, idle, &body)
             .map(Some)
             .map_err(StoreError::Corrupt)

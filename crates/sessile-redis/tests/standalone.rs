@@ -126,6 +126,24 @@ async fn a_corrupt_record_is_a_typed_error() {
         store.load(r.id).await,
         Err(StoreError::Corrupt(_))
     ));
+    // A version or deadline that is not a number is corrupt too (it was "unavailable", which
+    // counts against the breaker).
+    for field in ["v", "e"] {
+        let r = sessile_conformance::record(None, 1);
+        store.create(&r, WriteId::random()).await.expect("create");
+        let key = store.record_key(&r.id);
+        let _: () = store
+            .pool()
+            .next()
+            .hset(&key, (field, "twelve"))
+            .await
+            .expect("hset");
+        let loaded = store.load(r.id).await;
+        assert!(
+            matches!(loaded, Err(StoreError::Corrupt(_))),
+            "{field}: {loaded:?}"
+        );
+    }
     assert!(
         store
             .load(SessionId::random())

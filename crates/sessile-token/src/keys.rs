@@ -42,9 +42,9 @@ impl KeyRing {
     ///
     /// For development only: tokens die with the process and are not shared between instances.
     pub fn random(id: KeyId) -> Self {
-        let mut secret = [0u8; MIN_SECRET_LEN];
-        rand::rng().fill_bytes(&mut secret);
-        Self::new(id, &secret).expect("a 32-byte secret is long enough")
+        let mut secret = zeroize::Zeroizing::new([0u8; MIN_SECRET_LEN]);
+        rand::rng().fill_bytes(secret.as_mut());
+        Self::new(id, secret.as_ref()).expect("a 32-byte secret is long enough")
     }
 
     /// Adds a key that becomes the primary (the one new tokens are sealed with).
@@ -80,9 +80,9 @@ impl KeyRing {
                 .trim()
                 .parse()
                 .map_err(|_| TokenError::BadKeySpec("key id must be a number from 0 to 255"))?;
-            let secret = decode_hex(hex.trim()).ok_or(TokenError::BadKeySpec(
-                "secret must be an even number of hex digits",
-            ))?;
+            let secret = decode_hex(hex.trim()).map(zeroize::Zeroizing::new).ok_or(
+                TokenError::BadKeySpec("secret must be an even number of hex digits"),
+            )?;
             ring = Some(match ring {
                 None => Self::new(id, &secret)?,
                 Some(r) => r.with_key(id, &secret)?,
@@ -131,10 +131,11 @@ fn derive(id: KeyId, secret: &[u8]) -> Result<XChaCha20Poly1305, TokenError> {
     let mut info = [0u8; HKDF_INFO.len() + 1];
     info[..HKDF_INFO.len()].copy_from_slice(HKDF_INFO);
     info[HKDF_INFO.len()] = id;
-    let mut okm = [0u8; 32];
-    hk.expand(&info, &mut okm)
+    // The derived key lives on in the cipher (which wipes it when dropped); wipe this copy.
+    let mut okm = zeroize::Zeroizing::new([0u8; 32]);
+    hk.expand(&info, okm.as_mut())
         .expect("32 bytes is a valid HKDF-SHA256 output length");
-    Ok(XChaCha20Poly1305::new(&okm.into()))
+    Ok(XChaCha20Poly1305::new(&(*okm).into()))
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {

@@ -91,3 +91,25 @@ impl std::ops::Deref for SaveFailed {
         &self.0
     }
 }
+
+/// An error as a log line may show it: its own message, then its causes up to the first that may
+/// quote session data. serde's messages quote the values they reject (`invalid type: string
+/// "..."`), so neither a (de)serialization error nor a record codec error is followed; the
+/// store's own causes (a refused connection, a timeout) are.
+pub(crate) fn loggable(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        if e.is::<rmp_serde::decode::Error>()
+            || e.is::<rmp_serde::encode::Error>()
+            || e.is::<crate::record::CodecError>()
+            || e.is::<SessionError>()
+        {
+            break;
+        }
+        line.push_str(": ");
+        line.push_str(&e.to_string());
+        cause = e.source();
+    }
+    line
+}

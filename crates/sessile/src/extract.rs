@@ -81,7 +81,7 @@ impl IntoResponse for crate::SessionError {
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
-            tracing::error!(error = %self, source = ?std::error::Error::source(&self), "session error");
+            tracing::error!(error = %crate::error::loggable(&self), "session error");
         }
         let mut res = (status, self.to_string()).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {

@@ -77,8 +77,8 @@ pub use extract::SessionRejection;
 pub use hint::HintSource;
 pub use id::SessionId;
 pub use manager::{
-    ResponseFuture, STORE_BREAKER_NAME, SaveErrorHook, SessionManager, SessionManagerBuilder,
-    SessionManagerLayer,
+    MAX_SESSION_COOKIES, ResponseFuture, STORE_BREAKER_NAME, SaveErrorHook, SessionManager,
+    SessionManagerBuilder, SessionManagerLayer,
 };
 pub use sessile_breaker as breaker;
 pub use sessile_token::{Hint, KeyRing};

@@ -134,6 +134,9 @@ pub enum CodecError {
     /// MessagePack decoding failed.
     #[error("record could not be decoded")]
     Decode(#[source] Box<rmp_serde::decode::Error>),
+    /// A field a store keeps beside the body (the version, the deadline) is not a number.
+    #[error("record field {0:?} is not a valid number")]
+    Field(&'static str),
 }
 
 /// The application's data: string keys to MessagePack-encoded values.

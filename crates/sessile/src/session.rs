@@ -172,12 +172,18 @@ impl RequestSession {
                 let now = self.shared.clock.now_ms();
                 // Another tenant's record is not this tenant's session, whatever the token said.
                 let tenant = self.shared.config.tenant.as_deref();
-                if let Some(r) = record.filter(|r| {
+                let record = record.filter(|r| {
                     r.id == incoming.id && !r.is_expired(now) && r.meta.tenant.as_deref() == tenant
-                }) {
-                    if let Some(copies) = &self.shared.fallback {
-                        copies.remember(&r);
+                });
+                if let Some(copies) = &self.shared.fallback {
+                    match &record {
+                        Some(r) => copies.remember(r),
+                        // The store says the session is gone (or moved): a copy must not bring it
+                        // back during an outage.
+                        None => copies.forget(&incoming.id),
                     }
+                }
+                if let Some(r) = record {
                     self.adopt(r);
                 }
                 Ok(())
@@ -229,7 +235,7 @@ impl RequestSession {
         let outcome = if served { "served" } else { "refused" };
         metrics::counter!("sessile_degraded_requests_total", "mode" => mode.as_str(), "outcome" => outcome)
             .increment(1);
-        tracing::warn!(error = %error, mode = mode.as_str(), outcome, "session store unreachable");
+        tracing::warn!(error = %crate::error::loggable(&error), mode = mode.as_str(), outcome, "session store unreachable");
         if served {
             self.state().degraded = true;
             Ok(())
@@ -408,6 +414,9 @@ impl Session {
             .destroy_user(self.0.shared.config.tenant.as_deref(), &user)
             .await
             .map_err(SessionError::Store)?;
+        if let Some(copies) = &self.0.shared.fallback {
+            copies.forget_user(&user);
+        }
         self.destroy();
         Ok(n)
     }

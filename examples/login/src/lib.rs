@@ -97,26 +97,63 @@ struct AppState {
 pub async fn app(config: AppConfig) -> Result<Router, Box<dyn std::error::Error + Send + Sync>> {
     let builder = match &config.redis_url {
         Some(url) => SessionManagerLayer::builder(RedisStore::connect(url).await?, config.keys),
-        None => SessionManagerLayer::builder(MemoryStore::new(), config.keys),
+        // Bounded, so that a flood of new visitors cannot exhaust memory (oldest sessions go
+        // first when it is full).
+        None => SessionManagerLayer::builder(
+            MemoryStore::builder().capacity(MEMORY_CAPACITY).build(),
+            config.keys,
+        ),
     };
     let sessions = builder
         .node_hint(config.node.clone())
         .degraded_mode(config.degraded)
-        // A change that could not be saved must not look like success: the form answers 503 and
-        // the user can try again. (A session that ended meanwhile is not an error: it was a
-        // logout.)
-        .on_save_error(|error, parts| {
-            if !matches!(error, SaveError::Ended | SaveError::Rotated) {
-                parts.status = StatusCode::SERVICE_UNAVAILABLE;
-                parts.headers.remove(axum::http::header::LOCATION);
-                parts.headers.insert(
-                    axum::http::header::RETRY_AFTER,
-                    axum::http::HeaderValue::from_static("1"),
-                );
-            }
-        })
         .build()?;
-    Ok(routes(config.node.as_str()).layer(sessions))
+    Ok(with_sessions(routes(config.node.as_str()), sessions))
+}
+
+/// Sessions kept by the embedded store at most.
+pub const MEMORY_CAPACITY: usize = 100_000;
+
+/// Wraps `routes` in `sessions` and in the page that reports a change that could not be saved.
+pub fn with_sessions(routes: Router, sessions: SessionManagerLayer) -> Router {
+    routes
+        .layer(sessions)
+        .layer(axum::middleware::map_response(save_failure_page))
+}
+
+/// A change that could not be saved must not look like success: the form answers 503 with a page
+/// that says so, and the user can try again (a logout that failed leaves the user logged in, with
+/// the cookie, so trying again works). A session that ended meanwhile (a logout elsewhere) or that
+/// a login replaced is not an error.
+async fn save_failure_page(res: Response) -> Response {
+    let Some(failed) = res.extensions().get::<sessile::SaveFailed>() else {
+        return res;
+    };
+    if matches!(**failed, SaveError::Ended | SaveError::Rotated) {
+        return res;
+    }
+    let mut page = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(axum::http::header::RETRY_AFTER, "1")],
+        page(
+            "Not saved",
+            "<p class=\"error\">Your change could not be saved: the session store is not \
+             answering. Nothing was lost; please go back and try again.</p>\
+             <p><a href=\"/\">Home</a></p>",
+        ),
+    )
+        .into_response();
+    // Keep the session's own headers (Set-Cookie, Vary, Cache-Control).
+    for name in [
+        axum::http::header::SET_COOKIE,
+        axum::http::header::VARY,
+        axum::http::header::CACHE_CONTROL,
+    ] {
+        for v in res.headers().get_all(&name) {
+            page.headers_mut().append(&name, v.clone());
+        }
+    }
+    page
 }
 
 /// The routes, without the session layer (so tests can wrap them in their own).

@@ -207,3 +207,33 @@ async fn health_check_needs_no_session() {
     assert_eq!(r.body, "ok");
     assert!(r.set_cookie("sid").is_none());
 }
+
+#[tokio::test]
+async fn a_logout_that_could_not_be_saved_says_so_and_can_be_retried() {
+    let store = sessile_tests::FaultyStore::new(sessile::MemoryStore::new());
+    let layer = sessile::SessionManagerLayer::builder(
+        store.clone(),
+        KeyRing::new(1, &[3; 32]).expect("keys"),
+    )
+    .build()
+    .expect("layer");
+    let app = sessile_login_example::with_sessions(sessile_login_example::routes("node-7"), layer);
+    let mut b = Browser::new(&app);
+    b.log_in("alice", "wonderland").await;
+    let csrf = b.csrf("/profile").await;
+    let token = b.token.clone().expect("logged in");
+    store.fail_writes(true);
+    let r = b.post("/logout", &format!("csrf={csrf}")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.body.contains("could not be saved"), "{}", r.body);
+    assert!(
+        r.set_cookie("sid").is_none(),
+        "the cookie stays: the session still lives"
+    );
+    assert_eq!(b.token.as_deref(), Some(token.as_str()));
+    store.fail_writes(false);
+    assert!(b.get("/profile").await.body.contains("<td>alice</td>"));
+    let r = b.post("/logout", &format!("csrf={csrf}")).await;
+    assert_eq!((r.status, location(&r)), (StatusCode::SEE_OTHER, "/"));
+    assert!(b.token.is_none(), "the retry logged out");
+}

@@ -89,11 +89,18 @@ impl RequestSession {
         }
 
         if let Some(old) = st.ended {
-            out.cookie = CookieAction::Remove;
             self.forget(&old);
             match self.shared.store.destroy(old).await {
-                Ok(()) => metrics::counter!("sessile_sessions_destroyed_total").increment(1),
-                Err(e) => out.error = Some(SaveError::Store(e)),
+                Ok(()) => {
+                    metrics::counter!("sessile_sessions_destroyed_total").increment(1);
+                    out.cookie = CookieAction::Remove;
+                }
+                Err(e) => {
+                    // The session lives on: keep the cookie, so that the user still holds it and
+                    // can log out again, and write nothing else.
+                    out.error = Some(SaveError::Store(e));
+                    return out;
+                }
             }
         }
         match st.base.clone() {

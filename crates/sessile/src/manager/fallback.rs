@@ -43,6 +43,15 @@ impl LocalCopies {
         }
     }
 
+    /// Drops the copies of `user`'s sessions (this layer has one tenant, so every copy is its).
+    pub(crate) fn forget_user(&self, user: &str) {
+        for (id, record) in &self.cache {
+            if record.meta.user_id.as_deref() == Some(user) {
+                self.cache.invalidate(&*id);
+            }
+        }
+    }
+
     pub(crate) fn get(&self, id: &SessionId) -> Option<Arc<Record>> {
         self.cache.get(id)
     }

@@ -12,7 +12,7 @@ use sessile_token::TokenCodec;
 
 pub use layer::{STORE_BREAKER_NAME, SessionManagerBuilder, SessionManagerLayer};
 pub(crate) use service::read_token;
-pub use service::{ResponseFuture, SessionManager};
+pub use service::{MAX_SESSION_COOKIES, ResponseFuture, SessionManager};
 pub(crate) use store_handle::{StoreHandle, WriteError};
 
 use crate::clock::Clock;

@@ -93,9 +93,16 @@ where
     }
 }
 
-/// The first of the request's session cookies whose token opens.
+/// Session cookies of one request whose token is tried: a browser sends one (two while an old
+/// path or domain lingers), so a request with dozens is an attack on the AEAD, and the rest are
+/// ignored.
+pub const MAX_SESSION_COOKIES: usize = 4;
+
+/// The first of the request's session cookies whose token opens, among the first
+/// [`MAX_SESSION_COOKIES`].
 pub(crate) fn read_token(shared: &Shared, cookies: &[HeaderValue]) -> Option<Incoming> {
     let name = shared.codec.cookie_name();
+    let mut tried = 0;
     for header in cookies {
         let Ok(header) = header.to_str() else {
             continue;
@@ -104,6 +111,12 @@ pub(crate) fn read_token(shared: &Shared, cookies: &[HeaderValue]) -> Option<Inc
             if cookie.name() != name {
                 continue;
             }
+            if tried == MAX_SESSION_COOKIES {
+                metrics::counter!("sessile_tokens_rejected_total", "reason" => "too_many")
+                    .increment(1);
+                return None;
+            }
+            tried += 1;
             match shared.codec.open(cookie.value()) {
                 Ok(opened) => {
                     return Some(Incoming {
@@ -139,7 +152,11 @@ async fn finish<B>(session: &RequestSession, res: &mut Response<B>) {
     let commit = session.commit(res.status()).await;
     if let Some(error) = commit.error {
         metrics::counter!("sessile_save_failures_total", "kind" => error.kind()).increment(1);
-        tracing::warn!(error = %error, source = ?std::error::Error::source(&error), "session changes not saved");
+        tracing::warn!(
+            kind = error.kind(),
+            error = %crate::error::loggable(&error),
+            "session changes not saved"
+        );
         let error = Arc::new(error);
         if let Some(hook) = &session.shared.on_save_error {
             apply_hook(hook.as_ref(), &error, res);
