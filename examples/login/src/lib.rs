@@ -1,8 +1,11 @@
 //! The login example: HTML pages for logging in, a per-session counter, logout, and logout on
 //! every device, on sessile with the embedded memory store, or on Redis when given a URL.
 //!
-//! Every form carries a CSRF token kept in the session and compared in constant time; the session
-//! id is cycled on login; passwords are Argon2id hashes checked off the async runtime.
+//! The login form stores nothing per visitor: its CSRF token is a double-submit `__Host-` cookie
+//! (so a flood of visitors costs no memory). The forms of a logged-in session carry a CSRF token
+//! kept in the session. Tokens are compared in constant time; the session id is cycled on login;
+//! passwords are Argon2id hashes checked off the async runtime, a bounded number at a time, and
+//! wrong guesses are throttled per user name and per client address (429 with `Retry-After`).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -56,10 +59,91 @@ fn hash_password(password: &str) -> String {
         .to_string()
 }
 
-/// Checks a password on a blocking thread: Argon2 takes tens of milliseconds by design.
-async fn verify_password(user: &str, password: String) -> bool {
+/// Password checks running at once, at most: each takes tens of milliseconds of a core, so a
+/// flood of logins queues here instead of filling the blocking pool.
+const MAX_CONCURRENT_HASHES: usize = 4;
+
+/// How long a login waits for a hashing slot before it is told to come back (503).
+const HASH_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CONCURRENT_HASHES);
+
+/// Wrong passwords allowed per user name, and per client address, in one [`THROTTLE_WINDOW`].
+pub const MAX_FAILURES_PER_USER: u32 = 5;
+/// See [`MAX_FAILURES_PER_USER`].
+pub const MAX_FAILURES_PER_ADDRESS: u32 = 20;
+/// The window of the login throttle, from a user name's (or address's) first wrong password.
+pub const THROTTLE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Counts wrong passwords per user name and per client address, bounded in memory.
+#[derive(Clone)]
+struct Throttle {
+    failures: moka::sync::Cache<String, Arc<std::sync::atomic::AtomicU32>>,
+}
+
+impl Throttle {
+    fn new() -> Self {
+        Self {
+            failures: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(THROTTLE_WINDOW)
+                .build(),
+        }
+    }
+
+    fn keys(user: &str, addr: Option<std::net::IpAddr>) -> [(String, u32); 2] {
+        let addr = addr.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        [
+            (format!("user:{user}"), MAX_FAILURES_PER_USER),
+            (format!("addr:{addr}"), MAX_FAILURES_PER_ADDRESS),
+        ]
+    }
+
+    fn blocked(&self, user: &str, addr: Option<std::net::IpAddr>) -> bool {
+        Self::keys(user, addr).iter().any(|(k, max)| {
+            self.failures
+                .get(k)
+                .is_some_and(|n| n.load(std::sync::atomic::Ordering::Relaxed) >= *max)
+        })
+    }
+
+    fn failed(&self, user: &str, addr: Option<std::net::IpAddr>) {
+        for (k, _) in Self::keys(user, addr) {
+            self.failures
+                .get_with(k, Arc::default)
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// The client's address, when the server was started with connect info.
+struct ClientAddr(Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
+/// Checks a password on a blocking thread: Argon2 takes tens of milliseconds by design. `None`
+/// when every hashing slot stayed busy for [`HASH_QUEUE_WAIT`].
+async fn verify_password(user: &str, password: String) -> Option<bool> {
+    let _slot = tokio::time::timeout(HASH_QUEUE_WAIT, HASHING.acquire())
+        .await
+        .ok()?
+        .ok()?;
     let known = USERS.get(user).cloned();
-    tokio::task::spawn_blocking(move || {
+    let ok = tokio::task::spawn_blocking(move || {
         let phc = known.as_deref().unwrap_or(&DUMMY_HASH);
         let ok = PasswordHash::new(phc)
             .map(|h| {
@@ -71,7 +155,8 @@ async fn verify_password(user: &str, password: String) -> bool {
         ok && known.is_some()
     })
     .await
-    .unwrap_or(false)
+    .unwrap_or(false);
+    Some(ok)
 }
 
 /// What the app needs to start.
@@ -90,6 +175,7 @@ pub struct AppConfig {
 #[derive(Clone)]
 struct AppState {
     node: Arc<str>,
+    throttle: Throttle,
 }
 
 /// Builds the app: on Redis when `redis_url` is set (connecting now, so a bad URL or an
@@ -166,7 +252,10 @@ pub fn routes(node: &str) -> Router {
         .route("/logout", post(logout))
         .route("/logout-everywhere", post(logout_everywhere))
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(AppState { node: node.into() })
+        .with_state(AppState {
+            node: node.into(),
+            throttle: Throttle::new(),
+        })
 }
 
 /// Errors a page can end in.
@@ -175,6 +264,8 @@ enum AppError {
     Session(SessionError),
     Csrf,
     NotLoggedIn,
+    Throttled,
+    Busy,
 }
 
 impl From<SessionError> for AppError {
@@ -193,6 +284,18 @@ impl IntoResponse for AppError {
             )
                 .into_response(),
             Self::NotLoggedIn => Redirect::to("/login").into_response(),
+            Self::Throttled => (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(axum::http::header::RETRY_AFTER, THROTTLE_WINDOW.as_secs().to_string())],
+                page("Too many attempts", "<p>Too many wrong passwords. Wait a minute and try again.</p>"),
+            )
+                .into_response(),
+            Self::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(axum::http::header::RETRY_AFTER, "1".to_owned())],
+                page("Busy", "<p>Too many logins at once. Try again in a moment.</p>"),
+            )
+                .into_response(),
         }
     }
 }
@@ -211,19 +314,50 @@ struct LoginForm {
     csrf: String,
 }
 
+/// 32 random bytes, hex.
+fn random_token() -> String {
+    let mut raw = [0u8; 32];
+    rand::rng().fill_bytes(&mut raw);
+    raw.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
 /// The session's CSRF token, made on first use.
 fn csrf_token(session: &Session) -> Result<String, SessionError> {
     if let Some(token) = session.get::<String>(CSRF)? {
         return Ok(token);
     }
-    let mut raw = [0u8; 32];
-    rand::rng().fill_bytes(&mut raw);
-    let token = raw.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    });
+    let token = random_token();
     session.insert(CSRF, &token)?;
     Ok(token)
+}
+
+/// The login form's CSRF cookie. `__Host-`: only this origin, over HTTPS (or localhost), can set
+/// it, so a sibling domain cannot plant a value to match a forged form.
+const LOGIN_CSRF_COOKIE: &str = "__Host-login-csrf";
+
+/// The login form's CSRF token as the request's cookie carries it.
+fn login_csrf_cookie(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| h.split(';'))
+        .find_map(|c| {
+            let (name, value) = c.trim().split_once('=')?;
+            (name == LOGIN_CSRF_COOKIE).then(|| value.to_owned())
+        })
+}
+
+fn set_login_csrf(token: &str, max_age: u64) -> (axum::http::HeaderName, String) {
+    (
+        axum::http::header::SET_COOKIE,
+        format!(
+            "{LOGIN_CSRF_COOKIE}={token}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}"
+        ),
+    )
 }
 
 fn check_csrf(session: &Session, sent: &str) -> Result<(), AppError> {
@@ -250,8 +384,11 @@ async fn home(session: Session) -> PageResult {
     .into_response())
 }
 
-async fn login_form(session: Session) -> PageResult {
-    Ok(login_page(&csrf_token(&session)?, None).into_response())
+/// The login form: nothing is stored for an anonymous visitor. The CSRF token goes into a cookie
+/// and into the form, and the login compares the two (double submit).
+async fn login_form() -> Response {
+    let token = random_token();
+    ([set_login_csrf(&token, 3600)], login_page(&token, None)).into_response()
 }
 
 fn login_page(csrf: &str, error: Option<&str>) -> Html<String> {
@@ -272,11 +409,28 @@ fn login_page(csrf: &str, error: Option<&str>) -> Html<String> {
     )
 }
 
-async fn login(session: Session, Form(form): Form<LoginForm>) -> PageResult {
-    check_csrf(&session, &form.csrf)?;
-    if !verify_password(&form.username, form.password).await {
-        let page = login_page(&csrf_token(&session)?, Some("Wrong user name or password."));
-        return Ok((StatusCode::UNAUTHORIZED, page).into_response());
+async fn login(
+    session: Session,
+    State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
+    headers: axum::http::HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> PageResult {
+    let cookie = login_csrf_cookie(&headers).ok_or(AppError::Csrf)?;
+    if !bool::from(cookie.as_bytes().ct_eq(form.csrf.as_bytes())) {
+        return Err(AppError::Csrf);
+    }
+    if state.throttle.blocked(&form.username, addr) {
+        return Err(AppError::Throttled);
+    }
+    match verify_password(&form.username, form.password).await {
+        None => return Err(AppError::Busy),
+        Some(false) => {
+            state.throttle.failed(&form.username, addr);
+            let page = login_page(&form.csrf, Some("Wrong user name or password."));
+            return Ok((StatusCode::UNAUTHORIZED, page).into_response());
+        }
+        Some(true) => {}
     }
     // New privileges, new id: the pre-login id (which an attacker might have planted) dies here.
     session.cycle_id();
@@ -284,7 +438,7 @@ async fn login(session: Session, Form(form): Form<LoginForm>) -> PageResult {
     session.insert(USER, &form.username)?;
     session.remove(CSRF);
     csrf_token(&session)?;
-    Ok(Redirect::to("/profile").into_response())
+    Ok(([set_login_csrf("", 0)], Redirect::to("/profile")).into_response())
 }
 
 async fn profile(session: Session, State(state): State<AppState>) -> PageResult {
@@ -428,8 +582,8 @@ mod tests {
 
     #[tokio::test]
     async fn only_the_right_password_verifies() {
-        assert!(verify_password("alice", "wonderland".into()).await);
-        assert!(!verify_password("alice", "builder".into()).await);
-        assert!(!verify_password("mallory", "wonderland".into()).await);
+        assert_eq!(verify_password("alice", "wonderland".into()).await, Some(true));
+        assert_eq!(verify_password("alice", "builder".into()).await, Some(false));
+        assert_eq!(verify_password("mallory", "wonderland".into()).await, Some(false));
     }
 }

@@ -69,10 +69,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         "sessile login example listening on http://{} (store: {store}; users: alice/wonderland, bob/builder)",
         listener.local_addr()?
     );
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    // With the peer's address, for the login throttle.
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
     Ok(())
 }

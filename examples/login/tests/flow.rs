@@ -7,22 +7,36 @@ use sessile_login_example::{AppConfig, app};
 use sessile_tests::redis::RedisServer;
 use sessile_tests::{Reply, send};
 
-/// A browser: one cookie, updated from every response.
+/// A browser: the session cookie and the login form's CSRF cookie, updated from every response.
 struct Browser<'a> {
     app: &'a Router,
     token: Option<String>,
+    login_csrf: Option<String>,
 }
+
+const LOGIN_CSRF: &str = "__Host-login-csrf";
 
 impl<'a> Browser<'a> {
     fn new(app: &'a Router) -> Self {
-        Self { app, token: None }
+        Self {
+            app,
+            token: None,
+            login_csrf: None,
+        }
     }
 
     async fn go(&mut self, method: Method, uri: &str, form: Option<&str>) -> Reply {
-        let cookie = self.token.as_ref().map(|t| format!("sid={t}"));
+        let cookies: Vec<String> = [("sid", &self.token), (LOGIN_CSRF, &self.login_csrf)]
+            .iter()
+            .filter_map(|(n, v)| v.as_ref().map(|v| format!("{n}={v}")))
+            .collect();
+        let cookie = (!cookies.is_empty()).then(|| cookies.join("; "));
         let reply = send(self.app, method, uri, cookie.as_deref(), form).await;
         if let Some(v) = reply.cookie_value("sid") {
             self.token = (!v.is_empty()).then_some(v);
+        }
+        if let Some(v) = reply.cookie_value(LOGIN_CSRF) {
+            self.login_csrf = (!v.is_empty()).then_some(v);
         }
         reply
     }
@@ -86,14 +100,14 @@ async fn log_in_count_and_log_out() {
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
     assert!(wrong.body.contains("Wrong user name or password"));
 
-    let anonymous = b.token.clone().expect("login form started a session");
+    assert!(b.token.is_none(), "the login form stores no session");
     let r = b.log_in("alice", "wonderland").await;
     assert_eq!(
         (r.status, location(&r)),
         (StatusCode::SEE_OTHER, "/profile")
     );
-    let logged_in = b.token.clone().expect("cookie");
-    assert_ne!(logged_in, anonymous, "login cycles the session id");
+    let logged_in = b.token.clone().expect("logged in");
+    assert!(b.login_csrf.is_none(), "the login form's cookie is dropped");
 
     let profile = b.get("/profile").await;
     assert!(profile.body.contains("<td>alice</td>"), "{}", profile.body);
@@ -236,4 +250,65 @@ async fn a_logout_that_could_not_be_saved_says_so_and_can_be_retried() {
     let r = b.post("/logout", &format!("csrf={csrf}")).await;
     assert_eq!((r.status, location(&r)), (StatusCode::SEE_OTHER, "/"));
     assert!(b.token.is_none(), "the retry logged out");
+}
+
+fn counted_app() -> (Router, sessile_tests::CountingStore<sessile::MemoryStore>) {
+    let memory = sessile::MemoryStore::new();
+    let store = sessile_tests::CountingStore::new(memory);
+    let layer = sessile::SessionManagerLayer::builder(
+        store.clone(),
+        KeyRing::new(1, &[3; 32]).expect("keys"),
+    )
+    .build()
+    .expect("layer");
+    let app = sessile_login_example::with_sessions(sessile_login_example::routes("node-7"), layer);
+    (app, store)
+}
+
+#[tokio::test]
+async fn a_flood_of_login_form_visits_stores_nothing() {
+    let (app, store) = counted_app();
+    for _ in 0..200 {
+        let r = send(&app, Method::GET, "/login", None, None).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.set_cookie("sid").is_none());
+        assert!(r.set_cookie(LOGIN_CSRF).is_some());
+    }
+    assert_eq!(store.total(), 0, "not one store call");
+    assert_eq!(store.inner().len(), 0);
+    // A forged form without the matching cookie is refused.
+    let mut b = Browser::new(&app);
+    let csrf = b.csrf("/login").await;
+    b.login_csrf = Some("0".repeat(64));
+    let r = b
+        .post(
+            "/login",
+            &format!("username=alice&password=wonderland&csrf={csrf}"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn password_guessing_is_throttled_per_user_name() {
+    let (app, _store) = counted_app();
+    let mut b = Browser::new(&app);
+    for _ in 0..sessile_login_example::MAX_FAILURES_PER_USER {
+        assert_eq!(
+            b.log_in("alice", "guess").await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let r = b.log_in("alice", "guess").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers[header::RETRY_AFTER], "60");
+    // Even the right password waits out the window: guessing it must not pay off.
+    let r = b.log_in("alice", "wonderland").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    // Another user is not locked out by alice's attacker.
+    let r = Browser::new(&app).log_in("bob", "builder").await;
+    assert_eq!(
+        (r.status, location(&r)),
+        (StatusCode::SEE_OTHER, "/profile")
+    );
 }
