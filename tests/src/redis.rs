@@ -375,24 +375,6 @@ fn owns(line: &str, slot: u16) -> bool {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    #[should_panic(expected = "apt-get install -y redis-server")]
-    fn a_missing_binary_fails_with_the_install_command() {
-        require("redis-server-that-does-not-exist");
-    }
-
-    #[test]
-    fn cluster_node_lines_name_their_slot_ranges() {
-        let line = "abc 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460 9000";
-        assert!(owns(line, 0) && owns(line, 5460) && owns(line, 9000));
-        assert!(!owns(line, 5461) && !owns(line, 16383));
-    }
-}
-
 /// One `redis-sentinel` process owned by the test.
 struct Sentinel {
     child: Child,
@@ -542,5 +524,23 @@ impl RedisSentinels {
             url.push_str(&format!("&node=127.0.0.1:{}", s.port));
         }
         url
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "apt-get install -y redis-server")]
+    fn a_missing_binary_fails_with_the_install_command() {
+        require("redis-server-that-does-not-exist");
+    }
+
+    #[test]
+    fn cluster_node_lines_name_their_slot_ranges() {
+        let line = "abc 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460 9000";
+        assert!(owns(line, 0) && owns(line, 5460) && owns(line, 9000));
+        assert!(!owns(line, 5461) && !owns(line, 16383));
     }
 }

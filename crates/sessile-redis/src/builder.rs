@@ -292,19 +292,18 @@ impl RedisStoreBuilder {
             .next_connected()
             .custom(info, vec![Value::from("server")])
             .await;
-        match reply.as_deref().map(version_ok) {
-            Ok((true, _)) => {}
-            Ok((false, found)) => {
-                stop(&pool).await;
-                return Err(RedisStoreError::TooOld {
-                    found: found.unwrap_or("(unknown)").to_owned(),
-                });
-            }
-            Err(_) => {
-                let e = reply.err().expect("an error");
+        let info = match reply {
+            Ok(info) => info,
+            Err(e) => {
                 stop(&pool).await;
                 return Err(RedisStoreError::Connect(e));
             }
+        };
+        if let (false, found) = version_ok(&info) {
+            stop(&pool).await;
+            return Err(RedisStoreError::TooOld {
+                found: found.unwrap_or("(unknown)").to_owned(),
+            });
         }
         let scripts = Scripts::new();
         for script in scripts.all() {

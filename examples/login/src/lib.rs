@@ -582,8 +582,17 @@ mod tests {
 
     #[tokio::test]
     async fn only_the_right_password_verifies() {
-        assert_eq!(verify_password("alice", "wonderland".into()).await, Some(true));
-        assert_eq!(verify_password("alice", "builder".into()).await, Some(false));
-        assert_eq!(verify_password("mallory", "wonderland".into()).await, Some(false));
+        assert_eq!(
+            verify_password("alice", "wonderland".into()).await,
+            Some(true)
+        );
+        assert_eq!(
+            verify_password("alice", "builder".into()).await,
+            Some(false)
+        );
+        assert_eq!(
+            verify_password("mallory", "wonderland".into()).await,
+            Some(false)
+        );
     }
 }
