@@ -375,6 +375,17 @@ pub fn routes(gate: Arc<Gate>) -> Router {
             }),
         )
         .route("/logout", post(|s: Session| async move { s.destroy() }))
+        .route("/slow-logout", {
+            let gate = Arc::clone(&gate);
+            post(move |s: Session| {
+                let gate = Arc::clone(&gate);
+                async move {
+                    gate.entered.notify_one();
+                    gate.release.notified().await;
+                    s.destroy();
+                }
+            })
+        })
         .route(
             "/logout-everywhere",
             post(|s: Session| async move { s.destroy_everywhere().await.map(|n| n.to_string()) }),

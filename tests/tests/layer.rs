@@ -695,3 +695,46 @@ fn session_values_never_reach_the_logs() {
     );
     assert!(!logs.contains("another-secret"), "{logs}");
 }
+
+#[tokio::test]
+async fn a_browser_that_lost_its_login_response_can_log_in_again() {
+    let f = fixture();
+    let old = f.session("ann").await;
+    let lost = f.post("/login/alice", Some(&old)).await;
+    assert!(lost.cookie_value(NAME).is_some());
+    // The browser never saw that response and still sends the pre-login cookie.
+    let again = f.post("/login/alice", Some(&old)).await;
+    assert!(again.save_failed.is_none(), "{:?}", again.save_failed);
+    let token = again.cookie_value(NAME).expect("a new session");
+    assert_eq!(f.get("/whoami", Some(&token)).await.body, "alice");
+    // A plain write with the pre-login cookie still does not create a session.
+    let write = f.post("/set/x", Some(&old)).await;
+    assert!(write.cookie_value(NAME).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_that_loaded_before_a_login_does_not_end_the_new_session() {
+    let f = Arc::new(fixture());
+    let old = f.session("ann").await;
+    let logout = {
+        let (f, old) = (Arc::clone(&f), old.clone());
+        tokio::spawn(async move { f.post("/slow-logout", Some(&old)).await })
+    };
+    f.gate.entered.notified().await;
+    let new = f
+        .post("/login/alice", Some(&old))
+        .await
+        .cookie_value(NAME)
+        .expect("logged in");
+    f.gate.release.notify_one();
+    let logout = logout.await.expect("logout");
+    assert!(
+        logout.set_cookie(NAME).is_none(),
+        "the late logout removed the login's cookie"
+    );
+    assert!(matches!(
+        logout.save_failed.as_deref(),
+        Some(sessile::SaveError::Rotated)
+    ));
+    assert_eq!(f.get("/whoami", Some(&new)).await.body, "alice");
+}

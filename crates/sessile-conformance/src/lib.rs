@@ -255,9 +255,12 @@ pub async fn rotate_moves_the_record_atomically<S: SessionStore>(store: Arc<S>) 
         Err(StoreError::Rotated)
     ));
     assert!(absent(&*store, again.id).await);
-    // Once destroyed, the old id is simply gone.
-    store.destroy(r.id).await.expect("destroy marker");
-    assert!(absent(&*store, r.id).await);
+    // A logout that named the old id does not end the session the login made.
+    assert!(matches!(
+        store.destroy(r.id).await,
+        Err(StoreError::Rotated)
+    ));
+    assert_eq!(counter(&must_load(&*store, moved.id).await), 8);
 }
 
 /// `touch` moves the idle deadline and nothing else.

@@ -80,6 +80,11 @@ pub enum RedisStoreError {
     },
 }
 
+/// Longest accepted command timeout. A write's id is kept for a minute (so that a re-sent or late
+/// write is recognised or refused); fred gives up on a command after its timeout, so it must be
+/// well under that.
+pub const MAX_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Oldest Redis (major, minor) the scripts run on.
 pub const MIN_REDIS_VERSION: (u32, u32) = (7, 0);
 
@@ -218,6 +223,12 @@ impl RedisStoreBuilder {
         if self.tenant.as_deref().is_some_and(|t| !valid_part(t)) {
             return Err(RedisStoreError::BadConfig(
                 "tenant must be 1-64 visible characters without '{', '}' or ':'",
+            ));
+        }
+        if self.command_timeout > MAX_COMMAND_TIMEOUT {
+            return Err(RedisStoreError::BadConfig(
+                "command timeout must be at most 10 s: a write re-sent later than its id is kept \
+                 (a minute) could no longer be recognised",
             ));
         }
         if self.pool_size == 0 {

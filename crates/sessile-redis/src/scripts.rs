@@ -32,7 +32,8 @@
 //! `<..>:i:<user>` is a sorted set of the user's session ids scored by their absolute deadline,
 //! and `<..>:g:<user>` the user's generation. Every indexing write drops up to [`PRUNE_CHUNK`]
 //! expired members (about a millisecond of server time); a write that leaves more asks the store
-//! to continue with `PRUNE`, one chunk per call. A rotation within one user removes the old id.
+//! to continue with `PRUNE`, one chunk per call. A rotation within one user, and a logout, remove
+//! the old id.
 //! "Log out everywhere" first bumps the generation, then deletes the listed sessions in batches;
 //! a same-slot rotation of a session whose `g` is not the current generation fails, so no
 //! session escapes the logout by rotating while the batches run.
@@ -126,7 +127,12 @@ end
 if f[1] ~= ARGV[1] then return 0 end
 local changed = (f[2] or '') ~= ARGV[5]
 local g = f[4] or 0
-if changed and KEYS[3] then g = gen(KEYS[4]) end
+if changed then
+  -- A new user: its generation, or none when its index lives in another slot (then the record
+  -- is never taken for one made after a log-out-everywhere began).
+  g = 0
+  if KEYS[3] then g = gen(KEYS[4]) end
+end
 write(KEYS[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], g)
 landed(KEYS[2])
 if ARGV[5] == '' and f[2] then redis.call('HDEL', KEYS[1], 'u', 'g') end
@@ -190,6 +196,15 @@ local done = seen(KEYS[1])
 if done == 1 then return 1 end
 redis.call('SET', KEYS[1], '0', 'PX', WRITE_ID_TTL_MS)
 return 0
+"#;
+
+/// KEYS: record. Deletes it and answers its user key (empty without one); a rotated-away id is
+/// left alone and answers `-2`.
+const DESTROY: &str = r#"
+local f = redis.call('HMGET', KEYS[1], 'v', 'm', 'u')
+if not f[1] and f[2] then return -2 end
+redis.call('DEL', KEYS[1])
+return f[3] or ''
 "#;
 
 /// KEYS: record. ARGV: idle deadline.
@@ -256,6 +271,7 @@ pub(crate) struct Scripts {
     pub(crate) delete_at: Script,
     pub(crate) settle: Script,
     pub(crate) touch: Script,
+    pub(crate) destroy: Script,
     pub(crate) index: Script,
     pub(crate) prune: Script,
     pub(crate) bump: Script,
@@ -276,6 +292,7 @@ impl Scripts {
             delete_at: script(DELETE_AT),
             settle: script(SETTLE),
             touch: script(TOUCH),
+            destroy: script(DESTROY),
             index: script(INDEX),
             prune: script(PRUNE),
             bump: script(BUMP),
@@ -283,7 +300,7 @@ impl Scripts {
         }
     }
 
-    pub(crate) fn all(&self) -> [&Script; 10] {
+    pub(crate) fn all(&self) -> [&Script; 11] {
         [
             &self.create,
             &self.save,
@@ -291,6 +308,7 @@ impl Scripts {
             &self.delete_at,
             &self.settle,
             &self.touch,
+            &self.destroy,
             &self.index,
             &self.prune,
             &self.bump,

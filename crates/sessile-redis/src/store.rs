@@ -502,7 +502,10 @@ impl SessionStore for RedisStore {
         let code = inner.run(&inner.scripts.settle, key, vec![]).await?;
         let (old_key, new_key) = (inner.keys.record(&old), inner.keys.record(&new));
         if code == 0 && inner.clustered && old != new && slot(&old_key) != slot(&new_key) {
-            // The rotation's first step (the new record) may have landed: undo it.
+            // The rotation's first step (the new record) may have landed, or may still land if
+            // it is on its way: fence it in its own slot, then undo it.
+            let first = inner.keys.write(&new, write);
+            inner.run(&inner.scripts.settle, first, vec![]).await?;
             let _: i64 = inner
                 .pool
                 .next_connected()
@@ -517,15 +520,31 @@ impl SessionStore for RedisStore {
         }
     }
 
+    /// One script (deleting, unless the id was rotated away), then, for a logged-in user's
+    /// session, removing it from the user's index.
     async fn destroy(&self, id: SessionId) -> Result<(), StoreError> {
-        let key = self.inner.keys.record(&id);
-        let _: i64 = self
-            .inner
-            .pool
-            .next_connected()
-            .del(key)
+        let inner = &self.inner;
+        let key = inner.keys.record(&id);
+        let reply: Value = inner
+            .scripts
+            .destroy
+            .evalsha_with_reload(inner.pool.next_connected(), key, Vec::<Value>::new())
             .await
-            .map_err(|e| self.inner.fail(e))?;
+            .map_err(|e| inner.fail(e))?;
+        if let Value::Integer(-2) = reply {
+            return Err(StoreError::Rotated);
+        }
+        let user_key = reply.into_string().unwrap_or_default();
+        if let Some((tenant, user)) = user_key.split_once(':') {
+            let tenant = (!tenant.is_empty()).then_some(tenant);
+            let index = inner.keys.index(tenant, user);
+            let _: i64 = inner
+                .pool
+                .next_connected()
+                .zrem(index, id.to_hex())
+                .await
+                .map_err(|e| inner.fail(e))?;
+        }
         Ok(())
     }
 

@@ -216,3 +216,37 @@ async fn log_out_everywhere_ends_sessions_rotating_on_two_instances() {
     eprintln!("Redis Cluster: {race:?}");
     assert_eq!(race.survivors, 0, "{race:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cross_slot_rotation_settled_as_not_applied_never_lands() {
+    // Across slots a rotation is two writes: the new record, then the old one's marker. If the
+    // first is still on its way when the layer settles the rotation, it must be fenced in its own
+    // slot too, or it lands later as a session nobody holds.
+    let cluster = RedisCluster::start();
+    let store = store(&cluster, &unique_prefix()).await;
+    let anon = sessile_conformance::record(None, 1);
+    store
+        .create(&anon, WriteId::random())
+        .await
+        .expect("create");
+    let mut logged_in = anon.clone();
+    logged_in.id = SessionId::random_for_user(Some("alice"));
+    logged_in.version = 2;
+    logged_in.meta.user_id = Some("alice".into());
+    assert_ne!(
+        slot(&store.record_key(&anon.id)),
+        slot(&store.record_key(&logged_in.id))
+    );
+    let write = WriteId::random();
+    assert_eq!(
+        store
+            .settle(anon.id, logged_in.id, 1, write)
+            .await
+            .expect("settle"),
+        sessile::store::Settled::NotApplied
+    );
+    // The rotation's first step arrives late.
+    assert!(store.create(&logged_in, write).await.is_err());
+    assert!(store.load(logged_in.id).await.expect("load").is_none());
+    assert!(store.load(anon.id).await.expect("load").is_some());
+}

@@ -51,6 +51,14 @@ async fn bad_urls_and_settings_are_typed_errors() {
             .await,
         Err(RedisStoreError::BadConfig(_))
     ));
+    // Longer than a write id is remembered: a late re-send could not be recognised.
+    assert!(matches!(
+        RedisStore::builder("redis://127.0.0.1:1")
+            .command_timeout(Duration::from_secs(30))
+            .connect()
+            .await,
+        Err(RedisStoreError::BadConfig(_))
+    ));
 }
 
 #[tokio::test]

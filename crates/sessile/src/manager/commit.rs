@@ -95,6 +95,12 @@ impl RequestSession {
                     metrics::counter!("sessile_sessions_destroyed_total").increment(1);
                     out.cookie = CookieAction::Remove;
                 }
+                Err(StoreError::Rotated) => {
+                    // A login moved the session while this logout was on its way: the browser's
+                    // cookie is the login's by now, and the logout named the old id. Leave both.
+                    out.error = Some(SaveError::Rotated);
+                    return out;
+                }
                 Err(e) => {
                     // The session lives on: keep the cookie, so that the user still holds it and
                     // can log out again, and write nothing else.
@@ -112,11 +118,13 @@ impl RequestSession {
 
     async fn commit_new(&self, st: State, now: UnixMillis, out: &mut Commit) {
         let nothing_to_store = !st.dirty || (st.data.is_empty() && st.user_id.is_none());
-        if st.moved {
+        if st.moved && st.user_id.is_none() {
             // The cookie names a session that a login moved to a new id while this request was
             // on its way: it is a request from before the login. Creating a session for it, or
             // removing its cookie, would log the user out when this response arrives after the
-            // login's. Leave the cookie alone.
+            // login's. Leave the cookie alone. (A request that logs a user in does create its
+            // session: it is a login itself, and a browser that lost a login's response must be
+            // able to log in again at once.)
             if !nothing_to_store {
                 out.error = Some(SaveError::Rotated);
             }
@@ -210,9 +218,16 @@ impl RequestSession {
         for attempt in 1..=max {
             if reload {
                 match writer.reload(&ops, out).await {
-                    Some(Some(fresh)) => (meta, data) = fresh,
-                    Some(None) => {
-                        // The replay changed nothing: what this request wanted is already stored.
+                    Some(Reloaded::Write(m, d)) => (meta, data) = (m, d),
+                    Some(Reloaded::Unchanged {
+                        hint,
+                        idle_deadline,
+                    }) => {
+                        // The replay changed nothing: what this request wanted is already stored,
+                        // and the load just confirmed the id is live.
+                        if cookie_due {
+                            out.cookie = self.issue_token(base.id, &hint, idle_deadline, now);
+                        }
                         return;
                     }
                     None => return,
@@ -339,6 +354,17 @@ impl RequestSession {
     }
 }
 
+/// What a reload gave the next attempt.
+enum Reloaded {
+    /// The fresh record's metadata and payload with the request's operations replayed.
+    Write(Metadata, crate::record::Payload),
+    /// The replay changed nothing (and no id is to be cycled): nothing to write.
+    Unchanged {
+        hint: String,
+        idle_deadline: UnixMillis,
+    },
+}
+
 /// The save of one request's changes to a stored session: what stays the same across attempts.
 struct Writer<'r> {
     req: &'r RequestSession,
@@ -369,13 +395,8 @@ impl<'r> Writer<'r> {
     }
 
     /// Reads the record again and replays the request's operations on it. `None`: the request
-    /// is done (the session ended or moved, or the store failed; `out` says which). `Some(None)`:
-    /// the replay changed nothing and no id is to be cycled, so there is nothing to write.
-    async fn reload(
-        &mut self,
-        ops: &[crate::session::Op],
-        out: &mut Commit,
-    ) -> Option<Option<(Metadata, crate::record::Payload)>> {
+    /// is done (the session ended or moved, or the store failed; `out` says which).
+    async fn reload(&mut self, ops: &[crate::session::Op], out: &mut Commit) -> Option<Reloaded> {
         let req = self.req;
         let fresh = match req.shared.store.load(self.old).await {
             Ok(Some(r)) if !r.is_expired(req.shared.clock.now_ms()) => r,
@@ -393,6 +414,7 @@ impl<'r> Writer<'r> {
             }
         };
         self.expected = fresh.version;
+        let idle_deadline = fresh.idle_deadline;
         let (mut meta, mut data) = (fresh.meta, fresh.data);
         let mut user = meta.user_id.take();
         let mut changed = false;
@@ -406,7 +428,14 @@ impl<'r> Writer<'r> {
             }
         }
         meta.user_id = user;
-        Some((changed || self.cycle).then_some((meta, data)))
+        Some(if changed || self.cycle {
+            Reloaded::Write(meta, data)
+        } else {
+            Reloaded::Unchanged {
+                hint: meta.hint,
+                idle_deadline,
+            }
+        })
     }
 
     /// The record to write from `meta` and `data`. A cycled id is a new session identity: new

@@ -52,6 +52,17 @@ impl StoreHandle {
         session: Option<SessionId>,
         call: BoxFuture<'_, Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        self.run_with(op, session, call, self.breaker.as_ref())
+            .await
+    }
+
+    async fn run_with<T>(
+        &self,
+        op: &'static str,
+        session: Option<SessionId>,
+        call: BoxFuture<'_, Result<T, StoreError>>,
+        breaker: Option<&SharedBreaker>,
+    ) -> Result<T, StoreError> {
         // `session` is the redacted Display form: never the full id.
         let span = tracing::debug_span!(
             "sessile.store",
@@ -72,7 +83,7 @@ impl StoreHandle {
         // future is dropped (a client that went away, an outer timeout).
         let unavailable =
             |r: &Result<T, StoreError>| r.as_ref().err().is_some_and(StoreError::is_unavailability);
-        let result = match &self.breaker {
+        let result = match breaker {
             None => call.instrument(span.clone()).await,
             Some(breaker) => match breaker.call(|| call, unavailable) {
                 Ok(guarded) => guarded.instrument(span.clone()).await,
@@ -117,11 +128,14 @@ impl StoreHandle {
             Err(e) if e.is_ambiguous() => e,
             Err(e) => return Err(WriteError::Failed(e)),
         };
+        // Not subject to the breaker: the write that just failed may well have opened it, and an
+        // unsettled write could still land later. One call per unclear write, with its deadline.
         let settled = self
-            .run(
+            .run_with(
                 "settle",
                 Some(new),
                 self.store.settle(old, new, expected, write),
+                None,
             )
             .await;
         let outcome = match &settled {

@@ -37,9 +37,9 @@ pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// * Expired records vanish on read and are swept in the background (when built inside a tokio
 ///   runtime; otherwise only on read and through [`MemoryStore::purge_expired`]).
 /// * With a [capacity](MemoryStoreBuilder::capacity), creating a session in a full store first
-///   drops expired records and then evicts the oldest-created ones of the same map, so memory
-///   stays bounded under a flood of new sessions, and no session is evicted while the store holds
-///   fewer than its capacity.
+///   drops expired records (sweeping every shard at most once a second) and then evicts the
+///   oldest-created ones, so memory stays bounded under a flood of new sessions, and no live
+///   session is evicted while the store holds fewer than its capacity.
 /// * Every operation finishes in one step under a lock, so a write is never half applied and its
 ///   outcome is never in doubt; [`settle`](SessionStore::settle) still answers from the last
 ///   write id each record keeps.
@@ -79,7 +79,13 @@ struct Inner {
     /// hold ids that are already gone; it is compacted when it grows past twice the store. Locked
     /// alone, never while a shard is held.
     order: Mutex<VecDeque<SessionId>>,
+    /// When a full store last swept every shard for expired entries.
+    last_full_sweep: std::sync::atomic::AtomicU64,
 }
+
+/// A full store sweeps all its shards for expired entries before evicting a live one, at most
+/// this often (a sweep of 100 000 entries takes about a millisecond).
+const FULL_SWEEP_EVERY_MS: u64 = 1_000;
 
 #[derive(Default)]
 struct Shard {
@@ -169,6 +175,7 @@ impl MemoryStoreBuilder {
             fences: Mutex::default(),
             any_fences: std::sync::atomic::AtomicBool::new(false),
             order: Mutex::default(),
+            last_full_sweep: std::sync::atomic::AtomicU64::new(0),
         });
         if let (Some(every), Ok(rt)) = (self.sweep_interval, tokio::runtime::Handle::try_current())
         {
@@ -405,10 +412,24 @@ impl Inner {
         Ok(())
     }
 
-    /// Before a new id is stored: while the store is full, evicts the oldest-created entry.
+    /// Before a new id is stored: while the store is full, drops expired entries (sweeping every
+    /// shard at most once per [`FULL_SWEEP_EVERY_MS`]), then evicts the oldest-created live ones.
     /// Called with no shard held (the victim may be in any shard).
-    fn make_room(&self) {
+    fn make_room(&self, now: UnixMillis) {
         let Some(cap) = self.capacity else { return };
+        if self.len.load(Ordering::Relaxed) >= cap {
+            let last = self.last_full_sweep.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= FULL_SWEEP_EVERY_MS
+                && self
+                    .last_full_sweep
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                for shard in 0..SHARDS {
+                    self.purge_shard(shard, now);
+                }
+            }
+        }
         while self.len.load(Ordering::Relaxed) >= cap {
             let Some(victim) = lock(&self.order).pop_front() else {
                 return;
@@ -461,7 +482,7 @@ impl SessionStore for MemoryStore {
     async fn create(&self, record: &Record, write: WriteId) -> Result<(), StoreError> {
         let entry = self.inner.entry(record, write)?;
         let now = self.inner.clock.now_ms();
-        self.inner.make_room();
+        self.inner.make_room(now);
         let mut users = self.inner.user_guard(record);
         {
             let mut shard = self.inner.shard(&record.id);
@@ -517,7 +538,7 @@ impl SessionStore for MemoryStore {
     ) -> Result<(), StoreError> {
         let entry = self.inner.entry(record, write)?;
         let now = self.inner.clock.now_ms();
-        self.inner.make_room();
+        self.inner.make_room(now);
         let mut users = self.inner.user_guard(record);
         let (a, b) = (shard_of(&old), shard_of(&record.id));
         {
@@ -578,7 +599,11 @@ impl SessionStore for MemoryStore {
     }
 
     async fn destroy(&self, id: SessionId) -> Result<(), StoreError> {
+        let now = self.inner.clock.now_ms();
         let mut shard = self.inner.shard(&id);
+        if let Some(Entry::Rotated { .. }) = self.inner.live(&mut shard, &id, now) {
+            return Err(StoreError::Rotated);
+        }
         self.inner.remove(&mut shard, &id);
         Ok(())
     }
@@ -718,6 +743,30 @@ mod tests {
             s.load(victim.id).await.expect("load").is_none(),
             "oldest went first"
         );
+    }
+
+    #[tokio::test]
+    async fn a_full_store_drops_expired_sessions_before_an_old_live_one() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let s = store(&clock, Some(100));
+        // The oldest session stays active; the 99 after it go idle and expire.
+        let active = record(T0, 60_000);
+        s.create(&active, WriteId::random()).await.expect("create");
+        for _ in 0..99 {
+            s.create(&record(T0, 1_000), WriteId::random())
+                .await
+                .expect("create");
+        }
+        clock.advance(Duration::from_secs(2));
+        s.touch(active.id, T0 + 120_000).await.expect("touch");
+        s.create(&record(T0 + 2_000, 60_000), WriteId::random())
+            .await
+            .expect("create");
+        assert!(
+            s.load(active.id).await.expect("load").is_some(),
+            "the one live session was evicted while 99 expired ones held the room"
+        );
+        assert_eq!(s.len(), 2);
     }
 
     #[tokio::test]

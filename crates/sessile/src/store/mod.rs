@@ -247,7 +247,9 @@ pub trait SessionStore: Send + Sync + 'static {
         write: WriteId,
     ) -> impl Future<Output = Result<Settled, StoreError>> + Send;
 
-    /// Deletes a record. Deleting a missing record is not an error.
+    /// Deletes a record. Deleting a missing record is not an error; an id that `rotate` moved away
+    /// from answers [`StoreError::Rotated`] and nothing is deleted (a logout that named the
+    /// pre-login id must not end the session the login made).
     fn destroy(&self, id: SessionId) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Deletes every session whose `user_id` is `user_id`; returns how many were deleted.
