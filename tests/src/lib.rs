@@ -342,8 +342,12 @@ pub fn routes(gate: Arc<Gate>) -> Router {
         )
         .route("/cycle", post(|s: Session| async move { s.cycle_id() }))
         .route(
-            "/name-as-number",
-            get(|s: Session| async move { s.get::<u64>("name").map(|n| format!("{n:?}")) }),
+            "/name-as-map",
+            // A string read as a map: serde's error message quotes the stored value.
+            get(|s: Session| async move {
+                s.get::<HashMap<String, u64>>("name")
+                    .map(|n| format!("{n:?}"))
+            }),
         )
         .route(
             "/unchanged",

@@ -672,7 +672,7 @@ fn session_values_never_reach_the_logs() {
             let token = f.session("hunter2-secret").await;
             let cookie = format!("{NAME}={token}");
             // Reading the value as the wrong type: a 500, logged.
-            let r = send(&f.app, Method::GET, "/name-as-number", Some(&cookie), None).await;
+            let r = send(&f.app, Method::GET, "/name-as-map", Some(&cookie), None).await;
             assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
             assert!(!r.body.contains("hunter2"), "nor the response: {}", r.body);
             // A save that fails.
