@@ -23,20 +23,30 @@ struct Fixture {
     handled: Arc<AtomicU32>,
 }
 
-fn fixture(mode: DegradedMode) -> Fixture {
-    let clock = Arc::new(ManualClock::default());
-    let breaker = SharedBreaker::builder("test_store")
+/// A breaker on a manual clock, without jitter, opening after `minimum_calls`.
+fn breaker(
+    clock: &Arc<ManualClock>,
+    window: u32,
+    minimum_calls: u32,
+    probes: u32,
+) -> SharedBreaker {
+    SharedBreaker::builder("test_store")
         .config(Config {
-            window: Window::Count(20),
-            minimum_calls: 5,
-            half_open_probes: 1,
+            window: Window::Count(window),
+            minimum_calls,
+            half_open_probes: probes,
             jitter: 0.0,
             ..Config::default()
         })
         .clock(clock.clone())
         .seed(3)
         .build()
-        .expect("breaker");
+        .expect("breaker")
+}
+
+fn fixture(mode: DegradedMode) -> Fixture {
+    let clock = Arc::new(ManualClock::default());
+    let breaker = breaker(&clock, 20, 5, 1);
     let store = CountingStore::new(FaultyStore::new(MemoryStore::new()));
     let layer =
         SessionManagerLayer::builder(store.clone(), KeyRing::new(1, &[8; 32]).expect("keys"))
@@ -284,18 +294,7 @@ async fn clients_that_give_up_during_half_open_do_not_keep_the_breaker_open() {
     // deadline, so the half-open probes never answer. Before permits were guards, those probes
     // held their slots forever and every session route answered 503 until an operator reset.
     let clock = Arc::new(ManualClock::default());
-    let breaker = SharedBreaker::builder("test_store")
-        .config(Config {
-            window: Window::Count(10),
-            minimum_calls: 3,
-            half_open_probes: 2,
-            jitter: 0.0,
-            ..Config::default()
-        })
-        .clock(clock.clone())
-        .seed(3)
-        .build()
-        .expect("breaker");
+    let breaker = breaker(&clock, 10, 3, 2);
     let store = FaultyStore::new(MemoryStore::new());
     let layer =
         SessionManagerLayer::builder(store.clone(), KeyRing::new(1, &[8; 32]).expect("keys"))

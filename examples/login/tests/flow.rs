@@ -222,16 +222,19 @@ async fn health_check_needs_no_session() {
     assert!(r.set_cookie("sid").is_none());
 }
 
+/// The example's routes and pages over `store`.
+fn app_over(store: impl sessile::SessionStore) -> Router {
+    let layer =
+        sessile::SessionManagerLayer::builder(store, KeyRing::new(1, &[3; 32]).expect("keys"))
+            .build()
+            .expect("layer");
+    sessile_login_example::with_sessions(sessile_login_example::routes("node-7"), layer)
+}
+
 #[tokio::test]
 async fn a_logout_that_could_not_be_saved_says_so_and_can_be_retried() {
     let store = sessile_tests::FaultyStore::new(sessile::MemoryStore::new());
-    let layer = sessile::SessionManagerLayer::builder(
-        store.clone(),
-        KeyRing::new(1, &[3; 32]).expect("keys"),
-    )
-    .build()
-    .expect("layer");
-    let app = sessile_login_example::with_sessions(sessile_login_example::routes("node-7"), layer);
+    let app = app_over(store.clone());
     let mut b = Browser::new(&app);
     b.log_in("alice", "wonderland").await;
     let csrf = b.csrf("/profile").await;
@@ -253,16 +256,8 @@ async fn a_logout_that_could_not_be_saved_says_so_and_can_be_retried() {
 }
 
 fn counted_app() -> (Router, sessile_tests::CountingStore<sessile::MemoryStore>) {
-    let memory = sessile::MemoryStore::new();
-    let store = sessile_tests::CountingStore::new(memory);
-    let layer = sessile::SessionManagerLayer::builder(
-        store.clone(),
-        KeyRing::new(1, &[3; 32]).expect("keys"),
-    )
-    .build()
-    .expect("layer");
-    let app = sessile_login_example::with_sessions(sessile_login_example::routes("node-7"), layer);
-    (app, store)
+    let store = sessile_tests::CountingStore::new(sessile::MemoryStore::new());
+    (app_over(store.clone()), store)
 }
 
 #[tokio::test]
