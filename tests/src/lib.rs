@@ -158,6 +158,7 @@ pub struct Faults {
     fail_writes: Arc<AtomicBool>,
     fail_loads: Arc<AtomicBool>,
     hang: Arc<AtomicBool>,
+    hung: Arc<Notify>,
 }
 
 /// A store whose operations can be made to fail or hang.
@@ -195,11 +196,18 @@ impl Faults {
     pub fn hang(&self, on: bool) {
         self.hang.store(on, Ordering::SeqCst);
     }
+
+    /// Woken (`notify_waiters`) whenever an operation starts to hang: register with
+    /// `Notified::enable` before starting the operation.
+    pub fn hung(&self) -> &Notify {
+        &self.hung
+    }
 }
 
 impl Hook for Faults {
     async fn before(&self, op: &'static str) -> Result<(), StoreError> {
         if self.hang.load(Ordering::SeqCst) {
+            self.hung.notify_waiters();
             std::future::pending::<()>().await;
         }
         let flag = if op == "load" {

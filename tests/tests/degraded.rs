@@ -316,14 +316,22 @@ async fn clients_that_give_up_during_half_open_do_not_keep_the_breaker_open() {
     }
     assert_eq!(breaker.state(), State::Open);
     clock.advance(Duration::from_millis(1_001));
-    // The probes: each client gives up after 20 ms, well before the 200 ms store deadline.
+    // The probes: each reaches the store (it hangs), then its client gives up, well before the
+    // 200 ms store deadline: the request future is dropped mid-call.
     for _ in 0..2 {
-        let gave_up = tokio::time::timeout(
-            Duration::from_millis(20),
-            send(&app, Method::GET, "/read", Some(&cookie), None),
-        )
-        .await;
-        assert!(gave_up.is_err(), "the client gave up");
+        let hung = store.hung().notified();
+        tokio::pin!(hung);
+        hung.as_mut().enable();
+        let client = tokio::spawn({
+            let (app, cookie) = (app.clone(), cookie.clone());
+            async move { send(&app, Method::GET, "/read", Some(&cookie), None).await }
+        });
+        hung.await;
+        client.abort();
+        assert!(
+            client.await.is_err_and(|e| e.is_cancelled()),
+            "the client gave up"
+        );
     }
     assert_eq!(breaker.state(), State::HalfOpen);
     store.hang(false);
