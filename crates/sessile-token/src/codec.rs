@@ -108,13 +108,19 @@ impl TokenCodec {
 
     /// Seals `claims` with the primary key, binding `hint` and the cookie name.
     pub fn seal(&self, claims: &Claims, hint: &Hint) -> String {
+        let mut nonce = [0u8; NONCE_LEN];
+        // ThreadRng is a CSPRNG (ChaCha, reseeded from the OS); it avoids a syscall per token.
+        rand::rng().fill_bytes(&mut nonce);
+        self.seal_with_nonce(claims, hint, nonce)
+    }
+
+    /// [`seal`](Self::seal) with a given nonce: for the fixed test vectors only. A nonce must
+    /// never repeat under one key.
+    fn seal_with_nonce(&self, claims: &Claims, hint: &Hint, nonce: [u8; NONCE_LEN]) -> String {
         let (key_id, aead) = self.keys.primary();
         let mut buf = [0u8; SEALED_LEN];
         buf[0] = TOKEN_FORMAT_VERSION;
         buf[1] = *key_id;
-        let mut nonce = [0u8; NONCE_LEN];
-        // ThreadRng is a CSPRNG (ChaCha, reseeded from the OS); it avoids a syscall per token.
-        rand::rng().fill_bytes(&mut nonce);
         buf[NONCE_AT..CIPHER_AT].copy_from_slice(&nonce);
         buf[CIPHER_AT..CIPHER_AT + 16].copy_from_slice(&claims.session_id);
         buf[CIPHER_AT + 16..TAG_AT].copy_from_slice(&claims.issued_at.to_be_bytes());
@@ -287,6 +293,31 @@ mod tests {
             Err(TokenError::UnsupportedVersion(9))
         );
     }
+
+    #[test]
+    fn format_v1_is_pinned_by_known_answer_vectors() {
+        // Tokens sealed with a fixed key, nonce and claims; PLAIN_V1 is also what the first
+        // release of the format produced (checked against it when the tenant context was added).
+        // If an assertion fails, the wire format changed and tokens in browsers would stop
+        // opening: bump TOKEN_FORMAT_VERSION and keep reading v1 instead.
+        let codec =
+            TokenCodec::new(KeyRing::new(7, &[0x42; 32]).expect("keys"), "sid").expect("codec");
+        let claims = Claims {
+            session_id: *b"0123456789abcdef",
+            issued_at: 1_700_000_000,
+        };
+        let hint = Hint::new("node-1").expect("hint");
+        let nonce: [u8; NONCE_LEN] = std::array::from_fn(|i| i as u8);
+        let plain = codec.seal_with_nonce(&claims, &hint, nonce);
+        assert_eq!(plain, PLAIN_V1);
+        let tenant = codec.clone().with_context("acme").expect("context");
+        assert_eq!(tenant.seal_with_nonce(&claims, &hint, nonce), TENANT_V1);
+        assert_eq!(codec.open(PLAIN_V1).expect("opens").claims, claims);
+        assert_eq!(tenant.open(TENANT_V1).expect("opens").claims, claims);
+    }
+
+    const PLAIN_V1: &str = "node-1.AQcAAQIDBAUGBwgJCgsMDQ4PEBESExQVFhd5Rret2-AlahL1jzNJs15rjBhlGCZIgdP0x7tZvMospHcKHms";
+    const TENANT_V1: &str = "node-1.AQcAAQIDBAUGBwgJCgsMDQ4PEBESExQVFhd5Rret2-AlahL1jzNJs15rjBhlGNMcfPy-gBUCRLoGSJFV9BU";
 
     #[test]
     fn a_token_of_one_context_opens_under_no_other() {

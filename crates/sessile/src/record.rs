@@ -251,6 +251,39 @@ mod tests {
     }
 
     #[test]
+    fn body_format_v1_is_pinned_by_a_known_answer_vector() {
+        // If this fails, stored sessions would stop decoding after a deploy: bump CODEC_VERSION
+        // and keep decoding v1 instead.
+        let mut data = Payload::default();
+        data.insert("n".into(), rmp_serde::to_vec(&7u32).expect("encode"));
+        data.insert("user".into(), rmp_serde::to_vec("alice").expect("encode"));
+        let r = Record {
+            id: SessionId::from_bytes([1; 16]),
+            version: 3,
+            idle_deadline: 1_000,
+            meta: Metadata {
+                created_at: 10,
+                absolute_deadline: 900,
+                user_id: Some("alice".into()),
+                tenant: Some("acme".into()),
+                hint: "n1".into(),
+            },
+            data,
+        };
+        let body = r.encode_body().expect("encode");
+        let hex: String = body.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, BODY_V1);
+        let bytes: Vec<u8> = (0..BODY_V1.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&BODY_V1[i..i + 2], 16).expect("hex"))
+            .collect();
+        assert_eq!(Record::decode(r.id, 3, 1_000, &bytes).expect("decode"), r);
+    }
+
+    const BODY_V1: &str =
+        "0192950acd0384a5616c696365a461636d65a26e3182a16ec40107a475736572c406a5616c696365";
+
+    #[test]
     fn body_round_trips() {
         let r = record();
         let body = r.encode_body().expect("encode");
