@@ -90,6 +90,10 @@ impl Default for Config {
     }
 }
 
+/// Longest open wait or probe timeout accepted: a day (longer ones are mistakes, and bounding
+/// them keeps time arithmetic far from overflow).
+pub const MAX_WAIT: Duration = Duration::from_secs(86_400);
+
 /// A setting is out of range.
 #[derive(Debug, Clone, PartialEq, Error)]
 #[error("invalid circuit breaker setting: {0}")]
@@ -117,8 +121,13 @@ impl Config {
                 "minimum calls and half-open probes must be at least 1",
             ));
         }
-        if self.probe_timeout.is_zero() {
-            return Err(ConfigError("probe timeout must be positive"));
+        if self.probe_timeout.is_zero() || self.probe_timeout > MAX_WAIT {
+            return Err(ConfigError(
+                "probe timeout must be positive and at most a day",
+            ));
+        }
+        if self.max_open_wait > MAX_WAIT {
+            return Err(ConfigError("maximum open wait must be at most a day"));
         }
         if self.open_wait.is_zero() || self.open_wait > self.max_open_wait {
             return Err(ConfigError(

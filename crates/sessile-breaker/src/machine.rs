@@ -62,6 +62,8 @@ pub struct Rejected {
 pub struct Permit {
     generation: u64,
     pub(crate) started: Duration,
+    /// A half-open probe's number, to find its slot among the outstanding ones.
+    probe: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -70,12 +72,9 @@ enum Phase {
     Open {
         until: Duration,
     },
-    /// `issued` probes are out or answered, `succeeded` answered well; the oldest unanswered one
-    /// was issued at `oldest` (probes out since then are given back at `oldest + probe_timeout`).
+    /// `succeeded` probes answered well; the unanswered ones are in `Breaker::probes`.
     HalfOpen {
-        issued: u32,
         succeeded: u32,
-        oldest: Duration,
     },
     ForcedOpen,
     ForcedClosed,
@@ -103,6 +102,10 @@ pub struct Breaker {
     opens: u32,
     /// xorshift64 state for jitter; seeded, so tests are repeatable.
     rng: u64,
+    /// Half-open probes out and unanswered: (number, start). At most `half_open_probes`; each is
+    /// given back when answered, dropped early, or older than `probe_timeout`.
+    probes: Vec<(u64, Duration)>,
+    next_probe: u64,
 }
 
 impl std::fmt::Debug for Breaker {
@@ -125,6 +128,8 @@ impl Breaker {
             generation: 0,
             opens: 0,
             rng: splitmix64(seed) | 1,
+            probes: Vec::new(),
+            next_probe: 0,
         })
     }
 
@@ -156,40 +161,35 @@ impl Breaker {
                     None,
                 );
             }
-            transition = self.enter(Phase::HalfOpen {
-                issued: 0,
-                succeeded: 0,
-                oldest: now,
-            });
+            transition = self.enter(Phase::HalfOpen { succeeded: 0 });
         }
         let probes = self.config.half_open_probes;
         let timeout = self.config.probe_timeout;
-        if let Phase::HalfOpen {
-            issued,
-            succeeded,
-            oldest,
-        } = &mut self.phase
-        {
-            if *issued >= probes && now >= *oldest + timeout {
-                // Every probe is out and none answered in time: their callers gave up or hang.
-                // Give the slots back; a late answer still counts when it comes.
-                *issued = *succeeded;
-                *oldest = now;
-            }
-        }
-        let result = match &mut self.phase {
-            Phase::Closed | Phase::ForcedClosed => Ok(self.permit(now)),
-            Phase::HalfOpen { issued, oldest, .. } if *issued < probes => {
-                if *issued == 0 {
-                    *oldest = now;
+        let result = match self.phase {
+            Phase::Closed | Phase::ForcedClosed => Ok(self.permit(now, None)),
+            Phase::HalfOpen { succeeded } => {
+                // Probes unanswered for the probe timeout never will be: their callers gave up
+                // or hang. Give their slots back; a late answer still counts when it comes.
+                self.probes
+                    .retain(|(_, started)| now < started.saturating_add(timeout));
+                if succeeded + (self.probes.len() as u32) < probes {
+                    let n = self.next_probe;
+                    self.next_probe += 1;
+                    self.probes.push((n, now));
+                    Ok(self.permit(now, Some(n)))
+                } else {
+                    // Slots come back when probes answer, are dropped, or time out.
+                    let next = self
+                        .probes
+                        .iter()
+                        .map(|(_, started)| started.saturating_add(timeout))
+                        .min()
+                        .unwrap_or(now);
+                    Err(Rejected {
+                        retry_after: next.saturating_sub(now).max(Duration::from_millis(1)),
+                    })
                 }
-                *issued += 1;
-                Ok(self.permit(now))
             }
-            // Probes are out: their slots come back when they answer, are dropped, or time out.
-            Phase::HalfOpen { oldest, .. } => Err(Rejected {
-                retry_after: (*oldest + timeout).saturating_sub(now),
-            }),
             Phase::ForcedOpen | Phase::Open { .. } => Err(Rejected {
                 retry_after: self.config.open_wait,
             }),
@@ -203,6 +203,7 @@ impl Breaker {
             return None;
         }
         let slow = now.saturating_sub(permit.started) > self.config.slow_call_duration;
+        self.release(permit);
         match &mut self.phase {
             Phase::Closed => {
                 self.window.record(failed, slow, now);
@@ -243,10 +244,15 @@ impl Breaker {
         if now.saturating_sub(permit.started) > self.config.slow_call_duration {
             return self.record(permit, false, now);
         }
-        if let Phase::HalfOpen { issued, .. } = &mut self.phase {
-            *issued = issued.saturating_sub(1);
-        }
+        self.release(permit);
         None
+    }
+
+    /// Frees a half-open probe's slot, if it still holds one (not already given back).
+    fn release(&mut self, permit: Permit) {
+        if let Some(n) = permit.probe {
+            self.probes.retain(|(p, _)| *p != n);
+        }
     }
 
     /// Holds the breaker open until [`reset`](Self::reset) or [`force_closed`](Self::force_closed).
@@ -265,10 +271,11 @@ impl Breaker {
         self.enter(Phase::Closed)
     }
 
-    fn permit(&self, now: Duration) -> Permit {
+    fn permit(&self, now: Duration, probe: Option<u64>) -> Permit {
         Permit {
             generation: self.generation,
             started: now,
+            probe,
         }
     }
 
@@ -289,8 +296,9 @@ impl Breaker {
         let base = c.open_wait.as_secs_f64() * c.backoff.powi(exp);
         let capped = base.min(c.max_open_wait.as_secs_f64());
         let wait = capped * (1.0 + c.jitter * (2.0 * self.next_unit() - 1.0));
+        // Bounded by validation (`max_open_wait` at most a day), so this cannot overflow.
         self.enter(Phase::Open {
-            until: now + Duration::from_secs_f64(wait.max(0.0)),
+            until: now.saturating_add(Duration::from_secs_f64(wait.max(0.0))),
         })
     }
 
@@ -300,6 +308,7 @@ impl Breaker {
         // New period: permits from the old one no longer count, and the window starts empty.
         self.generation += 1;
         self.window.clear();
+        self.probes.clear();
         let to = phase.state();
         (from != to).then_some(Transition { from, to })
     }
@@ -346,6 +355,64 @@ mod tests {
         let permit = permit.expect("let through");
         let t2 = b.record(permit, failed, now + MS);
         t2.or(t1)
+    }
+
+    #[test]
+    fn half_open_slots_come_back_probe_by_probe_and_never_exceed_the_limit() {
+        let mut b = Breaker::new(
+            Config {
+                half_open_probes: 3,
+                probe_timeout: 500 * MS,
+                ..config()
+            },
+            1,
+        )
+        .expect("valid");
+        for _ in 0..4 {
+            call(&mut b, S, true);
+        }
+        assert_eq!(b.state(), State::Open);
+        let t0 = 3 * S;
+        let acquire = |b: &mut Breaker, at: Duration| b.try_acquire(at).0;
+        // A answers at once; B and C start later and are still running at t0 + 500 ms.
+        let a = acquire(&mut b, t0).expect("probe A");
+        b.record(a, false, t0 + 5 * MS);
+        let pb = acquire(&mut b, t0 + 400 * MS).expect("probe B");
+        let _pc = acquire(&mut b, t0 + 450 * MS).expect("probe C");
+        // One success and two running: all three slots are in use. (The first fix timed the
+        // give-back from the oldest probe and let D and E in here: five probes at once.)
+        assert!(acquire(&mut b, t0 + 500 * MS).is_err());
+        // B's caller leaves quickly: its slot comes back, once.
+        b.abandon(pb, t0 + 520 * MS);
+        let pd = acquire(&mut b, t0 + 520 * MS).expect("probe D takes B's slot");
+        assert!(acquire(&mut b, t0 + 521 * MS).is_err());
+        // Abandoning B again (a stale permit) frees nothing.
+        b.abandon(pb, t0 + 530 * MS);
+        assert!(acquire(&mut b, t0 + 531 * MS).is_err());
+        // D succeeds: two successes and C still running fill the three slots.
+        b.record(pd, false, t0 + 600 * MS);
+        assert!(acquire(&mut b, t0 + 601 * MS).is_err());
+        // C times out 500 ms after it started, not after A did.
+        assert!(acquire(&mut b, t0 + 949 * MS).is_err());
+        let pe = acquire(&mut b, t0 + 950 * MS).expect("C's slot after its timeout");
+        b.record(pe, false, t0 + 960 * MS);
+        assert_eq!(b.state(), State::Closed, "three successes close it");
+    }
+
+    #[test]
+    fn huge_waits_are_refused_not_overflowed() {
+        for c in [
+            Config {
+                probe_timeout: Duration::MAX,
+                ..config()
+            },
+            Config {
+                max_open_wait: Duration::MAX,
+                ..config()
+            },
+        ] {
+            assert!(Breaker::new(c, 1).is_err());
+        }
     }
 
     #[test]

@@ -270,7 +270,7 @@ impl SessionManagerBuilder {
             BreakerChoice::Default => Some(
                 SharedBreaker::builder(STORE_BREAKER_NAME)
                     .config(sessile_breaker::Config {
-                        probe_timeout: self.config.store_timeout,
+                        probe_timeout: self.config.store_timeout.min(sessile_breaker::MAX_WAIT),
                         ..sessile_breaker::Config::default()
                     })
                     .build()
