@@ -618,8 +618,15 @@ async fn tenants_sharing_a_store_and_keys_stay_apart() {
 async fn only_the_first_few_session_cookies_are_tried() {
     let f = fixture();
     let token = f.session("ann").await;
-    let garbage = |n: usize| vec![format!("{NAME}=garbage"); n].join("; ");
-    let with = |n: usize| format!("{}; {NAME}={token}", garbage(n));
+    // Well-formed tokens that fail the AEAD: the real one with its last character changed.
+    let mut forged = token.clone();
+    let last = forged.pop().expect("a character");
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    let with = |n: usize, junk: &str| {
+        let mut c = vec![format!("{NAME}={junk}"); n];
+        c.push(format!("{NAME}={token}"));
+        c.join("; ")
+    };
     let read = |cookie: String| {
         let app = f.app.clone();
         async move {
@@ -628,11 +635,14 @@ async fn only_the_first_few_session_cookies_are_tried() {
                 .body
         }
     };
-    assert_eq!(read(with(sessile::MAX_SESSION_COOKIES - 1)).await, "ann");
-    // Past the bound nothing more is opened, whatever follows: a flood of cookies costs a few
-    // AEAD opens, not one per cookie.
-    assert_eq!(read(with(sessile::MAX_SESSION_COOKIES)).await, "-");
-    assert_eq!(read(with(500)).await, "-");
+    let max = sessile::MAX_SESSION_COOKIES;
+    assert_eq!(read(with(max - 1, &forged)).await, "ann");
+    // Past the bound no more AEAD opens are made, whatever follows: a flood of cookies costs a
+    // few, not one per cookie.
+    assert_eq!(read(with(max, &forged)).await, "-");
+    assert_eq!(read(with(500, &forged)).await, "-");
+    // Junk that is not even a token costs a length check and does not count.
+    assert_eq!(read(with(500, "garbage")).await, "ann");
 }
 
 /// Log lines written while `run` runs, as text.
@@ -737,4 +747,46 @@ async fn a_logout_that_loaded_before_a_login_does_not_end_the_new_session() {
         Some(sessile::SaveError::Rotated)
     ));
     assert_eq!(f.get("/whoami", Some(&new)).await.body, "alice");
+}
+
+#[tokio::test]
+async fn a_record_of_another_tenant_does_not_load_even_with_a_token_that_opens() {
+    // The token binds the tenant, so this only happens when a store mixes records up (or one is
+    // written by hand): the load checks the record's tenant as well.
+    use sessile::SessionStore as _;
+    let memory = MemoryStore::new();
+    let layer = SessionManagerLayer::builder(memory.clone(), keys())
+        .cookie_name(NAME)
+        .tenant("acme")
+        .build()
+        .expect("layer");
+    let app = routes(Arc::default()).layer(layer);
+    let codec = sessile_token::TokenCodec::new(keys(), NAME)
+        .and_then(|c| c.with_context("acme"))
+        .expect("codec");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    for (tenant, expected) in [("acme", "ann"), ("globex", "-")] {
+        let mut record = sessile_conformance::record(None, 1);
+        record.meta.tenant = Some(tenant.into());
+        record
+            .data
+            .insert("name".into(), rmp_serde::to_vec("ann").expect("encode"));
+        memory
+            .create(&record, sessile::store::WriteId::random())
+            .await
+            .expect("create");
+        let token = codec.seal(
+            &sessile_token::Claims {
+                session_id: *record.id.as_bytes(),
+                issued_at: (now / 1000) as u32,
+            },
+            &Hint::new("node-a").expect("hint"),
+        );
+        let cookie = format!("{NAME}={token}");
+        let r = send(&app, Method::GET, "/read", Some(&cookie), None).await;
+        assert_eq!(r.body, expected, "a record of tenant {tenant}");
+    }
 }

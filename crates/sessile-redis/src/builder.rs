@@ -102,20 +102,36 @@ pub(crate) fn version_ok(info: &str) -> (bool, Option<&str>) {
     (found >= MIN_REDIS_VERSION, Some(version))
 }
 
-/// `url` with any password replaced, for `Debug` output and logs.
+/// `url` with any password replaced (in the user info, and in query parameters such as
+/// `sentinelPassword`), for `Debug` output and logs.
 pub(crate) fn redacted(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
     let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
+    let authority = match authority.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split_once(':').map_or("", |(u, _)| u);
-            let user = if userinfo.contains(':') { user } else { "" };
-            format!("{scheme}://{user}:***@{host}{tail}")
+            format!("{user}:***@{host}")
         }
-        None => url.to_owned(),
-    }
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.to_ascii_lowercase().contains("password") => {
+                        format!("{k}=***")
+                    }
+                    _ => kv.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 /// Configures a [`RedisStore`]. Every default is a named constant in this crate. Its `Debug`
@@ -344,10 +360,11 @@ mod tests {
             "redis://:s3cret@127.0.0.1:6379/0",
             "redis://user:s3cret@127.0.0.1:6379",
             "redis-sentinel://user:s3cret@h:26379/0?sentinelServiceName=m",
+            "redis-sentinel://h:26379/0?sentinelServiceName=m&sentinelPassword=s3cret&node=h:2",
         ] {
             let shown = format!("{:?}", RedisStore::builder(url));
             assert!(!shown.contains("s3cret"), "{shown}");
-            assert!(shown.contains("***@"), "{shown}");
+            assert!(shown.contains("***"), "{shown}");
         }
         assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }

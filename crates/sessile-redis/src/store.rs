@@ -538,12 +538,13 @@ impl SessionStore for RedisStore {
         if let Some((tenant, user)) = user_key.split_once(':') {
             let tenant = (!tenant.is_empty()).then_some(tenant);
             let index = inner.keys.index(tenant, user);
-            let _: i64 = inner
-                .pool
-                .next_connected()
-                .zrem(index, id.to_hex())
-                .await
-                .map_err(|e| inner.fail(e))?;
+            // The session is gone either way; a stale index entry is only slack (it is pruned at
+            // the session's absolute deadline), so a failure here does not fail the logout.
+            let removed: Result<i64, _> =
+                inner.pool.next_connected().zrem(index, id.to_hex()).await;
+            if let Err(e) = removed {
+                tracing::warn!(error = %e, "session destroyed; its user index entry stays until it expires");
+            }
         }
         Ok(())
     }

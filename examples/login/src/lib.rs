@@ -92,7 +92,15 @@ impl Throttle {
     }
 
     fn keys(user: &str, addr: Option<std::net::IpAddr>) -> [(String, u32); 2] {
-        let addr = addr.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        // An IPv6 client usually has a whole /64: count it as one address.
+        let addr = match addr {
+            Some(std::net::IpAddr::V6(v6)) => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+            Some(v4) => v4.to_string(),
+            None => "unknown".to_owned(),
+        };
         [
             (format!("user:{user}"), MAX_FAILURES_PER_USER),
             (format!("addr:{addr}"), MAX_FAILURES_PER_ADDRESS),
@@ -135,15 +143,24 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
     }
 }
 
-/// Checks a password on a blocking thread: Argon2 takes tens of milliseconds by design. `None`
-/// when every hashing slot stayed busy for [`HASH_QUEUE_WAIT`].
-async fn verify_password(user: &str, password: String) -> Option<bool> {
-    let _slot = tokio::time::timeout(HASH_QUEUE_WAIT, HASHING.acquire())
+/// A hashing slot, or `None` when every slot stayed busy for [`HASH_QUEUE_WAIT`].
+async fn hashing_slot() -> Option<tokio::sync::SemaphorePermit<'static>> {
+    tokio::time::timeout(HASH_QUEUE_WAIT, HASHING.acquire())
         .await
         .ok()?
-        .ok()?;
+        .ok()
+}
+
+/// Checks a password on a blocking thread (Argon2 takes tens of milliseconds by design), holding
+/// `slot` until the hash is done: a client that goes away does not free the slot early.
+async fn verify_with(
+    slot: tokio::sync::SemaphorePermit<'static>,
+    user: &str,
+    password: String,
+) -> bool {
     let known = USERS.get(user).cloned();
-    let ok = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let phc = known.as_deref().unwrap_or(&DUMMY_HASH);
         let ok = PasswordHash::new(phc)
             .map(|h| {
@@ -155,9 +172,19 @@ async fn verify_password(user: &str, password: String) -> Option<bool> {
         ok && known.is_some()
     })
     .await
-    .unwrap_or(false);
-    Some(ok)
+    .unwrap_or(false)
 }
+
+/// [`verify_with`] on a slot from [`hashing_slot`]; `None` when none came free.
+#[cfg(test)]
+async fn verify_password(user: &str, password: String) -> Option<bool> {
+    let slot = hashing_slot().await?;
+    Some(verify_with(slot, user, password).await)
+}
+
+/// Longest user name accepted: longer ones are refused before any hashing or throttling, so a
+/// flood of huge names cannot fill the throttle's memory.
+pub const MAX_USER_NAME: usize = 64;
 
 /// What the app needs to start.
 #[derive(Debug, Clone)]
@@ -208,24 +235,38 @@ pub fn with_sessions(routes: Router, sessions: SessionManagerLayer) -> Router {
 }
 
 /// A change that could not be saved must not look like success: the form answers 503 with a page
-/// that says so, and the user can try again (a logout that failed leaves the user logged in, with
-/// the cookie, so trying again works). A session that ended meanwhile (a logout elsewhere) or that
-/// a login replaced is not an error.
+/// that says what happened, and the user can try again (a logout that failed leaves the user
+/// logged in, with the cookie, so trying again works). A session that ended meanwhile (a logout
+/// elsewhere) is not an error.
 async fn save_failure_page(res: Response) -> Response {
     let Some(failed) = res.extensions().get::<sessile::SaveFailed>() else {
         return res;
     };
-    if matches!(**failed, SaveError::Ended | SaveError::Rotated) {
-        return res;
-    }
+    let message = match **failed {
+        // A session that ended meanwhile (a logout elsewhere) is not an error.
+        SaveError::Ended => return res,
+        // A login moved the session while this request ran: its change (a logout, say) named
+        // the old id and did not happen.
+        SaveError::Rotated => {
+            "Your session was renewed (a login) while this was on its way, so it was not done. \
+             Please go back, reload and try again."
+        }
+        // The store's reply was lost: the change happened once or not at all.
+        SaveError::Unknown(_) => {
+            "The session store did not confirm your change: it may or may not have been saved. \
+             Please reload to check before trying again."
+        }
+        _ => {
+            "Your change could not be saved: the session store is not answering. Nothing was \
+             changed; please go back and try again."
+        }
+    };
     let mut page = (
         StatusCode::SERVICE_UNAVAILABLE,
         [(axum::http::header::RETRY_AFTER, "1")],
         page(
             "Not saved",
-            "<p class=\"error\">Your change could not be saved: the session store is not \
-             answering. Nothing was lost; please go back and try again.</p>\
-             <p><a href=\"/\">Home</a></p>",
+            &format!("<p class=\"error\">{message}</p><p><a href=\"/\">Home</a></p>"),
         ),
     )
         .into_response();
@@ -417,20 +458,28 @@ async fn login(
     Form(form): Form<LoginForm>,
 ) -> PageResult {
     let cookie = login_csrf_cookie(&headers).ok_or(AppError::Csrf)?;
-    if !bool::from(cookie.as_bytes().ct_eq(form.csrf.as_bytes())) {
+    if cookie.len() != 64 || !bool::from(cookie.as_bytes().ct_eq(form.csrf.as_bytes())) {
         return Err(AppError::Csrf);
+    }
+    let wrong = || {
+        let page = login_page(&form.csrf, Some("Wrong user name or password."));
+        Ok((StatusCode::UNAUTHORIZED, page).into_response())
+    };
+    if form.username.len() > MAX_USER_NAME {
+        return wrong();
     }
     if state.throttle.blocked(&form.username, addr) {
         return Err(AppError::Throttled);
     }
-    match verify_password(&form.username, form.password).await {
-        None => return Err(AppError::Busy),
-        Some(false) => {
-            state.throttle.failed(&form.username, addr);
-            let page = login_page(&form.csrf, Some("Wrong user name or password."));
-            return Ok((StatusCode::UNAUTHORIZED, page).into_response());
-        }
-        Some(true) => {}
+    let slot = hashing_slot().await.ok_or(AppError::Busy)?;
+    // Checked again with the slot in hand: guesses that queued together all passed the first
+    // check, and at most `MAX_CONCURRENT_HASHES` of them may pass this one.
+    if state.throttle.blocked(&form.username, addr) {
+        return Err(AppError::Throttled);
+    }
+    if !verify_with(slot, &form.username, form.password.clone()).await {
+        state.throttle.failed(&form.username, addr);
+        return wrong();
     }
     // New privileges, new id: the pre-login id (which an attacker might have planted) dies here.
     session.cycle_id();

@@ -307,3 +307,25 @@ async fn password_guessing_is_throttled_per_user_name() {
         (StatusCode::SEE_OTHER, "/profile")
     );
 }
+
+#[tokio::test]
+async fn empty_csrf_tokens_and_huge_user_names_are_refused_cheaply() {
+    let (app, _store) = counted_app();
+    let mut b = Browser::new(&app);
+    b.login_csrf = Some(String::new());
+    let r = b
+        .post("/login", "username=alice&password=wonderland&csrf=")
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "an empty token matches nothing"
+    );
+    let mut b = Browser::new(&app);
+    let csrf = b.csrf("/login").await;
+    let name = "a".repeat(sessile_login_example::MAX_USER_NAME + 1);
+    let r = b
+        .post("/login", &format!("username={name}&password=x&csrf={csrf}"))
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}

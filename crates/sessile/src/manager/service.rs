@@ -93,13 +93,15 @@ where
     }
 }
 
-/// Session cookies of one request whose token is tried: a browser sends one (two while an old
-/// path or domain lingers), so a request with dozens is an attack on the AEAD, and the rest are
-/// ignored.
+/// Session cookies of one request whose token reaches the AEAD: a browser sends one (two while an
+/// old path or domain lingers), so a request with dozens is an attack on the AEAD, and the rest
+/// are ignored. Cookies that are not even well-formed tokens cost a length check and do not count,
+/// so junk planted beside the real cookie cannot push it out. (A sibling domain that plants
+/// well-formed tokens can: a `__Host-` cookie name rules that out.)
 pub const MAX_SESSION_COOKIES: usize = 4;
 
 /// The first of the request's session cookies whose token opens, among the first
-/// [`MAX_SESSION_COOKIES`].
+/// [`MAX_SESSION_COOKIES`] that reach the AEAD.
 pub(crate) fn read_token(shared: &Shared, cookies: &[HeaderValue]) -> Option<Incoming> {
     let name = shared.codec.cookie_name();
     let mut tried = 0;
@@ -116,8 +118,11 @@ pub(crate) fn read_token(shared: &Shared, cookies: &[HeaderValue]) -> Option<Inc
                     .increment(1);
                 return None;
             }
-            tried += 1;
-            match shared.codec.open(cookie.value()) {
+            let opened = shared.codec.open(cookie.value());
+            if matches!(opened, Ok(_) | Err(sessile_token::TokenError::Invalid)) {
+                tried += 1;
+            }
+            match opened {
                 Ok(opened) => {
                     return Some(Incoming {
                         id: SessionId::from_bytes(opened.claims.session_id),
