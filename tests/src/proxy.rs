@@ -21,6 +21,8 @@ struct State {
     upstream: SocketAddr,
     /// Lose the reply to the next request any connection sends.
     cut_next: AtomicBool,
+    /// Hold the reply to the next request for this long (ms; 0: no delay).
+    delay_next_ms: std::sync::atomic::AtomicU64,
     /// Signalled once a reply was lost and its connection closed.
     cut: Notify,
     /// While true, new connections wait before they reach the server.
@@ -35,6 +37,7 @@ impl Proxy {
         let state = Arc::new(State {
             upstream,
             cut_next: AtomicBool::new(false),
+            delay_next_ms: std::sync::atomic::AtomicU64::new(0),
             cut: Notify::new(),
             held: watch::channel(false).0,
         });
@@ -58,6 +61,13 @@ impl Proxy {
     /// closed; from then on, new connections are held until [`release`](Self::release).
     pub fn lose_next_reply(&self) {
         self.state.cut_next.store(true, Ordering::SeqCst);
+    }
+
+    /// Delays the reply to the next request by `by`: the server has run it, the client hears of it
+    /// late. Other connections are not held.
+    pub fn delay_next_reply(&self, by: std::time::Duration) {
+        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.state.delay_next_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Waits until the armed reply was lost.
@@ -92,6 +102,15 @@ async fn serve(mut client: TcpStream, state: Arc<State>) {
                 let Ok(n @ 1..) = n else { return };
                 if server.write_all(&up[..n]).await.is_err() {
                     return;
+                }
+                let delay = state.delay_next_ms.swap(0, Ordering::SeqCst);
+                if delay > 0 {
+                    let Ok(n @ 1..) = server.read(&mut down).await else { return };
+                    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                    if client.write_all(&down[..n]).await.is_err() {
+                        return;
+                    }
+                    continue;
                 }
                 if state.cut_next.swap(false, Ordering::SeqCst) {
                     // The server runs the request; its reply goes nowhere.

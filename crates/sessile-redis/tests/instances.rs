@@ -420,3 +420,58 @@ async fn tenants_sharing_a_store_and_keys_stay_apart() {
     };
     sessile_tests::races::tenants_are_isolated(&app("acme"), &app("globex"), NAME).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_whose_reply_comes_after_the_deadline_is_settled_as_saved() {
+    // The reply to A's save is held past A's store deadline (the save ran on the server). The
+    // layer must not report a failure for a write that landed: it asks the store (on another
+    // pool connection), learns the write landed, and reports success. Before write settlement
+    // the request was told the save failed (a timeout).
+    let server = RedisServer::start();
+    let prefix = unique_prefix();
+    let proxy = sessile_tests::proxy::Proxy::start(([127, 0, 0, 1], server.port()).into()).await;
+    let store_a = RedisStore::builder(format!("redis://{}", proxy.addr()))
+        .prefix(&prefix)
+        .pool_size(2)
+        .connect()
+        .await
+        .expect("connect through the proxy");
+    let store_a = CountingStore::new(store_a);
+    let layer =
+        SessionManagerLayer::builder(store_a.clone(), KeyRing::new(1, &[4; 32]).expect("keys"))
+            .cookie_name(NAME)
+            .store_timeout(Duration::from_millis(300))
+            .build()
+            .expect("layer");
+    let gate_a = Arc::new(Gate::default());
+    let app_a = routes(Arc::clone(&gate_a)).layer(layer);
+    let token = send(&app_a, Method::POST, "/set/ann", None, None)
+        .await
+        .cookie_value(NAME)
+        .expect("a session");
+    let cookie = format!("{NAME}={token}");
+    let held = tokio::spawn({
+        let (app_a, cookie) = (app_a.clone(), cookie.clone());
+        async move { send(&app_a, Method::POST, "/slow-incr", Some(&cookie), None).await }
+    });
+    gate_a.entered.notified().await;
+    proxy.delay_next_reply(Duration::from_millis(1_000));
+    gate_a.release.notify_one();
+    let a = held.await.expect("A's request");
+    assert!(
+        a.save_failed.is_none(),
+        "the save landed; it must not be reported failed: {:?}",
+        a.save_failed
+    );
+    assert_eq!(store_a.count("settle"), 1, "the outcome was asked for");
+    assert_eq!(
+        (store_a.count("save"), store_a.count("load")),
+        (1, 1),
+        "and not replayed"
+    );
+    // Read through an instance connected to Redis directly (A's delayed connection is still
+    // waiting for the held reply).
+    let (app_b, _gate_b, _store_b) = instance(&server.url(), &prefix, "node-b", 0.25).await;
+    let n = send(&app_b, Method::GET, "/n", Some(&cookie), None).await;
+    assert_eq!(n.body, "1", "applied exactly once");
+}
