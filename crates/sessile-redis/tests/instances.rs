@@ -231,70 +231,100 @@ async fn every_key_written_has_a_ttl() {
     }
 }
 
+/// Instance A, talking to a fresh Redis through a proxy that can lose or delay replies: its app,
+/// gate, counted store and the proxy; and the server, for instances connected directly.
+struct Proxied {
+    app: Router,
+    gate: Arc<Gate>,
+    store: CountingStore<RedisStore>,
+    proxy: sessile_tests::proxy::Proxy,
+    prefix: String,
+    server: RedisServer,
+}
+
+async fn behind_proxy(pool_size: usize, store_timeout: Duration) -> Proxied {
+    let server = RedisServer::start();
+    let prefix = unique_prefix();
+    let proxy = sessile_tests::proxy::Proxy::start(([127, 0, 0, 1], server.port()).into()).await;
+    let store = RedisStore::builder(format!("redis://{}", proxy.addr()))
+        .prefix(&prefix)
+        .pool_size(pool_size)
+        .connect()
+        .await
+        .expect("connect through the proxy");
+    let store = CountingStore::new(store);
+    let layer =
+        SessionManagerLayer::builder(store.clone(), KeyRing::new(1, &[4; 32]).expect("keys"))
+            .cookie_name(NAME)
+            .node_hint(Hint::new("node-a").expect("hint"))
+            .store_timeout(store_timeout)
+            .build()
+            .expect("layer");
+    let gate = Arc::new(Gate::default());
+    Proxied {
+        app: routes(Arc::clone(&gate)).layer(layer),
+        gate,
+        store,
+        proxy,
+        prefix,
+        server,
+    }
+}
+
+impl Proxied {
+    /// Starts an increment on A and returns once its handler holds the loaded session.
+    async fn held_increment(&self, cookie: &str) -> JoinHandle<Reply> {
+        let (app, cookie) = (self.app.clone(), cookie.to_owned());
+        let held = tokio::spawn(async move {
+            send(&app, Method::POST, "/slow-incr", Some(&cookie), None).await
+        });
+        self.gate.entered.notified().await;
+        held
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_save_whose_reply_was_lost_is_settled_not_replayed() {
     // Instance A talks to Redis through a proxy that loses the reply to A's save and holds A's
     // reconnect until instance B has saved too. Before write ids were recorded per write, fred
     // re-sent A's save after the reconnect, the script saw B's write and answered "conflict", and
     // A replayed its increment on a record that already held it: 3 instead of 2.
-    let server = RedisServer::start();
-    let prefix = unique_prefix();
-    let proxy = sessile_tests::proxy::Proxy::start(([127, 0, 0, 1], server.port()).into()).await;
-    let store_a = RedisStore::builder(format!("redis://{}", proxy.addr()))
-        .prefix(&prefix)
-        .pool_size(1)
-        .connect()
-        .await
-        .expect("connect through the proxy");
-    let store_a = CountingStore::new(store_a);
-    let layer =
-        SessionManagerLayer::builder(store_a.clone(), KeyRing::new(1, &[4; 32]).expect("keys"))
-            .cookie_name(NAME)
-            .node_hint(Hint::new("node-a").expect("hint"))
-            // Long enough to wait out the held reconnect; the test releases it within milliseconds.
-            .store_timeout(Duration::from_secs(10))
-            .build()
-            .expect("layer");
-    let gate_a = Arc::new(Gate::default());
-    let app_a = routes(Arc::clone(&gate_a)).layer(layer);
-    let (app_b, _gate_b, _store_b) = instance(&server.url(), &prefix, "node-b", 0.25).await;
+    // Long enough to wait out the held reconnect; the test releases it within milliseconds.
+    let a = behind_proxy(1, Duration::from_secs(10)).await;
+    let (app_b, _gate_b, _store_b) = instance(&a.server.url(), &a.prefix, "node-b", 0.25).await;
 
     let token = send(&app_b, Method::POST, "/set/ann", None, None)
         .await
         .cookie_value(NAME)
         .expect("a session");
     let cookie = format!("{NAME}={token}");
-    let held = tokio::spawn({
-        let (app_a, cookie) = (app_a.clone(), cookie.clone());
-        async move { send(&app_a, Method::POST, "/slow-incr", Some(&cookie), None).await }
-    });
-    gate_a.entered.notified().await;
-    proxy.lose_next_reply();
-    gate_a.release.notify_one();
-    proxy.reply_lost().await;
+    let held = a.held_increment(&cookie).await;
+    a.proxy.lose_next_reply();
+    a.gate.release.notify_one();
+    a.proxy.reply_lost().await;
     // A's save ran on the server; A does not know. B increments meanwhile.
     let b = send(&app_b, Method::POST, "/incr", Some(&cookie), None).await;
     assert!(b.save_failed.is_none(), "{:?}", b.save_failed);
     assert_eq!(b.body, "2", "B saw A's increment");
-    proxy.release();
-    let a = held.await.expect("A's request");
-    assert_eq!(a.status, StatusCode::OK);
+    a.proxy.release();
+    let reply = held.await.expect("A's request");
+    assert_eq!(reply.status, StatusCode::OK);
     assert!(
-        a.save_failed.is_none(),
+        reply.save_failed.is_none(),
         "A's save landed and must not be reported failed: {:?}",
-        a.save_failed
+        reply.save_failed
     );
     // fred re-sends the save after the reconnect (its retry path does not keep the single
     // attempt the store asks for), and the re-sent script finds its write id marked as landed;
     // had the reply's loss reached the layer, it would have settled. Either way: no replay.
     eprintln!(
         "instance A: {} save, {} settle, {} load",
-        store_a.count("save"),
-        store_a.count("settle"),
-        store_a.count("load")
+        a.store.count("save"),
+        a.store.count("settle"),
+        a.store.count("load")
     );
     assert_eq!(
-        (store_a.count("save"), store_a.count("load")),
+        (a.store.count("save"), a.store.count("load")),
         (1, 1),
         "A's increment was not replayed"
     );
@@ -427,51 +457,30 @@ async fn a_save_whose_reply_comes_after_the_deadline_is_settled_as_saved() {
     // layer must not report a failure for a write that landed: it asks the store (on another
     // pool connection), learns the write landed, and reports success. Before write settlement
     // the request was told the save failed (a timeout).
-    let server = RedisServer::start();
-    let prefix = unique_prefix();
-    let proxy = sessile_tests::proxy::Proxy::start(([127, 0, 0, 1], server.port()).into()).await;
-    let store_a = RedisStore::builder(format!("redis://{}", proxy.addr()))
-        .prefix(&prefix)
-        .pool_size(2)
-        .connect()
-        .await
-        .expect("connect through the proxy");
-    let store_a = CountingStore::new(store_a);
-    let layer =
-        SessionManagerLayer::builder(store_a.clone(), KeyRing::new(1, &[4; 32]).expect("keys"))
-            .cookie_name(NAME)
-            .store_timeout(Duration::from_millis(300))
-            .build()
-            .expect("layer");
-    let gate_a = Arc::new(Gate::default());
-    let app_a = routes(Arc::clone(&gate_a)).layer(layer);
-    let token = send(&app_a, Method::POST, "/set/ann", None, None)
+    let a = behind_proxy(2, Duration::from_millis(300)).await;
+    let token = send(&a.app, Method::POST, "/set/ann", None, None)
         .await
         .cookie_value(NAME)
         .expect("a session");
     let cookie = format!("{NAME}={token}");
-    let held = tokio::spawn({
-        let (app_a, cookie) = (app_a.clone(), cookie.clone());
-        async move { send(&app_a, Method::POST, "/slow-incr", Some(&cookie), None).await }
-    });
-    gate_a.entered.notified().await;
-    proxy.delay_next_reply(Duration::from_millis(1_000));
-    gate_a.release.notify_one();
-    let a = held.await.expect("A's request");
+    let held = a.held_increment(&cookie).await;
+    a.proxy.delay_next_reply(Duration::from_millis(1_000));
+    a.gate.release.notify_one();
+    let reply = held.await.expect("A's request");
     assert!(
-        a.save_failed.is_none(),
+        reply.save_failed.is_none(),
         "the save landed; it must not be reported failed: {:?}",
-        a.save_failed
+        reply.save_failed
     );
-    assert_eq!(store_a.count("settle"), 1, "the outcome was asked for");
+    assert_eq!(a.store.count("settle"), 1, "the outcome was asked for");
     assert_eq!(
-        (store_a.count("save"), store_a.count("load")),
+        (a.store.count("save"), a.store.count("load")),
         (1, 1),
         "and not replayed"
     );
     // Read through an instance connected to Redis directly (A's delayed connection is still
     // waiting for the held reply).
-    let (app_b, _gate_b, _store_b) = instance(&server.url(), &prefix, "node-b", 0.25).await;
+    let (app_b, _gate_b, _store_b) = instance(&a.server.url(), &a.prefix, "node-b", 0.25).await;
     let n = send(&app_b, Method::GET, "/n", Some(&cookie), None).await;
     assert_eq!(n.body, "1", "applied exactly once");
 }
