@@ -475,6 +475,11 @@ async fn config_mistakes_are_typed_errors() {
         tweak(SessionManagerLayer::builder(MemoryStore::new(), keys())).build()
     };
     use sessile::ConfigError as E;
+    // Longer than a store remembers write outcomes: a landed write could be written again.
+    assert!(matches!(
+        build(|b| b.store_timeout(Duration::from_secs(120))),
+        Err(E::StoreTimeout { .. })
+    ));
     assert!(matches!(
         build(|b| b.cookie_name("__Host-sid").cookie_path("/app")),
         Err(E::CookiePrefix(_))

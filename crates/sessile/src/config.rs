@@ -27,6 +27,12 @@ pub const DEFAULT_RENEW_FRACTION: f64 = 0.25;
 /// under a millisecond; 500 ms bounds the tail without failing requests during a short hiccup.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// Longest store deadline accepted. A write whose reply is lost is settled after at most one
+/// deadline, and again within one more; stores remember a write's outcome for a while (the Redis
+/// store, a minute), which must outlast both, or a write that landed could be taken for one that
+/// did not and be written again.
+pub const MAX_STORE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Default payload limit (keys plus encoded values). Sessions are for identity and small state;
 /// 16 KiB leaves room for that and refuses accidental blobs early, with a clear error.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 16 * 1024;
@@ -100,6 +106,14 @@ pub enum ConfigError {
     /// A `__Host-` or `__Secure-` cookie name with attributes browsers would reject.
     #[error("cookie prefix rule broken: {0}")]
     CookiePrefix(&'static str),
+    /// The store deadline is longer than [`MAX_STORE_TIMEOUT`].
+    #[error("store timeout must be at most {max:?}, got {got:?}")]
+    StoreTimeout {
+        /// The maximum.
+        max: Duration,
+        /// The value given.
+        got: Duration,
+    },
     /// The tenant is not 1-64 visible ASCII characters without `:`, `{` or `}` (it is bound into
     /// tokens and store keys).
     #[error("tenant must be 1-64 visible ASCII characters without ':', '{{' or '}}'")]
@@ -179,6 +193,12 @@ impl SessionConfig {
             if d.is_zero() {
                 return Err(ConfigError::Zero(name));
             }
+        }
+        if self.store_timeout > MAX_STORE_TIMEOUT {
+            return Err(ConfigError::StoreTimeout {
+                max: MAX_STORE_TIMEOUT,
+                got: self.store_timeout,
+            });
         }
         if self.max_save_attempts == 0 {
             return Err(ConfigError::Zero("max save attempts"));

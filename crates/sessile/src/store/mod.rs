@@ -34,8 +34,10 @@
 //! sure a write it reports as not applied can never land later. So a write whose outcome was
 //! unclear is never replayed blindly, and an `update` is applied exactly once.
 //!
-//! A network store must therefore not let its client re-send a write command on its own after a
-//! connection drops (`sessile-redis` sends its scripts with a single attempt).
+//! A store must remember a write's outcome for longer than two store deadlines (the layer settles
+//! within one deadline of giving up on a write, and accepts no deadline over
+//! [`MAX_STORE_TIMEOUT`](crate::config::MAX_STORE_TIMEOUT)), and must recognise a copy of a write
+//! that its client re-sends on its own after a connection drops (fred does).
 //!
 //! Every store must pass the `sessile-conformance` suite.
 
