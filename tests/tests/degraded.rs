@@ -45,7 +45,7 @@ fn breaker(
 }
 
 fn fixture(mode: DegradedMode) -> Fixture {
-    let clock = Arc::new(ManualClock::default());
+    let clock = Arc::new(ManualClock::starting_now());
     let breaker = breaker(&clock, 20, 5, 1);
     let store = CountingStore::new(FaultyStore::new(MemoryStore::new()));
     let layer =
@@ -293,7 +293,7 @@ async fn clients_that_give_up_during_half_open_do_not_keep_the_breaker_open() {
     // The store hangs; clients give up (their request futures are dropped) before the store
     // deadline, so the half-open probes never answer. Before permits were guards, those probes
     // held their slots forever and every session route answered 503 until an operator reset.
-    let clock = Arc::new(ManualClock::default());
+    let clock = Arc::new(ManualClock::starting_now());
     let breaker = breaker(&clock, 10, 3, 2);
     let store = FaultyStore::new(MemoryStore::new());
     let layer =

@@ -6,7 +6,8 @@
 //! a limited number of half-open probes; an open wait that grows exponentially, with jitter,
 //! while the backend keeps failing.
 //!
-//! [`SharedBreaker`] puts it behind a mutex with a [`Clock`] and an [`Observer`] (the default,
+//! [`SharedBreaker`] puts it behind a mutex with a [`Clock`] (sessile's one clock, from
+//! `sessile-core`: a test's [`ManualClock`] drives sessions and breaker alike) and an [`Observer`] (the default,
 //! [`MetricsObserver`], reports through `metrics` and `tracing`). It is also the operator's
 //! handle. [`CircuitBreakerLayer`] puts it around any tower service.
 //!
@@ -53,10 +54,8 @@ pub use future::{Guarded, ResponseFuture};
 pub use layer::CircuitBreakerLayer;
 pub use machine::{Breaker, Permit, Rejected, State, Transition};
 pub use service::CircuitBreaker;
-pub use shared::{
-    Clock, Guard, ManualClock, MetricsObserver, Observer, SharedBreaker, SharedBreakerBuilder,
-    SystemClock,
-};
+pub use sessile_core::clock::{Clock, ManualClock, SystemClock};
+pub use shared::{Guard, MetricsObserver, Observer, SharedBreaker, SharedBreakerBuilder};
 
 /// The error of a [`CircuitBreaker`] service: rejected by the breaker, or the inner service's own.
 #[derive(Debug, thiserror::Error)]

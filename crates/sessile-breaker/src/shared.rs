@@ -3,62 +3,11 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use sessile_core::clock::{Clock, SystemClock};
+
 use crate::future::Guarded;
 use crate::machine::{Breaker, Permit, Rejected, State, Transition};
 use crate::{Config, ConfigError};
-
-/// A source of monotonic time.
-pub trait Clock: Send + Sync + 'static {
-    /// Now.
-    fn now(&self) -> Instant;
-}
-
-/// `Instant::now()`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-}
-
-/// A clock that moves only when told to.
-#[derive(Debug)]
-pub struct ManualClock {
-    base: Instant,
-    offset_ns: std::sync::atomic::AtomicU64,
-}
-
-impl Default for ManualClock {
-    fn default() -> Self {
-        Self {
-            base: Instant::now(),
-            offset_ns: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-}
-
-impl ManualClock {
-    /// Moves the clock forward.
-    pub fn advance(&self, by: Duration) {
-        let ns = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
-        self.offset_ns
-            .fetch_add(ns, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Instant {
-        self.base + Duration::from_nanos(self.offset_ns.load(std::sync::atomic::Ordering::SeqCst))
-    }
-}
-
-impl<C: Clock + ?Sized> Clock for Arc<C> {
-    fn now(&self) -> Instant {
-        (**self).now()
-    }
-}
 
 /// Told about what a breaker does. Every method has a no-op default; `()` observes nothing.
 /// Calls happen after the breaker's lock is released, so an observer may take its time.
@@ -195,7 +144,7 @@ impl SharedBreakerBuilder {
                 .bytes()
                 .fold(t, |h, b| h.rotate_left(5) ^ u64::from(b))
         });
-        let origin = self.clock.now();
+        let origin = self.clock.instant();
         Ok(SharedBreaker {
             inner: Arc::new(Inner {
                 machine: Mutex::new(Breaker::new(self.config, seed)?),
@@ -228,7 +177,7 @@ impl SharedBreaker {
     fn now(&self) -> Duration {
         self.inner
             .clock
-            .now()
+            .instant()
             .saturating_duration_since(self.inner.origin)
     }
 

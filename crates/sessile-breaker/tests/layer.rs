@@ -28,7 +28,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let clock = Arc::new(ManualClock::default());
+    let clock = Arc::new(ManualClock::starting_now());
     let seen = Arc::new(Recorder::default());
     let breaker = SharedBreaker::builder("test")
         .config(Config {

@@ -1,4 +1,4 @@
-//! The conformance suite for [`sessile::SessionStore`] implementations.
+//! The conformance suite for [`sessile_core::SessionStore`] implementations.
 //!
 //! Every store must pass it. Invoke the macro in a test file with an async factory returning a
 //! fresh, empty store and a guard that must live as long as the store (a server process, say; `()`
@@ -18,9 +18,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sessile::record::{Metadata, Payload, Record};
-use sessile::store::{Settled, WriteId};
-use sessile::{SessionId, SessionStore, StoreError};
+use sessile_core::record::{Metadata, Payload, Record};
+use sessile_core::store::{Settled, WriteId};
+use sessile_core::{SessionId, SessionStore, StoreError};
 
 /// Calls `$m!({ extra tokens } case, case, ...)` with every case: the one list both entry points
 /// use.
@@ -479,7 +479,7 @@ pub async fn oversized_records_are_refused<S: SessionStore>(store: Arc<S>) {
     let mut big = with_counter(&r, 2);
     big.data.insert(
         "blob".into(),
-        vec![7; sessile::store::DEFAULT_MAX_RECORD_BYTES + 1],
+        vec![7; sessile_core::store::DEFAULT_MAX_RECORD_BYTES + 1],
     );
     assert!(matches!(
         store.save(&big, 1, WriteId::random()).await,

@@ -217,7 +217,7 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Largest encoded record accepted (default `sessile::store::DEFAULT_MAX_RECORD_BYTES`).
+    /// Largest encoded record accepted (default `sessile_core::store::DEFAULT_MAX_RECORD_BYTES`).
     pub fn max_record_bytes(mut self, n: usize) -> Self {
         self.max_record_bytes = n;
         self

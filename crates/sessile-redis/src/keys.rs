@@ -7,18 +7,18 @@
 //! <prefix>:[<tenant>:]{<partition>}:g:<user key>         user generation (integer)
 //!
 //! The user key is `<session tenant>:<user id>` (`:<user id>` without one; see
-//! `sessile::record::user_key`), so that each tenant's users are their own; the partition is the
+//! `sessile_core::record::user_key`), so that each tenant's users are their own; the partition is the
 //! user id's alone.
 //! <prefix>:[<tenant>:]{<partition>}:w:<write id hex>     a write's outcome, for a minute
 //! ```
 //!
 //! `{<partition>}` is the Redis Cluster hash tag: four hex digits of the session id's partition,
 //! which for a logged-in user's sessions is the user's partition (see
-//! [`sessile::SessionId::partition`]). So a user's records and index share one slot, and a script
+//! [`sessile_core::SessionId::partition`]). So a user's records and index share one slot, and a script
 //! can touch them together.
 
-use sessile::SessionId;
-use sessile::store::WriteId;
+use sessile_core::SessionId;
+use sessile_core::store::WriteId;
 
 #[derive(Debug, Clone)]
 pub(crate) struct KeySpace {
@@ -62,7 +62,7 @@ impl KeySpace {
             "{}{{{:04x}}}:{kind}:{}",
             self.base,
             SessionId::user_partition(user),
-            sessile::record::user_key(tenant, user)
+            sessile_core::record::user_key(tenant, user)
         )
     }
 

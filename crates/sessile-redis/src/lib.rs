@@ -1,7 +1,6 @@
 //! A Redis session store for `sessile`, built on [`fred`].
 //!
 //! ```no_run
-//! use sessile::{KeyRing, SessionManagerLayer};
 //! use sessile_redis::RedisStore;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -11,9 +10,14 @@
 //!     .prefix("myapp")
 //!     .connect()
 //!     .await?;
-//! let layer = SessionManagerLayer::builder(store, KeyRing::random(1)).build()?;
+//! // Then, in the application (which depends on `sessile`):
+//! // let sessions = SessionManagerLayer::builder(store, keys).build()?;
+//! # drop(store);
 //! # Ok(()) }
 //! ```
+//!
+//! This crate depends on `sessile-core` only (the store contract), not on the session layer, its
+//! cookies or axum.
 //!
 //! # One round trip per operation
 //!
@@ -24,11 +28,13 @@
 //!
 //! # Exactly once
 //!
-//! The compare-and-set scripts are sent with one attempt: fred never re-sends them after a
-//! dropped connection (a blind re-send that finds other writes since cannot tell whether it ran).
-//! When a reply is lost, the session layer calls `settle`, which reads the record's recent write
-//! ids and fences the write off if it has not landed. See [`scripts`](crate#record-layout) for the
-//! layout and the bounds.
+//! Every write carries a write id, and a write that lands records it under its own short-lived
+//! key in the record's slot, inside the same script. fred re-sends a command that was in flight
+//! when a connection dropped, even when told to try once; a re-sent script finds its own write id
+//! and answers "done" without running again. When a reply is lost, the session layer calls
+//! `settle`, which reads that key and, if the write has not landed, fences the write id off so
+//! that no late copy can land. See [the scripts' layout](crate#record-layout) for the fields and
+//! the bounds.
 //!
 //! # Cluster
 //!
@@ -60,23 +66,27 @@
 //! # Key layout
 //!
 //! ```text
-//! <prefix>:[<tenant>:]{<partition>}:s:<session id hex>   session record (hash: v, e, d, u, g, h, x)
+//! <prefix>:[<tenant>:]{<partition>}:s:<session id hex>   session record (hash: v, e, d, u, g)
+//!                                                         or rotation marker (hash: m, w)
 //! <prefix>:[<tenant>:]{<partition>}:i:<user id>          user index (sorted set of session ids)
 //! <prefix>:[<tenant>:]{<partition>}:g:<user id>          user generation (integer)
+//! <prefix>:[<tenant>:]{<partition>}:w:<write id hex>     a write's outcome (1 landed, 0 fenced)
 //! ```
 //!
 //! Every key has an expiry: records at their idle deadline, indexes and generations at the latest
-//! absolute deadline of their sessions, the marker left under a rotated-away id after
-//! `sessile::store::ROTATED_MARKER_TTL_MS`. The index holds each session until its absolute
+//! absolute deadline of their sessions, write outcomes after a minute, the marker left under a
+//! rotated-away id after
+//! [`sessile_core::store::ROTATED_MARKER_TTL_MS`]. The index holds each session until its absolute
 //! deadline (logins remove the id they rotate away from), and every indexing write prunes the
 //! expired members: it holds the user's live sessions plus those that ended (logout, idle expiry)
 //! less than one absolute lifetime ago.
 //!
 //! # Record layout
 //!
-//! See the fields and return codes in the scripts' documentation: `v` version, `e` idle deadline,
-//! `d` body, `u` user, `g` user generation, `h` the last four write ids, `x` fenced write ids;
-//! markers hold `m` (the new id) and `w` (the rotating write).
+//! A record is a hash: `v` version, `e` idle deadline, `d` the encoded body, `u` user, `g` the
+//! user's generation when the record was given to that user. A rotated-away id holds a marker
+//! instead: `m` (the new id) and `w` (the rotating write's id). Return codes and the reasons are in
+//! the scripts' documentation (`src/scripts.rs`).
 
 mod builder;
 mod keys;

@@ -14,7 +14,7 @@
 //! | `g` | the user's generation when the record was last given to that user (see below) |
 //!
 //! A rotated-away id holds a marker instead: `m` (the new id, hex) and `w` (the rotating write's
-//! id), for `sessile::store::ROTATED_MARKER_TTL_MS`.
+//! id), for `sessile_core::store::ROTATED_MARKER_TTL_MS`.
 //!
 //! # Exactly once
 //!

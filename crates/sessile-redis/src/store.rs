@@ -10,12 +10,12 @@ use fred::prelude::*;
 use fred::types::config::Options;
 use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand, MultipleKeys, Value};
-use sessile::clock::UnixMillis;
-use sessile::record::{CodecError, Record};
-use sessile::store::{
+use sessile_core::clock::UnixMillis;
+use sessile_core::record::{CodecError, Record};
+use sessile_core::store::{
     DEFAULT_MAX_RECORD_BYTES, ROTATED_MARKER_TTL_MS, Settled, WriteId, encode_record,
 };
-use sessile::{SessionId, SessionStore, StoreError};
+use sessile_core::{SessionId, SessionStore, StoreError};
 use thiserror::Error;
 
 use crate::builder::{
@@ -565,7 +565,7 @@ impl SessionStore for RedisStore {
         loop {
             let (next, members) = inner.scan_index(&index, &cursor).await?;
             if !members.is_empty() {
-                let user = sessile::record::user_key(tenant, user_id);
+                let user = sessile_core::record::user_key(tenant, user_id);
                 destroyed += inner.destroy_batch(&index, &user, g, members).await?;
             }
             if next == "0" {

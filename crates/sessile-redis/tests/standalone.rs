@@ -3,10 +3,10 @@
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
-use sessile::store::WriteId;
-use sessile::{SessionId, SessionStore, StoreError};
+use sessile_core::store::WriteId;
+use sessile_core::{SessionId, SessionStore, StoreError};
 use sessile_redis::{RedisStore, RedisStoreError};
-use sessile_tests::redis::{RedisServer, TestRedis, unique_prefix};
+use sessile_testkit::redis::{RedisServer, TestRedis, unique_prefix};
 
 async fn store_on(url: &str) -> RedisStore {
     RedisStore::builder(url)

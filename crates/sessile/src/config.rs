@@ -27,11 +27,7 @@ pub const DEFAULT_RENEW_FRACTION: f64 = 0.25;
 /// under a millisecond; 500 ms bounds the tail without failing requests during a short hiccup.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Longest store deadline accepted. A write whose reply is lost is settled after at most one
-/// deadline, and again within one more; stores remember a write's outcome for a while (the Redis
-/// store, a minute), which must outlast both, or a write that landed could be taken for one that
-/// did not and be written again.
-pub const MAX_STORE_TIMEOUT: Duration = Duration::from_secs(10);
+pub use sessile_core::store::MAX_STORE_TIMEOUT;
 
 /// Default payload limit (keys plus encoded values). Sessions are for identity and small state;
 /// 16 KiB leaves room for that and refuses accidental blobs early, with a clear error.

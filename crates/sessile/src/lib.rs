@@ -59,28 +59,27 @@
 //!   against requests still in flight.
 //! * Ids and tokens never appear in full in logs or `Debug` output.
 
-pub mod clock;
 pub mod config;
 mod error;
 mod extract;
 mod hint;
-mod id;
 mod manager;
-pub mod record;
 mod session;
 pub mod store;
+
+pub use sessile_core::{clock, record};
 
 pub use config::ConfigError;
 pub use config::DegradedMode;
 pub use error::{SaveError, SaveFailed, SessionError};
 pub use extract::SessionRejection;
 pub use hint::HintSource;
-pub use id::SessionId;
 pub use manager::{
     MAX_SESSION_COOKIES, ResponseFuture, STORE_BREAKER_NAME, SaveErrorHook, SessionManager,
     SessionManagerBuilder, SessionManagerLayer,
 };
 pub use sessile_breaker as breaker;
+pub use sessile_core::SessionId;
 pub use sessile_token::{Hint, KeyRing};
 pub use session::Session;
 pub use store::{MemoryStore, SessionStore, StoreError};

@@ -4,7 +4,7 @@ use axum::Router;
 use http::{Method, StatusCode, header};
 use sessile::{Hint, KeyRing};
 use sessile_login_example::{AppConfig, app};
-use sessile_tests::redis::RedisServer;
+use sessile_testkit::redis::RedisServer;
 use sessile_tests::{Reply, send};
 
 /// A browser: the session cookie and the login form's CSRF cookie, updated from every response.
@@ -233,7 +233,7 @@ fn app_over(store: impl sessile::SessionStore) -> Router {
 
 #[tokio::test]
 async fn a_logout_that_could_not_be_saved_says_so_and_can_be_retried() {
-    let store = sessile_tests::FaultyStore::new(sessile::MemoryStore::new());
+    let store = sessile_testkit::FaultyStore::new(sessile::MemoryStore::new());
     let app = app_over(store.clone());
     let mut b = Browser::new(&app);
     b.log_in("alice", "wonderland").await;
@@ -255,8 +255,8 @@ async fn a_logout_that_could_not_be_saved_says_so_and_can_be_retried() {
     assert!(b.token.is_none(), "the retry logged out");
 }
 
-fn counted_app() -> (Router, sessile_tests::CountingStore<sessile::MemoryStore>) {
-    let store = sessile_tests::CountingStore::new(sessile::MemoryStore::new());
+fn counted_app() -> (Router, sessile_testkit::CountingStore<sessile::MemoryStore>) {
+    let store = sessile_testkit::CountingStore::new(sessile::MemoryStore::new());
     (app_over(store.clone()), store)
 }
 

@@ -22,7 +22,7 @@ use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use sessile::store::WriteId;
 use sessile_bench::{Spawned, User, client, free_port, histogram, ms_at, wait_ready};
-use sessile_tests::redis::RedisServer;
+use sessile_testkit::redis::RedisServer;
 
 const CONTENDERS: &[&str] = &[
     "bare",

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 use sessile_bench::{Spawned, User, client, free_port, histogram, ms_at, wait_ready};
-use sessile_tests::redis::RedisServer;
+use sessile_testkit::redis::RedisServer;
 
 struct Args {
     clients: usize,

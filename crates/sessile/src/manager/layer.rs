@@ -40,7 +40,7 @@ impl SessionManagerLayer {
             keys,
             config: SessionConfig::default(),
             hints: Arc::new(Hint::empty()),
-            clock: Arc::new(SystemClock),
+            clock: None,
             breaker: BreakerChoice::Default,
             on_save_error: None,
         }
@@ -85,7 +85,7 @@ pub struct SessionManagerBuilder {
     keys: KeyRing,
     config: SessionConfig,
     hints: Arc<dyn HintSource>,
-    clock: Arc<dyn Clock>,
+    clock: Option<Arc<dyn Clock>>,
     breaker: BreakerChoice,
     on_save_error: Option<super::SaveErrorHook>,
 }
@@ -250,9 +250,13 @@ impl SessionManagerBuilder {
         self
     }
 
-    /// The wall clock (default the system clock). Give the store the same clock.
+    /// The clock of the layer and its default circuit breaker. Default: the store's clock (see
+    /// [`SessionStore::clock`]; the [`MemoryStore`](crate::MemoryStore)'s is set with
+    /// [`MemoryStoreBuilder::clock`](crate::store::MemoryStoreBuilder::clock)), or the system
+    /// clock for a store that keeps none. A test injects its clock into the store, once; set
+    /// one here only for a store that keeps no clock of its own.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
+        self.clock = Some(clock);
         self
     }
 
@@ -264,11 +268,16 @@ impl SessionManagerBuilder {
             // A token issued for one tenant never opens under another.
             codec = codec.with_context(tenant)?;
         }
+        let clock = self
+            .clock
+            .or_else(|| self.store.clock())
+            .unwrap_or_else(|| Arc::new(SystemClock));
         let breaker = match self.breaker {
             // A probe that has not answered within the store deadline never will: the deadline
             // ended it. So half-open slots come back after that long.
             BreakerChoice::Default => Some(
                 SharedBreaker::builder(STORE_BREAKER_NAME)
+                    .clock(Arc::clone(&clock))
                     .config(sessile_breaker::Config {
                         probe_timeout: self.config.store_timeout.min(sessile_breaker::MAX_WAIT),
                         ..sessile_breaker::Config::default()
@@ -287,7 +296,7 @@ impl SessionManagerBuilder {
                 codec,
                 config: self.config,
                 hints: self.hints,
-                clock: self.clock,
+                clock,
                 commit_locks: commit_stripes(),
                 fallback,
                 on_save_error: self.on_save_error,

@@ -145,7 +145,8 @@ impl MemoryStoreBuilder {
         self
     }
 
-    /// The clock deadlines are checked against. Use the same clock as the session layer.
+    /// The clock deadlines are checked against (default the system clock). A session layer over
+    /// this store adopts it, so a test injects its clock here, once.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
@@ -462,6 +463,10 @@ fn index(guard: &mut UserGuard<'_>, id: SessionId) {
 }
 
 impl SessionStore for MemoryStore {
+    fn clock(&self) -> Option<Arc<dyn Clock>> {
+        Some(Arc::clone(&self.inner.clock))
+    }
+
     async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
         let now = self.inner.clock.now_ms();
         let mut shard = self.inner.shard(&id);

@@ -1,0 +1,223 @@
+//! Test support for sessile stores, reusable outside this workspace's tests (the benchmark
+//! depends on it): store wrappers that count or fail operations ([`Hooked`]), real `redis-server`
+//! processes, Clusters and Sentinel groups on loopback ([`redis`]), and a TCP proxy that loses or
+//! delays replies on purpose ([`proxy`]).
+//!
+//! It depends on `sessile-core` only: no session layer, no HTTP.
+
+pub mod proxy;
+pub mod redis;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sessile_core::clock::{Clock, UnixMillis};
+use sessile_core::record::Record;
+use sessile_core::store::{Settled, WriteId};
+use sessile_core::{SessionId, SessionStore, StoreError};
+use tokio::sync::Notify;
+
+/// A store wrapped with a hook that runs before every operation and may fail it.
+///
+/// [`CountingStore`] and [`FaultyStore`] are the two hooks the tests use. `Hooked` derefs to its
+/// hook, so `store.count("load")` and `store.fail_writes(true)` read naturally.
+#[derive(Clone)]
+pub struct Hooked<S, H> {
+    inner: S,
+    hook: H,
+}
+
+/// Runs before each store operation.
+pub trait Hook: Send + Sync + 'static {
+    /// Called with the operation's name; an error is returned instead of calling the store.
+    fn before(&self, op: &'static str) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+impl<S, H> Hooked<S, H> {
+    /// Wraps `inner` with any hook.
+    pub fn with_hook(inner: S, hook: H) -> Self {
+        Self { inner, hook }
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, H> std::ops::Deref for Hooked<S, H> {
+    type Target = H;
+    fn deref(&self) -> &H {
+        &self.hook
+    }
+}
+
+impl<S: SessionStore, H: Hook> SessionStore for Hooked<S, H> {
+    async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
+        self.hook.before("load").await?;
+        self.inner.load(id).await
+    }
+    async fn create(&self, record: &Record, write: WriteId) -> Result<(), StoreError> {
+        self.hook.before("create").await?;
+        self.inner.create(record, write).await
+    }
+    async fn save(&self, record: &Record, expected: u64, write: WriteId) -> Result<(), StoreError> {
+        self.hook.before("save").await?;
+        self.inner.save(record, expected, write).await
+    }
+    async fn touch(&self, id: SessionId, deadline: UnixMillis) -> Result<(), StoreError> {
+        self.hook.before("touch").await?;
+        self.inner.touch(id, deadline).await
+    }
+    async fn rotate(
+        &self,
+        old: SessionId,
+        record: &Record,
+        expected: u64,
+        write: WriteId,
+    ) -> Result<(), StoreError> {
+        self.hook.before("rotate").await?;
+        self.inner.rotate(old, record, expected, write).await
+    }
+    async fn settle(
+        &self,
+        old: SessionId,
+        new: SessionId,
+        expected: u64,
+        write: WriteId,
+    ) -> Result<Settled, StoreError> {
+        self.hook.before("settle").await?;
+        self.inner.settle(old, new, expected, write).await
+    }
+    async fn destroy(&self, id: SessionId) -> Result<(), StoreError> {
+        self.hook.before("destroy").await?;
+        self.inner.destroy(id).await
+    }
+    async fn destroy_user(&self, tenant: Option<&str>, user: &str) -> Result<u64, StoreError> {
+        self.hook.before("destroy_user").await?;
+        self.inner.destroy_user(tenant, user).await
+    }
+    fn clock(&self) -> Option<Arc<dyn Clock>> {
+        self.inner.clock()
+    }
+}
+
+/// Counts calls per operation.
+#[derive(Clone, Default)]
+pub struct Counter {
+    counts: Arc<Mutex<HashMap<&'static str, u64>>>,
+}
+
+/// A store that counts its calls.
+pub type CountingStore<S> = Hooked<S, Counter>;
+
+impl<S> Hooked<S, Counter> {
+    /// Wraps `inner`, counting from zero.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            hook: Counter::default(),
+        }
+    }
+}
+
+impl Counter {
+    /// Calls of `op` so far.
+    pub fn count(&self, op: &str) -> u64 {
+        self.counts
+            .lock()
+            .expect("lock")
+            .get(op)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Calls of every operation so far.
+    pub fn total(&self) -> u64 {
+        self.counts.lock().expect("lock").values().sum()
+    }
+
+    /// Forgets the counts.
+    pub fn reset(&self) {
+        self.counts.lock().expect("lock").clear();
+    }
+}
+
+impl Hook for Counter {
+    async fn before(&self, op: &'static str) -> Result<(), StoreError> {
+        *self.counts.lock().expect("lock").entry(op).or_default() += 1;
+        Ok(())
+    }
+}
+
+/// Switchable faults: failing writes, failing loads, or hanging like a paused server.
+#[derive(Clone, Default)]
+pub struct Faults {
+    fail_writes: Arc<AtomicBool>,
+    fail_loads: Arc<AtomicBool>,
+    hang: Arc<AtomicBool>,
+    hung: Arc<Notify>,
+}
+
+/// A store whose operations can be made to fail or hang.
+pub type FaultyStore<S> = Hooked<S, Faults>;
+
+impl<S> Hooked<S, Faults> {
+    /// Wraps `inner` with every fault off.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            hook: Faults::default(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Injected;
+impl std::fmt::Display for Injected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("injected fault")
+    }
+}
+impl std::error::Error for Injected {}
+
+impl Faults {
+    /// Makes writes (everything but load) fail as unavailable.
+    pub fn fail_writes(&self, on: bool) {
+        self.fail_writes.store(on, Ordering::SeqCst);
+    }
+    /// Makes loads fail as unavailable.
+    pub fn fail_loads(&self, on: bool) {
+        self.fail_loads.store(on, Ordering::SeqCst);
+    }
+    /// Makes every operation wait forever (a paused server).
+    pub fn hang(&self, on: bool) {
+        self.hang.store(on, Ordering::SeqCst);
+    }
+
+    /// Woken (`notify_waiters`) whenever an operation starts to hang: register with
+    /// `Notified::enable` before starting the operation.
+    pub fn hung(&self) -> &Notify {
+        &self.hung
+    }
+}
+
+impl Hook for Faults {
+    async fn before(&self, op: &'static str) -> Result<(), StoreError> {
+        if self.hang.load(Ordering::SeqCst) {
+            self.hung.notify_waiters();
+            std::future::pending::<()>().await;
+        }
+        let flag = if op == "load" {
+            &self.fail_loads
+        } else {
+            &self.fail_writes
+        };
+        if flag.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(Box::new(Injected)));
+        }
+        Ok(())
+    }
+}
