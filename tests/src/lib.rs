@@ -177,8 +177,7 @@ pub fn routes(gate: Arc<Gate>) -> Router {
         .route(
             "/login/{user}",
             post(|s: Session, Path(user): Path<String>| async move {
-                s.cycle_id();
-                s.set_user_id(Some(&user));
+                s.log_in(&user);
                 s.insert("user", &user)
             }),
         )

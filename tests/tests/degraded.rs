@@ -189,12 +189,12 @@ async fn ephemeral_mode_runs_the_handler_on_an_empty_degraded_session_and_writes
 }
 
 #[tokio::test]
-async fn cached_read_only_serves_the_last_copy_and_refuses_writes() {
-    let f = fixture(DegradedMode::CachedReadOnly);
+async fn recent_copy_serves_the_last_copy_and_refuses_writes() {
+    let f = fixture(DegradedMode::RecentCopy);
     let token = f.session().await;
     let unseen = {
         // A session this instance has never loaded or written has no copy here.
-        let other = fixture(DegradedMode::CachedReadOnly);
+        let other = fixture(DegradedMode::RecentCopy);
         let t = other.session().await;
         drop(other);
         t
@@ -356,7 +356,7 @@ fn cached_pair() -> (Router, Router, FaultyStore<MemoryStore>) {
         sessile_tests::routes(Arc::default()).layer(layer)
     };
     (
-        app(DegradedMode::CachedReadOnly),
+        app(DegradedMode::RecentCopy),
         app(DegradedMode::FailClosed),
         store,
     )

@@ -482,11 +482,11 @@ async fn config_mistakes_are_typed_errors() {
     ));
     assert!(matches!(
         build(|b| b.cookie_name("__Host-sid").cookie_path("/app")),
-        Err(E::CookiePrefix(_))
+        Err(E::Cookie(_))
     ));
     assert!(matches!(
         build(|b| b.cookie_name("__Host-sid").secure(false)),
-        Err(E::CookiePrefix(_))
+        Err(E::Cookie(_))
     ));
     assert!(matches!(
         build(|b| b.cookie_name("bad name")),

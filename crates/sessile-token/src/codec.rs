@@ -4,7 +4,7 @@ use chacha20poly1305::{AeadInPlace, Tag, XNonce};
 use rand::RngCore;
 
 use crate::hint::is_valid_hint;
-use crate::{Hint, KeyId, KeyRing, MAX_HINT_LEN, TokenError};
+use crate::{Hint, KeyId, KeyRing, MAX_HINT_LEN, OpenError, TokenConfigError};
 
 /// Format byte written first in every sealed part; bump it when the layout changes.
 pub const TOKEN_FORMAT_VERSION: u8 = 1;
@@ -67,9 +67,9 @@ pub struct TokenCodec {
 
 impl TokenCodec {
     /// A codec for tokens carried in the cookie called `cookie_name`.
-    pub fn new(keys: KeyRing, cookie_name: &str) -> Result<Self, TokenError> {
+    pub fn new(keys: KeyRing, cookie_name: &str) -> Result<Self, TokenConfigError> {
         if !is_valid_cookie_name(cookie_name) {
-            return Err(TokenError::BadCookieName {
+            return Err(TokenConfigError::BadCookieName {
                 max: MAX_COOKIE_NAME_LEN,
             });
         }
@@ -83,12 +83,12 @@ impl TokenCodec {
     /// Binds `context` (a tenant, say) into every token, as associated data: a token sealed under
     /// one context never opens under another, or under none. Tokens of a codec without a context
     /// are exactly those of earlier versions.
-    pub fn with_context(mut self, context: &str) -> Result<Self, TokenError> {
+    pub fn with_context(mut self, context: &str) -> Result<Self, TokenConfigError> {
         if context.is_empty()
             || context.len() > MAX_CONTEXT_LEN
             || !context.bytes().all(|b| b.is_ascii_graphic())
         {
-            return Err(TokenError::BadContext {
+            return Err(TokenConfigError::BadContext {
                 max: MAX_CONTEXT_LEN,
             });
         }
@@ -139,29 +139,26 @@ impl TokenCodec {
         out
     }
 
-    /// Opens a token. Every failure is a [`TokenError`]; nothing here panics on any input.
-    pub fn open<'t>(&self, token: &'t str) -> Result<Opened<'t>, TokenError> {
-        let (hint, sealed) = token.split_once('.').ok_or(TokenError::Malformed)?;
+    /// Opens a token. Every failure is an [`OpenError`]; nothing here panics on any input.
+    pub fn open<'t>(&self, token: &'t str) -> Result<Opened<'t>, OpenError> {
+        let (hint, sealed) = token.split_once('.').ok_or(OpenError::Malformed)?;
         if !is_valid_hint(hint) || sealed.len() != ENCODED_LEN {
-            return Err(TokenError::Malformed);
+            return Err(OpenError::Malformed);
         }
         // Decoding 83 characters may need room for 63 bytes before it knows the last is partial.
         let mut raw = [0u8; SEALED_LEN + 3];
         let n = URL_SAFE_NO_PAD
             .decode_slice(sealed, &mut raw)
-            .map_err(|_| TokenError::Malformed)?;
+            .map_err(|_| OpenError::Malformed)?;
         if n != SEALED_LEN {
-            return Err(TokenError::Malformed);
+            return Err(OpenError::Malformed);
         }
         let buf = &mut raw[..SEALED_LEN];
         if buf[0] != TOKEN_FORMAT_VERSION {
-            return Err(TokenError::UnsupportedVersion(buf[0]));
+            return Err(OpenError::UnsupportedVersion(buf[0]));
         }
         let key_id = buf[1];
-        let aead = self
-            .keys
-            .get(key_id)
-            .ok_or(TokenError::UnknownKey(key_id))?;
+        let aead = self.keys.get(key_id).ok_or(OpenError::UnknownKey(key_id))?;
 
         let mut aad = [0u8; AAD_MAX];
         let aad = self.aad(&mut aad, hint, [buf[0], buf[1]]);
@@ -173,7 +170,7 @@ impl TokenCodec {
             cipher,
             Tag::from_slice(tag),
         )
-        .map_err(|_| TokenError::Invalid)?;
+        .map_err(|_| OpenError::Invalid)?;
 
         let mut session_id = [0u8; 16];
         session_id.copy_from_slice(&cipher[..16]);
@@ -290,7 +287,7 @@ mod tests {
         let wrong_version = format!(".{}", URL_SAFE_NO_PAD.encode(&raw));
         assert_eq!(
             c.open(&wrong_version),
-            Err(TokenError::UnsupportedVersion(9))
+            Err(OpenError::UnsupportedVersion(9))
         );
     }
 
@@ -332,10 +329,10 @@ mod tests {
         let hint = Hint::new("n1").expect("hint");
         let token = acme.seal(&claims, &hint);
         assert_eq!(acme.open(&token).expect("opens").claims, claims);
-        assert!(matches!(globex.open(&token), Err(TokenError::Invalid)));
-        assert!(matches!(plain.open(&token), Err(TokenError::Invalid)));
+        assert!(matches!(globex.open(&token), Err(OpenError::Invalid)));
+        assert!(matches!(plain.open(&token), Err(OpenError::Invalid)));
         let untenanted = plain.seal(&claims, &hint);
-        assert!(matches!(acme.open(&untenanted), Err(TokenError::Invalid)));
+        assert!(matches!(acme.open(&untenanted), Err(OpenError::Invalid)));
         for bad in ["", "a b", &"x".repeat(65)] {
             assert!(plain.clone().with_context(bad).is_err(), "{bad:?}");
         }
@@ -370,7 +367,7 @@ mod tests {
         );
 
         let opened_dropped = TokenCodec::new(dropped, "id").expect("c");
-        assert_eq!(opened_dropped.open(&t_old), Err(TokenError::UnknownKey(1)));
+        assert_eq!(opened_dropped.open(&t_old), Err(OpenError::UnknownKey(1)));
     }
 
     #[test]
@@ -378,7 +375,7 @@ mod tests {
         let a = TokenCodec::new(KeyRing::new(1, &[1; 32]).expect("r"), "id").expect("c");
         let b = TokenCodec::new(KeyRing::new(1, &[2; 32]).expect("r"), "id").expect("c");
         let t = a.seal(&claims([5; 16], 1), &Hint::empty());
-        assert_eq!(b.open(&t), Err(TokenError::Invalid));
+        assert_eq!(b.open(&t), Err(OpenError::Invalid));
     }
 
     proptest! {
@@ -429,9 +426,9 @@ mod tests {
             let token = c.seal(&claims(id, 1), &Hint::new("node-a").expect("valid"));
             let (_, sealed) = token.split_once('.').expect("dot");
             let swapped = format!("{other}.{sealed}");
-            prop_assert_eq!(c.open(&swapped), Err(TokenError::Invalid));
+            prop_assert_eq!(c.open(&swapped), Err(OpenError::Invalid));
             let other_cookie = codec(&format!("x{other}"));
-            prop_assert_eq!(other_cookie.open(&token), Err(TokenError::Invalid));
+            prop_assert_eq!(other_cookie.open(&token), Err(OpenError::Invalid));
         }
     }
 }

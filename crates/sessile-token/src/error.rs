@@ -1,12 +1,12 @@
 use thiserror::Error;
 
-/// Everything that can go wrong when building a key ring or opening a token.
+/// Why a token did not open.
 ///
-/// Opening errors (`Malformed`, `UnsupportedVersion`, `UnknownKey`, `Invalid`) all mean the same
-/// thing to a session layer: there is no session. They are kept apart for metrics and debugging.
+/// To a session layer every variant means the same thing: there is no session. They are kept apart
+/// for metrics and debugging.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
-pub enum TokenError {
+pub enum OpenError {
     /// The token does not have the shape of a sealed token (length, separator, alphabet).
     #[error("token is malformed")]
     Malformed,
@@ -19,6 +19,13 @@ pub enum TokenError {
     /// Authentication failed: tampered bytes, a changed hint, a different cookie name or a wrong key.
     #[error("token failed authentication")]
     Invalid,
+}
+
+/// A key ring, hint, cookie name or context that cannot be used for tokens: a configuration
+/// mistake, found when the codec or the key ring is built.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum TokenConfigError {
     /// A key secret is shorter than [`crate::MIN_SECRET_LEN`] bytes.
     #[error("key secret is {len} bytes; at least {min} bytes of random data are required")]
     WeakSecret {

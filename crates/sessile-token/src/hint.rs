@@ -1,6 +1,6 @@
 use std::fmt;
 
-use crate::TokenError;
+use crate::TokenConfigError;
 
 /// Longest routing hint, in bytes. Keeps the cookie value near 100 characters.
 pub const MAX_HINT_LEN: usize = 32;
@@ -15,11 +15,11 @@ pub struct Hint(Box<str>);
 
 impl Hint {
     /// Validates and wraps a hint.
-    pub fn new(hint: &str) -> Result<Self, TokenError> {
+    pub fn new(hint: &str) -> Result<Self, TokenConfigError> {
         if is_valid_hint(hint) {
             Ok(Self(hint.into()))
         } else {
-            Err(TokenError::BadHint { max: MAX_HINT_LEN })
+            Err(TokenConfigError::BadHint { max: MAX_HINT_LEN })
         }
     }
 
@@ -65,7 +65,7 @@ impl AsRef<str> for Hint {
 }
 
 impl TryFrom<&str> for Hint {
-    type Error = TokenError;
+    type Error = TokenConfigError;
     fn try_from(value: &str) -> Result<Self, Self::Error> {
         Self::new(value)
     }

@@ -5,7 +5,7 @@ use hkdf::Hkdf;
 use rand::RngCore;
 use sha2::Sha256;
 
-use crate::TokenError;
+use crate::TokenConfigError;
 
 /// Identifies one key of a [`KeyRing`]. It travels in every token (unencrypted, authenticated) so the
 /// opener knows which key to try. Ids may be reused once no ring holds the old key any more.
@@ -32,7 +32,7 @@ pub struct KeyRing {
 
 impl KeyRing {
     /// A ring with one key, derived from `secret` (at least [`MIN_SECRET_LEN`] bytes).
-    pub fn new(id: KeyId, secret: &[u8]) -> Result<Self, TokenError> {
+    pub fn new(id: KeyId, secret: &[u8]) -> Result<Self, TokenConfigError> {
         Ok(Self {
             keys: vec![(id, derive(id, secret)?)],
         })
@@ -48,9 +48,9 @@ impl KeyRing {
     }
 
     /// Adds a key that becomes the primary (the one new tokens are sealed with).
-    pub fn with_key(mut self, id: KeyId, secret: &[u8]) -> Result<Self, TokenError> {
+    pub fn with_key(mut self, id: KeyId, secret: &[u8]) -> Result<Self, TokenConfigError> {
         if self.keys.iter().any(|(k, _)| *k == id) {
-            return Err(TokenError::DuplicateKeyId(id));
+            return Err(TokenConfigError::DuplicateKeyId(id));
         }
         self.keys.push((id, derive(id, secret)?));
         Ok(self)
@@ -58,9 +58,11 @@ impl KeyRing {
 
     /// Removes a key. Tokens sealed with it stop opening. Removing the last key is refused, since a
     /// ring must be able to seal.
-    pub fn without_key(mut self, id: KeyId) -> Result<Self, TokenError> {
+    pub fn without_key(mut self, id: KeyId) -> Result<Self, TokenConfigError> {
         if self.keys.len() == 1 && self.keys[0].0 == id {
-            return Err(TokenError::BadKeySpec("a key ring needs at least one key"));
+            return Err(TokenConfigError::BadKeySpec(
+                "a key ring needs at least one key",
+            ));
         }
         self.keys.retain(|(k, _)| *k != id);
         Ok(self)
@@ -70,25 +72,24 @@ impl KeyRing {
     ///
     /// This is the form the example app reads from its environment; whitespace around entries is
     /// ignored.
-    pub fn parse(spec: &str) -> Result<Self, TokenError> {
+    pub fn parse(spec: &str) -> Result<Self, TokenConfigError> {
         let mut ring: Option<Self> = None;
         for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let (id, hex) = entry.split_once(':').ok_or(TokenError::BadKeySpec(
+            let (id, hex) = entry.split_once(':').ok_or(TokenConfigError::BadKeySpec(
                 "each entry must be <id>:<hex secret>",
             ))?;
-            let id: KeyId = id
-                .trim()
-                .parse()
-                .map_err(|_| TokenError::BadKeySpec("key id must be a number from 0 to 255"))?;
+            let id: KeyId = id.trim().parse().map_err(|_| {
+                TokenConfigError::BadKeySpec("key id must be a number from 0 to 255")
+            })?;
             let secret = decode_hex(hex.trim()).map(zeroize::Zeroizing::new).ok_or(
-                TokenError::BadKeySpec("secret must be an even number of hex digits"),
+                TokenConfigError::BadKeySpec("secret must be an even number of hex digits"),
             )?;
             ring = Some(match ring {
                 None => Self::new(id, &secret)?,
                 Some(r) => r.with_key(id, &secret)?,
             });
         }
-        ring.ok_or(TokenError::BadKeySpec("no keys given"))
+        ring.ok_or(TokenConfigError::BadKeySpec("no keys given"))
     }
 
     /// Id of the key new tokens are sealed with.
@@ -120,9 +121,9 @@ impl fmt::Debug for KeyRing {
     }
 }
 
-fn derive(id: KeyId, secret: &[u8]) -> Result<XChaCha20Poly1305, TokenError> {
+fn derive(id: KeyId, secret: &[u8]) -> Result<XChaCha20Poly1305, TokenConfigError> {
     if secret.len() < MIN_SECRET_LEN {
-        return Err(TokenError::WeakSecret {
+        return Err(TokenConfigError::WeakSecret {
             len: secret.len(),
             min: MIN_SECRET_LEN,
         });
@@ -156,7 +157,7 @@ mod tests {
     fn short_secrets_are_refused() {
         assert_eq!(
             KeyRing::new(1, &[0; 31]).err(),
-            Some(TokenError::WeakSecret { len: 31, min: 32 })
+            Some(TokenConfigError::WeakSecret { len: 31, min: 32 })
         );
     }
 
@@ -168,7 +169,7 @@ mod tests {
         assert_eq!(ring.primary_id(), 2);
         assert_eq!(
             ring.clone().with_key(1, &[3; 32]).err(),
-            Some(TokenError::DuplicateKeyId(1))
+            Some(TokenConfigError::DuplicateKeyId(1))
         );
         let ring = ring.without_key(2).expect("one key left");
         assert_eq!(ring.primary_id(), 1);
@@ -188,7 +189,7 @@ mod tests {
         assert!(KeyRing::parse("300:00").is_err());
         assert!(matches!(
             KeyRing::parse("1:0011"),
-            Err(TokenError::WeakSecret { .. })
+            Err(TokenConfigError::WeakSecret { .. })
         ));
     }
 

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! * `hint` is the routing hint: the node or partition that owns the session. It is plain text so an
-//!   edge proxy (nginx, HAProxy, Envoy, or `sessile-affinity`) can route on it with no keys, using
+//!   edge proxy (nginx, HAProxy, Envoy) can route on it with no keys, using
 //!   [`hint_of`].
 //! * `sealed` is URL-safe base64 (no padding) of `version | key id | nonce | ciphertext | tag`, an
 //!   XChaCha20-Poly1305 seal of the session id and the issue time. The cookie name, the hint and the
@@ -30,7 +30,7 @@
 //! let opened = codec.open(&token)?;
 //! assert_eq!(opened.claims, claims);
 //! assert_eq!(opened.hint, "node-1");
-//! # Ok::<(), sessile_token::TokenError>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! # Key rotation
@@ -41,7 +41,7 @@
 //! 1. add the new key as the newest in every instance's ring and deploy; tokens sealed with the old
 //!    key still open, and the session layer re-seals them with the new key the next time it sees them;
 //! 2. after at least one absolute session lifetime, drop the old key and deploy again. Tokens that
-//!    still carry it now open to [`TokenError::UnknownKey`], which the session layer treats as "no
+//!    still carry it now open to [`OpenError::UnknownKey`], which the session layer treats as "no
 //!    session".
 //!
 //! # Performance
@@ -61,7 +61,7 @@
 //! * Nonces are 24 random bytes from a cryptographically secure generator: XChaCha20's nonce is large
 //!   enough that random nonces do not collide at any realistic volume.
 //! * The hint is authenticated but not secret: do not put anything private in it.
-//! * Anything that fails to open is a typed [`TokenError`], never a panic.
+//! * Anything that fails to open is a typed [`OpenError`], never a panic.
 
 mod codec;
 mod error;
@@ -69,6 +69,6 @@ mod hint;
 mod keys;
 
 pub use codec::{Claims, MAX_CONTEXT_LEN, Opened, TOKEN_FORMAT_VERSION, TokenCodec, hint_of};
-pub use error::TokenError;
+pub use error::{OpenError, TokenConfigError};
 pub use hint::{Hint, MAX_HINT_LEN};
 pub use keys::{KeyId, KeyRing, MIN_SECRET_LEN};

@@ -2,9 +2,8 @@
 
 use std::time::Duration;
 
-use cookie::SameSite;
-use sessile_token::TokenError;
-use thiserror::Error;
+use crate::error::ConfigError;
+use crate::manager::CookieConfig;
 
 /// Default cookie name. Short, because it is sent with every request.
 pub const DEFAULT_COOKIE_NAME: &str = "sid";
@@ -38,13 +37,13 @@ pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 16 * 1024;
 /// dozen writers on one session converge.
 pub const DEFAULT_MAX_SAVE_ATTEMPTS: u32 = 32;
 
-/// How many recently seen records [`DegradedMode::CachedReadOnly`] keeps per instance.
-pub const DEFAULT_FALLBACK_CAPACITY: u64 = 10_000;
+/// How many recently seen records [`DegradedMode::RecentCopy`] keeps per instance.
+pub const DEFAULT_RECENT_COPIES: u64 = 10_000;
 
-/// How old a kept copy may be and still be served by [`DegradedMode::CachedReadOnly`]. Short,
+/// How old a kept copy may be and still be served by [`DegradedMode::RecentCopy`]. Short,
 /// because a copy does not learn of a logout on another instance: this bounds how long such a
 /// session can still be read during an outage.
-pub const DEFAULT_FALLBACK_TTL: Duration = Duration::from_secs(60);
+pub const DEFAULT_RECENT_COPY_MAX_AGE: Duration = Duration::from_secs(60);
 
 /// What the layer does when the store cannot be reached (it timed out, failed, or its circuit
 /// breaker is open) while loading a session.
@@ -60,9 +59,10 @@ pub enum DegradedMode {
     #[default]
     FailClosed,
     /// Serve this instance's recent copy of the record read-only, flagged
-    /// [degraded](crate::Session::is_degraded); with no copy, fail closed. Copies are kept for at
-    /// most the fallback TTL.
-    CachedReadOnly,
+    /// [degraded](crate::Session::is_degraded); with no copy, fail closed. Copies are served for
+    /// at most [`DEFAULT_RECENT_COPY_MAX_AGE`] after they were made (see
+    /// [`recent_copies`](crate::SessionManagerBuilder::recent_copies)).
+    RecentCopy,
     /// Run the handler with an empty session flagged [degraded](crate::Session::is_degraded).
     /// Good for pages that work logged out.
     Ephemeral,
@@ -72,72 +72,8 @@ impl DegradedMode {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::FailClosed => "fail_closed",
-            Self::CachedReadOnly => "cached_read_only",
+            Self::RecentCopy => "recent_copy",
             Self::Ephemeral => "ephemeral",
-        }
-    }
-}
-
-/// A setting is out of range or contradicts another.
-#[derive(Debug, Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The cookie name or key ring is not usable for tokens.
-    #[error("token settings are invalid")]
-    Token(#[from] TokenError),
-    /// A duration that must be positive is zero.
-    #[error("{0} must be greater than zero")]
-    Zero(&'static str),
-    /// The idle timeout is longer than the absolute lifetime.
-    #[error("idle timeout ({idle:?}) must not exceed the absolute lifetime ({absolute:?})")]
-    IdleExceedsAbsolute {
-        /// Idle timeout.
-        idle: Duration,
-        /// Absolute lifetime.
-        absolute: Duration,
-    },
-    /// The renewal fraction is not within `0.0..=1.0`.
-    #[error("renew fraction must be between 0.0 and 1.0, got {0}")]
-    RenewFraction(f64),
-    /// A `__Host-` or `__Secure-` cookie name with attributes browsers would reject.
-    #[error("cookie prefix rule broken: {0}")]
-    CookiePrefix(&'static str),
-    /// The store deadline is longer than [`MAX_STORE_TIMEOUT`].
-    #[error("store timeout must be at most {max:?}, got {got:?}")]
-    StoreTimeout {
-        /// The maximum.
-        max: Duration,
-        /// The value given.
-        got: Duration,
-    },
-    /// The tenant is not 1-64 visible ASCII characters without `:`, `{` or `}` (it is bound into
-    /// tokens and store keys).
-    #[error("tenant must be 1-64 visible ASCII characters without ':', '{{' or '}}'")]
-    Tenant,
-}
-
-/// Cookie attributes.
-#[derive(Debug, Clone)]
-pub(crate) struct CookieConfig {
-    pub(crate) name: String,
-    pub(crate) path: String,
-    pub(crate) domain: Option<String>,
-    pub(crate) secure: bool,
-    pub(crate) http_only: bool,
-    pub(crate) same_site: SameSite,
-    pub(crate) persistent: bool,
-}
-
-impl Default for CookieConfig {
-    fn default() -> Self {
-        Self {
-            name: DEFAULT_COOKIE_NAME.into(),
-            path: "/".into(),
-            domain: None,
-            secure: true,
-            http_only: true,
-            same_site: SameSite::Lax,
-            persistent: true,
         }
     }
 }
@@ -155,8 +91,8 @@ pub(crate) struct SessionConfig {
     pub(crate) save_on_server_error: bool,
     pub(crate) tenant: Option<String>,
     pub(crate) degraded_mode: DegradedMode,
-    pub(crate) fallback_capacity: u64,
-    pub(crate) fallback_ttl: Duration,
+    pub(crate) recent_copies_capacity: u64,
+    pub(crate) recent_copy_max_age: Duration,
 }
 
 impl Default for SessionConfig {
@@ -172,8 +108,8 @@ impl Default for SessionConfig {
             save_on_server_error: false,
             tenant: None,
             degraded_mode: DegradedMode::default(),
-            fallback_capacity: DEFAULT_FALLBACK_CAPACITY,
-            fallback_ttl: DEFAULT_FALLBACK_TTL,
+            recent_copies_capacity: DEFAULT_RECENT_COPIES,
+            recent_copy_max_age: DEFAULT_RECENT_COPY_MAX_AGE,
         }
     }
 }
@@ -184,7 +120,7 @@ impl SessionConfig {
             ("idle timeout", self.idle_timeout),
             ("absolute timeout", self.absolute_timeout),
             ("store timeout", self.store_timeout),
-            ("fallback TTL", self.fallback_ttl),
+            ("recent copy max age", self.recent_copy_max_age),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Zero(name));
@@ -218,32 +154,6 @@ impl SessionConfig {
         {
             return Err(ConfigError::Tenant);
         }
-        let c = &self.cookie;
-        if c.name.starts_with("__Host-") {
-            if !c.secure {
-                return Err(ConfigError::CookiePrefix("__Host- cookies must be Secure"));
-            }
-            if c.path != "/" {
-                return Err(ConfigError::CookiePrefix(
-                    "__Host- cookies must have Path=/",
-                ));
-            }
-            if c.domain.is_some() {
-                return Err(ConfigError::CookiePrefix(
-                    "__Host- cookies must not set Domain",
-                ));
-            }
-        }
-        if c.name.starts_with("__Secure-") && !c.secure {
-            return Err(ConfigError::CookiePrefix(
-                "__Secure- cookies must be Secure",
-            ));
-        }
-        if c.same_site == SameSite::None && !c.secure {
-            return Err(ConfigError::CookiePrefix(
-                "SameSite=None cookies must be Secure",
-            ));
-        }
-        Ok(())
+        self.cookie.validate()
     }
 }

@@ -1,52 +1,61 @@
-use std::sync::Arc;
+//! Getting the request's [`Session`]: the axum extractor, and the same for any tower service.
 
 use axum_core::extract::FromRequestParts;
-use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
-use http::{HeaderValue, StatusCode, header::RETRY_AFTER};
 
 use crate::Session;
-use crate::manager::service::SessionHandle;
-use crate::store::StoreError;
+use crate::error::SessionRejection;
+use crate::manager::SessionHandle;
 
-/// Why the [`Session`] extractor failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SessionRejection {
-    /// No `SessionManagerLayer` wraps this route.
-    #[error(
-        "the Session extractor needs SessionManagerLayer: add `.layer(session_layer)` to the Router"
-    )]
-    MissingLayer,
-    /// The session could not be loaded from the store.
-    #[error("the session store is unavailable; try again shortly")]
-    Unavailable(#[source] Arc<StoreError>),
-}
-
-/// `Retry-After` sent with a 503 when the store cannot be read: long enough for a reconnect,
-/// short enough that a user pressing reload is served as soon as it is back.
-const RETRY_AFTER_SECS: &str = "1";
-
-impl IntoResponse for SessionRejection {
-    fn into_response(self) -> Response {
-        match self {
-            Self::MissingLayer => {
-                tracing::error!("{self}");
-                (StatusCode::INTERNAL_SERVER_ERROR, self.to_string()).into_response()
-            }
-            Self::Unavailable(ref error) => {
-                // An open breaker knows when it will try again; say so, in whole seconds.
-                let retry = match **error {
-                    StoreError::Rejected { retry_after } => {
-                        HeaderValue::from(retry_after.as_secs_f64().ceil().max(1.0) as u64)
-                    }
-                    _ => HeaderValue::from_static(RETRY_AFTER_SECS),
-                };
-                let mut res = (StatusCode::SERVICE_UNAVAILABLE, self.to_string()).into_response();
-                res.headers_mut().insert(RETRY_AFTER, retry);
-                res
-            }
-        }
+impl Session {
+    /// The request's session, from the extensions the session layer put into the request: how a
+    /// plain tower service (or any code that holds the request) gets it. The record is loaded
+    /// here, once per request; later calls return the same session.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use http::{Request, Response};
+    /// use sessile::{KeyRing, MemoryStore, Session, SessionManagerLayer};
+    /// use tower::{ServiceBuilder, ServiceExt, service_fn};
+    ///
+    /// async fn handle(req: Request<String>) -> Result<Response<String>, Infallible> {
+    ///     let session = match Session::from_extensions(req.extensions()).await {
+    ///         Ok(session) => session,
+    ///         // 500 without the layer; 503 when the store is down (add `Retry-After`).
+    ///         Err(rejection) => {
+    ///             let mut res = Response::new(rejection.to_string());
+    ///             *res.status_mut() = rejection.status();
+    ///             return Ok(res);
+    ///         }
+    ///     };
+    ///     let n = session.update("hits", |n: Option<u64>| n.unwrap_or(0) + 1).unwrap_or(0);
+    ///     Ok(Response::new(format!("hit {n}")))
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let layer = SessionManagerLayer::builder(MemoryStore::new(), KeyRing::random(1)).build()?;
+    /// let svc = ServiceBuilder::new().layer(layer).service(service_fn(handle));
+    /// let res = svc.oneshot(Request::new(String::new())).await?;
+    /// assert_eq!(res.body(), "hit 1");
+    /// assert!(res.headers().contains_key(http::header::SET_COOKIE));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`SessionRejection::MissingLayer`] when no session layer wraps the service;
+    /// [`SessionRejection::Unavailable`] when the store could not be read and the
+    /// [`DegradedMode`](crate::DegradedMode) does not serve a stand-in.
+    pub async fn from_extensions(extensions: &http::Extensions) -> Result<Self, SessionRejection> {
+        let handle = extensions
+            .get::<SessionHandle>()
+            .ok_or(SessionRejection::MissingLayer)?;
+        handle
+            .0
+            .ensure_loaded()
+            .await
+            .map_err(SessionRejection::Unavailable)?;
+        Ok(Session(handle.0.clone()))
     }
 }
 
@@ -54,40 +63,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Session {
     type Rejection = SessionRejection;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let handle = parts
-            .extensions
-            .get::<SessionHandle>()
-            .cloned()
-            .ok_or(SessionRejection::MissingLayer)?;
-        handle
-            .0
-            .ensure_loaded()
-            .await
-            .map_err(SessionRejection::Unavailable)?;
-        Ok(Session(handle.0))
-    }
-}
-
-impl IntoResponse for crate::SessionError {
-    /// Lets handlers use `?` on the session API. Store trouble is a 503 with `Retry-After`; a
-    /// value of the wrong type is a server bug (500, logged); an oversized payload is 413; a
-    /// session without a user where one is needed is 401.
-    fn into_response(self) -> Response {
-        use crate::SessionError as E;
-        let status = match &self {
-            E::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-            E::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            E::NoUser => StatusCode::UNAUTHORIZED,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        if status.is_server_error() {
-            tracing::error!(error = %crate::error::loggable(&self), "session error");
-        }
-        let mut res = (status, self.to_string()).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            res.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
-        }
-        res
+        Session::from_extensions(&parts.extensions).await
     }
 }

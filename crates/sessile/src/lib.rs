@@ -69,10 +69,8 @@ pub mod store;
 
 pub use sessile_core::{clock, record};
 
-pub use config::ConfigError;
 pub use config::DegradedMode;
-pub use error::{SaveError, SaveFailed, SessionError};
-pub use extract::SessionRejection;
+pub use error::{ConfigError, SaveError, SaveFailed, SessionError, SessionRejection};
 pub use hint::HintSource;
 pub use manager::{
     MAX_SESSION_COOKIES, ResponseFuture, STORE_BREAKER_NAME, SaveErrorHook, SessionManager,
@@ -81,5 +79,5 @@ pub use manager::{
 pub use sessile_breaker as breaker;
 pub use sessile_core::SessionId;
 pub use sessile_token::{Hint, KeyRing};
-pub use session::Session;
+pub use session::{Session, SessionInfo};
 pub use store::{MemoryStore, SessionStore, StoreError};

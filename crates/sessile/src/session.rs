@@ -1,255 +1,22 @@
-//! The per-request session handle and its typed API.
+//! [`Session`]: the public, typed API of the current request's session.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::OnceCell;
 
-use crate::SessionId;
 use crate::clock::UnixMillis;
-use crate::config::DegradedMode;
 use crate::error::SessionError;
-use crate::manager::Shared;
-use crate::record::{Metadata, Payload};
-use crate::store::StoreError;
-
-/// A valid token's claims, read from the request cookie before the handler runs.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Incoming {
-    pub(crate) id: SessionId,
-    pub(crate) issued_at: u32,
-    pub(crate) sealed_with_primary: bool,
-}
-
-/// What the loaded record looked like, minus its payload (which lives in [`State::data`]).
-#[derive(Debug, Clone)]
-pub(crate) struct Base {
-    pub(crate) id: SessionId,
-    pub(crate) version: u64,
-    pub(crate) idle_deadline: UnixMillis,
-    pub(crate) meta: Metadata,
-}
-
-/// A closure from `update`, erased to bytes so it can be replayed on a fresher record.
-pub(crate) type UpdateFn = dyn Fn(Option<&[u8]>) -> Result<Vec<u8>, SessionError> + Send + Sync;
-
-/// One change a request made. Kept in order so that, on a version conflict, the same changes can be
-/// applied again to the record another request just saved.
-#[derive(Clone)]
-pub(crate) enum Op {
-    Insert(String, Vec<u8>),
-    Remove(String),
-    Update(String, Arc<UpdateFn>),
-    Clear,
-    SetUser(Option<String>),
-}
-
-impl Op {
-    /// Applies the operation, enforcing the payload limit; returns whether anything changed.
-    pub(crate) fn apply(
-        &self,
-        data: &mut Payload,
-        user: &mut Option<String>,
-        limit: usize,
-    ) -> Result<bool, SessionError> {
-        match self {
-            Self::Insert(k, v) => put(data, k, v.clone(), limit),
-            Self::Remove(k) => Ok(data.remove(k).is_some()),
-            Self::Update(k, f) => {
-                let new = f(data.get(k))?;
-                put(data, k, new, limit)
-            }
-            Self::Clear => {
-                let changed = !data.is_empty();
-                data.clear();
-                Ok(changed)
-            }
-            Self::SetUser(u) => {
-                let changed = user != u;
-                user.clone_from(u);
-                Ok(changed)
-            }
-        }
-    }
-}
-
-/// Stores `value` under `key` unless it is already there; returns whether anything changed.
-fn put(data: &mut Payload, key: &str, value: Vec<u8>, limit: usize) -> Result<bool, SessionError> {
-    if data.get(key) == Some(value.as_slice()) {
-        return Ok(false);
-    }
-    let size = data.size_with(key, value.len());
-    if size > limit {
-        return Err(SessionError::PayloadTooLarge { size, limit });
-    }
-    data.insert(key.to_owned(), value);
-    Ok(true)
-}
-
-/// The mutable part of a request's session.
-#[derive(Default)]
-pub(crate) struct State {
-    /// The stored record this request works on; `None` for a new session.
-    pub(crate) base: Option<Base>,
-    /// Working copy of the payload, with `ops` applied.
-    pub(crate) data: Payload,
-    /// Working copy of the user id, with `ops` applied.
-    pub(crate) user_id: Option<String>,
-    /// Every operation, in order, for replay on a fresher record; operations that changed nothing
-    /// are kept too, so that replay gives each key its last writer.
-    pub(crate) ops: Vec<Op>,
-    /// Some operation changed the working copy. A request whose operations all changed nothing
-    /// (removing an absent key, writing an equal value) saves nothing.
-    pub(crate) dirty: bool,
-    /// The cookie's session was given a new id by another request (a login) shortly before this
-    /// one loaded it: this request works on an empty session that is never stored, and its
-    /// response leaves the cookie alone.
-    pub(crate) moved: bool,
-    /// `cycle_id` was called on a stored session.
-    pub(crate) cycle: bool,
-    /// `destroy` ended this stored session during the request.
-    pub(crate) ended: Option<SessionId>,
-    /// The store could not be reached: this session is a read-only copy or an empty stand-in,
-    /// and nothing of it will be written.
-    pub(crate) degraded: bool,
-}
-
-/// The layer's per-request state, shared by the service and every `Session` clone.
-pub(crate) struct RequestSession {
-    pub(crate) shared: Arc<Shared>,
-    /// The request's `Cookie` headers, kept unparsed: the token is only opened when the handler
-    /// asks for the session, so requests that never do (assets, health checks) pay nothing.
-    cookies: Vec<http::HeaderValue>,
-    incoming: std::sync::OnceLock<Option<Incoming>>,
-    /// Set once the handler first asks for the session; holds the load error, if any.
-    pub(crate) loaded: OnceCell<Result<(), Arc<StoreError>>>,
-    pub(crate) state: Mutex<State>,
-}
-
-impl RequestSession {
-    pub(crate) fn new(shared: Arc<Shared>, cookies: Vec<http::HeaderValue>) -> Self {
-        Self {
-            shared,
-            cookies,
-            incoming: std::sync::OnceLock::new(),
-            loaded: OnceCell::new(),
-            state: Mutex::default(),
-        }
-    }
-
-    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
-        // Every write to `State` is a single assignment or push, so a panic elsewhere cannot leave
-        // it half-changed; recovering from poisoning is safe.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Loads the record the cookie points to, once per request.
-    pub(crate) async fn ensure_loaded(&self) -> Result<(), Arc<StoreError>> {
-        self.loaded
-            .get_or_init(|| async {
-                let Some(incoming) = self.incoming() else {
-                    return Ok(());
-                };
-                let record = match self.shared.store.load(incoming.id).await {
-                    Ok(record) => record,
-                    Err(StoreError::Corrupt(e)) => {
-                        // Unreadable is permanent: answer as for a missing session (a new one
-                        // starts) rather than fail every request of this user. The record is
-                        // left alone; it expires by itself.
-                        tracing::error!(error = %e, session = %incoming.id, "stored session is corrupt; starting a new one");
-                        metrics::counter!("sessile_corrupt_records_total").increment(1);
-                        None
-                    }
-                    Err(StoreError::Rotated) => {
-                        self.state().moved = true;
-                        None
-                    }
-                    Err(e) if e.is_unavailability() => return self.degrade(incoming.id, e),
-                    Err(e) => return Err(Arc::new(e)),
-                };
-                let now = self.shared.clock.now_ms();
-                // Another tenant's record is not this tenant's session, whatever the token said.
-                let tenant = self.shared.config.tenant.as_deref();
-                let record = record.filter(|r| {
-                    r.id == incoming.id && !r.is_expired(now) && r.meta.tenant.as_deref() == tenant
-                });
-                if let Some(copies) = &self.shared.fallback {
-                    match &record {
-                        Some(r) => copies.remember(r),
-                        // The store says the session is gone (or moved): a copy must not bring it
-                        // back during an outage.
-                        None => copies.forget(&incoming.id),
-                    }
-                }
-                if let Some(r) = record {
-                    self.adopt(r);
-                }
-                Ok(())
-            })
-            .await
-            .clone()
-    }
-}
-
-impl RequestSession {
-    /// The valid token the request carried, opened on first use.
-    pub(crate) fn incoming(&self) -> Option<Incoming> {
-        *self
-            .incoming
-            .get_or_init(|| crate::manager::read_token(&self.shared, &self.cookies))
-    }
-
-    /// Makes `r` the request's session.
-    fn adopt(&self, r: crate::record::Record) {
-        let mut st = self.state();
-        st.user_id.clone_from(&r.meta.user_id);
-        st.data = r.data;
-        st.base = Some(Base {
-            id: r.id,
-            version: r.version,
-            idle_deadline: r.idle_deadline,
-            meta: r.meta,
-        });
-    }
-
-    /// The store could not be reached while loading `id`: apply the degraded mode.
-    fn degrade(&self, id: SessionId, error: StoreError) -> Result<(), Arc<StoreError>> {
-        let mode = self.shared.config.degraded_mode;
-        let now = self.shared.clock.now_ms();
-        let served = match mode {
-            DegradedMode::FailClosed => false,
-            DegradedMode::Ephemeral => true,
-            DegradedMode::CachedReadOnly => {
-                let copy = self.shared.fallback.as_ref().and_then(|c| c.get(&id));
-                match copy.filter(|r| !r.is_expired(now)) {
-                    Some(r) => {
-                        self.adopt((*r).clone());
-                        true
-                    }
-                    None => false,
-                }
-            }
-        };
-        let outcome = if served { "served" } else { "refused" };
-        metrics::counter!("sessile_degraded_requests_total", "mode" => mode.as_str(), "outcome" => outcome)
-            .increment(1);
-        tracing::warn!(error = %crate::error::loggable(&error), mode = mode.as_str(), outcome, "session store unreachable");
-        if served {
-            self.state().degraded = true;
-            Ok(())
-        } else {
-            Err(Arc::new(error))
-        }
-    }
-}
+use crate::manager::request::{Op, RequestSession, State, UpdateFn, put};
 
 /// The session of the current request: the axum extractor and the typed API.
 ///
 /// Extracting `Session` loads the record (once per request; handlers that do not extract it cost no
 /// store call). After that, every method is synchronous and works on the request's copy; the layer
-/// saves the changes when the handler's response is ready.
+/// saves the changes when the handler's response is ready. Outside axum, take it from the
+/// request's extensions with [`Session::from_extensions`].
 ///
 /// ```
 /// use axum::{Router, routing::get};
@@ -276,8 +43,46 @@ impl RequestSession {
 ///
 /// A value the handler read may therefore differ from what ends up stored; the stored result is
 /// the one a serial execution would give.
+///
+/// # Unit tests of handlers
+///
+/// [`Session::new`] makes a session outside any request, so a handler can be called directly:
+///
+/// ```
+/// use sessile::{MemoryStore, Session};
+///
+/// async fn add_to_cart(session: Session, item: String) -> Result<usize, sessile::SessionError> {
+///     let cart = session.update("cart", move |cart: Option<Vec<String>>| {
+///         let mut cart = cart.unwrap_or_default();
+///         cart.push(item.clone());
+///         cart
+///     })?;
+///     Ok(cart.len())
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let session = Session::new(MemoryStore::new());
+/// assert_eq!(add_to_cart(session.clone(), "tea".into()).await.unwrap(), 1);
+/// assert_eq!(add_to_cart(session.clone(), "milk".into()).await.unwrap(), 2);
+/// assert_eq!(session.get::<Vec<String>>("cart").unwrap().unwrap(), ["tea", "milk"]);
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Session(pub(crate) Arc<RequestSession>);
+
+/// Facts about a stored session, from [`Session::info`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionInfo {
+    /// When the session was created (a login restarts it: a new id is a new session identity).
+    pub created_at: SystemTime,
+    /// When the session expires if nobody uses it, as last stored.
+    pub idle_deadline: SystemTime,
+    /// When the session expires however active it is.
+    pub absolute_deadline: SystemTime,
+    /// The routing hint the session was stamped with (empty when none).
+    pub hint: String,
+}
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -291,11 +96,30 @@ impl fmt::Debug for Session {
 }
 
 impl Session {
+    /// A new, empty session outside any request, over `store`, with the layer's default settings:
+    /// for unit tests of handlers (see [Unit tests of handlers](Session#unit-tests-of-handlers)).
+    /// Nothing is saved: there is no response to save it with.
+    pub fn new(store: impl crate::SessionStore) -> Self {
+        Self(crate::manager::detached(store))
+    }
+
     fn limit(&self) -> usize {
         self.0.shared.config.max_payload_bytes
     }
 
-    /// Reads and deserializes the value under `key`.
+    /// Reads and deserializes the value under `key`; `Ok(None)` when there is none.
+    ///
+    /// ```
+    /// # let session = sessile::Session::new(sessile::MemoryStore::new());
+    /// session.insert("theme", "dark")?;
+    /// assert_eq!(session.get::<String>("theme")?.as_deref(), Some("dark"));
+    /// assert_eq!(session.get::<String>("missing")?, None);
+    /// # Ok::<(), sessile::SessionError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Deserialize`] when the stored value is not a `T`.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
         self.0
             .state()
@@ -305,7 +129,19 @@ impl Session {
             .transpose()
     }
 
-    /// Serializes and stores `value` under `key`.
+    /// Serializes and stores `value` under `key` (last writer wins against concurrent requests).
+    ///
+    /// ```
+    /// # let session = sessile::Session::new(sessile::MemoryStore::new());
+    /// session.insert("cart", &vec!["tea", "milk"])?;
+    /// # Ok::<(), sessile::SessionError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Serialize`] when `value` cannot be serialized;
+    /// [`SessionError::PayloadTooLarge`] when it would take the payload over the limit (nothing
+    /// changes then).
     pub fn insert<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), SessionError> {
         let bytes = encode(key, value)?;
         self.apply(Op::Insert(key.to_owned(), bytes))
@@ -313,8 +149,29 @@ impl Session {
 
     /// Atomically replaces the value under `key` with `f(current)`, returning the new value.
     ///
-    /// `f` may run again when the layer saves, on a newer value written by a concurrent request, so
-    /// it must be a pure function of its input.
+    /// When another request (on this instance or another) saved the session first, the layer
+    /// reloads it and runs `f` again on the fresher value before saving, so the update is applied
+    /// exactly once to what is stored, as in a serial execution. That is why `f` is `Fn` (it may
+    /// run more than once), `Send + Sync + 'static` (it runs after the handler returned, when the
+    /// response is saved), and must be a pure function of its input. Capture what it needs by
+    /// value with `move`:
+    ///
+    /// ```
+    /// # let session = sessile::Session::new(sessile::MemoryStore::new());
+    /// let amount: u64 = 5; // say, from the request
+    /// let total = session.update("points", move |p: Option<u64>| p.unwrap_or(0) + amount)?;
+    /// assert_eq!(total, 5);
+    /// # Ok::<(), sessile::SessionError>(())
+    /// ```
+    ///
+    /// A captured `String` or `Vec` is cloned inside `f` (`item.clone()`), since `f` may run again.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Deserialize`] when the current value is not a `T`;
+    /// [`SessionError::Serialize`] or [`SessionError::PayloadTooLarge`] for the new value. A
+    /// failure when `f` is run again at save time is reported as
+    /// [`SaveError::Replay`](crate::SaveError::Replay).
     pub fn update<T, F>(&self, key: &str, f: F) -> Result<T, SessionError>
     where
         T: Serialize + DeserializeOwned,
@@ -340,6 +197,14 @@ impl Session {
     }
 
     /// Removes the value under `key`; returns whether there was one.
+    ///
+    /// ```
+    /// # let session = sessile::Session::new(sessile::MemoryStore::new());
+    /// session.insert("flash", "saved")?;
+    /// assert!(session.remove("flash"));
+    /// assert!(!session.remove("flash"));
+    /// # Ok::<(), sessile::SessionError>(())
+    /// ```
     pub fn remove(&self, key: &str) -> bool {
         let mut st = self.0.state();
         let had = st.data.remove(key).is_some();
@@ -348,7 +213,15 @@ impl Session {
         had
     }
 
-    /// Removes every value (the session itself, its id and user stay).
+    /// Removes every value; the session itself, its id and its user stay.
+    ///
+    /// ```
+    /// # let session = sessile::Session::new(sessile::MemoryStore::new());
+    /// session.insert("a", &1)?;
+    /// session.clear();
+    /// assert!(session.keys().is_empty());
+    /// # Ok::<(), sessile::SessionError>(())
+    /// ```
     pub fn clear(&self) {
         let mut st = self.0.state();
         st.dirty |= !st.data.is_empty();
@@ -356,31 +229,68 @@ impl Session {
         st.ops.push(Op::Clear);
     }
 
-    /// Sets (or clears) the user this session belongs to, for "log out everywhere".
+    /// Logs `user` in: records the user (for [`destroy_everywhere`](Self::destroy_everywhere))
+    /// and gives the session a new id when the response is saved, as
+    /// [`cycle_id`](Self::cycle_id) does, so an id an attacker planted before the login is worth
+    /// nothing after it (session fixation). The data stays; the new id lands in the user's
+    /// partition, next to the user's other sessions. Logging in the user already logged in
+    /// changes nothing.
     ///
-    /// Changing the user of a stored session also cycles its id (as [`cycle_id`](Self::cycle_id)):
-    /// a change of identity is a change of privilege, and the new id lands in the user's
-    /// partition, next to the user's other sessions.
-    pub fn set_user_id(&self, user: Option<&str>) {
+    /// ```
+    /// # let session = sessile::Session::new(sessile::MemoryStore::new());
+    /// // After checking the password:
+    /// session.log_in("alice");
+    /// assert_eq!(session.user_id().as_deref(), Some("alice"));
+    /// ```
+    pub fn log_in(&self, user: &str) {
+        self.set_user(Some(user));
+    }
+
+    /// Logs the user out but keeps the session and its data (a new id, as for a login). To end
+    /// the session, [`destroy`](Self::destroy) it instead.
+    ///
+    /// ```
+    /// # let session = sessile::Session::new(sessile::MemoryStore::new());
+    /// session.log_in("alice");
+    /// session.log_out();
+    /// assert_eq!(session.user_id(), None);
+    /// ```
+    pub fn log_out(&self) {
+        self.set_user(None);
+    }
+
+    fn set_user(&self, user: Option<&str>) {
         {
             let mut st = self.0.state();
             if st.base.is_some() && st.user_id.as_deref() != user {
                 st.cycle = true;
             }
         }
-        let op = Op::SetUser(user.map(str::to_owned));
         // Setting a user cannot fail.
-        let _ = self.apply(op);
+        let _ = self.apply(Op::SetUser(user.map(str::to_owned)));
     }
 
-    /// The user this session belongs to.
+    /// The logged-in user, if any.
+    ///
+    /// ```
+    /// # let session = sessile::Session::new(sessile::MemoryStore::new());
+    /// assert_eq!(session.user_id(), None);
+    /// ```
     pub fn user_id(&self) -> Option<String> {
         self.0.state().user_id.clone()
     }
 
-    /// Gives the session a new id when the response is saved (call on login or any privilege
-    /// change). The old id stops working and the new one holds the data, in one store operation.
-    /// On a session that is not stored yet it does nothing: that one gets a fresh id anyway.
+    /// Gives the session a new id when the response is saved, for a privilege change other than a
+    /// login ([`log_in`](Self::log_in) does this itself). The old id stops working and the new
+    /// one holds the data, in one store operation. On a session that is not stored yet it does
+    /// nothing: that one gets a fresh id anyway.
+    ///
+    /// ```
+    /// # let session = sessile::Session::new(sessile::MemoryStore::new());
+    /// session.insert("role", "admin")?;
+    /// session.cycle_id();
+    /// # Ok::<(), sessile::SessionError>(())
+    /// ```
     pub fn cycle_id(&self) {
         let mut st = self.0.state();
         if st.base.is_some() {
@@ -388,9 +298,17 @@ impl Session {
         }
     }
 
-    /// Ends the session (logout). The record is deleted when the response is saved, and no request
-    /// still in flight with it can bring it back. Anything inserted afterwards in this request starts
-    /// a new session.
+    /// Ends the session (log out). The record is deleted when the response is saved, and no
+    /// request still in flight with it can bring it back. Anything inserted afterwards in this
+    /// request starts a new session.
+    ///
+    /// ```
+    /// # let session = sessile::Session::new(sessile::MemoryStore::new());
+    /// session.log_in("alice");
+    /// session.destroy();
+    /// assert_eq!(session.user_id(), None);
+    /// assert!(session.is_new());
+    /// ```
     pub fn destroy(&self) {
         let mut st = self.0.state();
         if let Some(base) = st.base.take() {
@@ -403,18 +321,31 @@ impl Session {
         st.cycle = false;
     }
 
-    /// Ends every session of this session's user, on every device, now; and this one when the
-    /// response is saved. Returns how many stored sessions were deleted.
+    /// Ends every session of this session's user, on every device and instance, now; and this
+    /// one when the response is saved. Returns how many stored sessions were deleted.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), sessile::SessionError> {
+    /// # let session = sessile::Session::new(sessile::MemoryStore::new());
+    /// session.log_in("alice");
+    /// let ended = session.destroy_everywhere().await?;
+    /// assert_eq!(ended, 0); // this test session was never stored
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::NoUser`] when nobody is logged in; [`SessionError::Store`] when the store
+    /// failed (then some of the user's sessions may still live: call it again).
     pub async fn destroy_everywhere(&self) -> Result<u64, SessionError> {
         let user = self.user_id().ok_or(SessionError::NoUser)?;
-        let n = self
-            .0
-            .shared
+        let shared = &self.0.shared;
+        let n = shared
             .store
-            .destroy_user(self.0.shared.config.tenant.as_deref(), &user)
+            .destroy_user(shared.config.tenant.as_deref(), &user)
             .await
             .map_err(SessionError::Store)?;
-        if let Some(copies) = &self.0.shared.fallback {
+        if let Some(copies) = &shared.recent_copies {
             copies.forget_user(&user);
         }
         self.destroy();
@@ -422,48 +353,68 @@ impl Session {
     }
 
     /// Whether the store could not be reached and this session is a stand-in: a read-only recent
-    /// copy ([`DegradedMode::CachedReadOnly`]) or empty ([`DegradedMode::Ephemeral`]). Changes to
-    /// a degraded session are not saved; they are reported as
+    /// copy ([`DegradedMode::RecentCopy`](crate::DegradedMode::RecentCopy)) or empty
+    /// ([`DegradedMode::Ephemeral`](crate::DegradedMode::Ephemeral)). Changes to a degraded
+    /// session are not saved; they are reported as
     /// [`SaveError::Degraded`](crate::SaveError::Degraded).
+    ///
+    /// ```
+    /// # let session = sessile::Session::new(sessile::MemoryStore::new());
+    /// assert!(!session.is_degraded());
+    /// ```
     pub fn is_degraded(&self) -> bool {
         self.0.state().degraded
     }
 
     /// Whether the session is not stored yet (no valid cookie, or its record is gone).
+    ///
+    /// ```
+    /// # let session = sessile::Session::new(sessile::MemoryStore::new());
+    /// assert!(session.is_new());
+    /// ```
     pub fn is_new(&self) -> bool {
         self.0.state().base.is_none()
     }
 
-    /// A redacted form of the session id (first four hex digits), for display and logs.
+    /// A redacted form of the session id (its first four hex digits), for display and logs;
+    /// `None` for a session not stored yet.
+    ///
+    /// ```
+    /// # let session = sessile::Session::new(sessile::MemoryStore::new());
+    /// assert_eq!(session.id_redacted(), None);
+    /// ```
     pub fn id_redacted(&self) -> Option<String> {
         self.0.state().base.as_ref().map(|b| b.id.to_string())
     }
 
-    /// When the session was created (milliseconds since the Unix epoch).
-    pub fn created_at(&self) -> Option<UnixMillis> {
-        self.0.state().base.as_ref().map(|b| b.meta.created_at)
+    /// When the session was created and expires, and its routing hint; `None` for a session not
+    /// stored yet.
+    ///
+    /// ```
+    /// # let session = sessile::Session::new(sessile::MemoryStore::new());
+    /// if let Some(info) = session.info() {
+    ///     println!("expires at {:?} unless used", info.idle_deadline);
+    /// }
+    /// ```
+    pub fn info(&self) -> Option<SessionInfo> {
+        let st = self.0.state();
+        let base = st.base.as_ref()?;
+        Some(SessionInfo {
+            created_at: system_time(base.meta.created_at),
+            idle_deadline: system_time(base.idle_deadline),
+            absolute_deadline: system_time(base.meta.absolute_deadline),
+            hint: base.meta.hint.clone(),
+        })
     }
 
-    /// When the session expires if idle, as last stored.
-    pub fn idle_deadline(&self) -> Option<UnixMillis> {
-        self.0.state().base.as_ref().map(|b| b.idle_deadline)
-    }
-
-    /// When the session expires regardless of activity.
-    pub fn absolute_deadline(&self) -> Option<UnixMillis> {
-        self.0
-            .state()
-            .base
-            .as_ref()
-            .map(|b| b.meta.absolute_deadline)
-    }
-
-    /// The routing hint the session was stamped with.
-    pub fn hint(&self) -> Option<String> {
-        self.0.state().base.as_ref().map(|b| b.meta.hint.clone())
-    }
-
-    /// Keys present in the payload.
+    /// The keys present in the payload.
+    ///
+    /// ```
+    /// # let session = sessile::Session::new(sessile::MemoryStore::new());
+    /// session.insert("a", &1)?;
+    /// assert_eq!(session.keys(), ["a"]);
+    /// # Ok::<(), sessile::SessionError>(())
+    /// ```
     pub fn keys(&self) -> Vec<String> {
         self.0
             .state()
@@ -487,6 +438,10 @@ impl Session {
         ops.push(op);
         Ok(())
     }
+}
+
+fn system_time(ms: UnixMillis) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
 }
 
 fn encode<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Vec<u8>, SessionError> {

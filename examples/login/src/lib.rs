@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, LazyLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -29,8 +29,6 @@ use subtle::ConstantTimeEq;
 
 /// Session key of the CSRF token.
 const CSRF: &str = "csrf";
-/// Session key of the logged-in user's name.
-const USER: &str = "user";
 /// Session key of the counter.
 const COUNTER: &str = "counter";
 
@@ -64,7 +62,7 @@ fn hash_password(password: &str) -> String {
 const MAX_CONCURRENT_HASHES: usize = 4;
 
 /// How long a login waits for a hashing slot before it is told to come back (503).
-const HASH_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+const HASH_QUEUE_WAIT: Duration = Duration::from_secs(2);
 
 static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CONCURRENT_HASHES);
 
@@ -73,7 +71,7 @@ pub const MAX_FAILURES_PER_USER: u32 = 5;
 /// See [`MAX_FAILURES_PER_USER`].
 pub const MAX_FAILURES_PER_ADDRESS: u32 = 20;
 /// The window of the login throttle, from a user name's (or address's) first wrong password.
-pub const THROTTLE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+pub const THROTTLE_WINDOW: Duration = Duration::from_secs(60);
 
 /// Counts wrong passwords per user name and per client address, bounded in memory.
 #[derive(Clone)]
@@ -411,11 +409,11 @@ fn check_csrf(session: &Session, sent: &str) -> Result<(), AppError> {
 }
 
 fn logged_in(session: &Session) -> Result<String, AppError> {
-    session.get::<String>(USER)?.ok_or(AppError::NotLoggedIn)
+    session.user_id().ok_or(AppError::NotLoggedIn)
 }
 
 async fn home(session: Session) -> PageResult {
-    if session.get::<String>(USER)?.is_some() {
+    if session.user_id().is_some() {
         return Ok(Redirect::to("/profile").into_response());
     }
     Ok(page(
@@ -481,10 +479,9 @@ async fn login(
         state.throttle.failed(&form.username, addr);
         return wrong();
     }
-    // New privileges, new id: the pre-login id (which an attacker might have planted) dies here.
-    session.cycle_id();
-    session.set_user_id(Some(&form.username));
-    session.insert(USER, &form.username)?;
+    // Records the user and gives the session a new id: the pre-login id (which an attacker might
+    // have planted) dies here.
+    session.log_in(&form.username);
     session.remove(CSRF);
     csrf_token(&session)?;
     Ok(([set_login_csrf("", 0)], Redirect::to("/profile")).into_response())
@@ -494,27 +491,29 @@ async fn profile(session: Session, State(state): State<AppState>) -> PageResult 
     let user = logged_in(&session)?;
     let csrf = csrf_token(&session)?;
     let counter = session.get::<u64>(COUNTER)?.unwrap_or(0);
-    let now = now_ms();
+    let info = session.info();
+    let now = SystemTime::now();
     let facts = [
         ("User", escape(&user)),
         ("Session id", session.id_redacted().unwrap_or_default()),
         (
             "Created",
-            session.created_at().map_or("-".into(), |t| ago(now, t)),
+            info.as_ref().map_or("-".into(), |i| ago(now, i.created_at)),
         ),
         (
             "Expires if idle",
-            session
-                .idle_deadline()
-                .map_or("-".into(), |t| until(now, t)),
+            info.as_ref()
+                .map_or("-".into(), |i| until(now, i.idle_deadline)),
         ),
         (
             "Expires at the latest",
-            session
-                .absolute_deadline()
-                .map_or("-".into(), |t| until(now, t)),
+            info.as_ref()
+                .map_or("-".into(), |i| until(now, i.absolute_deadline)),
         ),
-        ("Routing hint", escape(&session.hint().unwrap_or_default())),
+        (
+            "Routing hint",
+            escape(info.as_ref().map_or("", |i| i.hint.as_str())),
+        ),
         ("Served by node", escape(&state.node)),
         ("Counter", counter.to_string()),
         (
@@ -594,13 +593,8 @@ fn escape(s: &str) -> String {
     out
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn human(ms: u64) -> String {
+fn human(d: Duration) -> String {
+    let ms = d.as_millis() as u64;
     let mins = ms / 60_000;
     match mins {
         0 => format!("{} s", ms / 1000),
@@ -609,12 +603,12 @@ fn human(ms: u64) -> String {
     }
 }
 
-fn ago(now: u64, t: u64) -> String {
-    format!("{} ago", human(now.saturating_sub(t)))
+fn ago(now: SystemTime, t: SystemTime) -> String {
+    format!("{} ago", human(now.duration_since(t).unwrap_or_default()))
 }
 
-fn until(now: u64, t: u64) -> String {
-    format!("in {}", human(t.saturating_sub(now)))
+fn until(now: SystemTime, t: SystemTime) -> String {
+    format!("in {}", human(t.duration_since(now).unwrap_or_default()))
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         "memory"
     };
     let degraded = match std::env::var("SESSILE_DEGRADED").as_deref() {
-        Ok("cached") => DegradedMode::CachedReadOnly,
+        Ok("cached") => DegradedMode::RecentCopy,
         Ok("ephemeral") => DegradedMode::Ephemeral,
         Ok("fail-closed") | Err(_) => DegradedMode::FailClosed,
         Ok(other) => {

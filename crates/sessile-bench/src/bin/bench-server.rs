@@ -76,7 +76,7 @@ mod sessile_app {
                 "/login",
                 get(|s: Session, Query(l): Query<Login>| async move {
                     let p = profile(&l.user);
-                    s.set_user_id(Some(p.user));
+                    s.log_in(p.user);
                     s.insert("user", p.user)?;
                     s.insert("display", &p.display)?;
                     s.insert("counter", &0u64)?;

@@ -8,43 +8,18 @@ use rand::Rng;
 use sessile_token::{Claims, Hint};
 
 use super::WriteError;
+use super::cookie::CookieAction;
+use super::request::{Base, Op, RequestSession, State};
 use crate::SessionId;
 use crate::clock::UnixMillis;
 use crate::error::SaveError;
 use crate::record::{Metadata, Record};
-use crate::session::{Base, RequestSession, State};
 use crate::store::StoreError;
-
-/// What the response's `Set-Cookie` should do.
-#[derive(Debug, Default)]
-pub(crate) enum CookieAction {
-    /// Leave the browser's cookie as it is.
-    #[default]
-    Keep,
-    /// Send this token, with this `Max-Age` in seconds (`None`: a browser-session cookie).
-    Set { token: String, max_age: Option<u64> },
-    /// Tell the browser to drop the cookie.
-    Remove,
-}
 
 #[derive(Debug, Default)]
 pub(crate) struct Commit {
     pub(crate) cookie: CookieAction,
     pub(crate) error: Option<SaveError>,
-}
-
-impl SaveError {
-    pub(crate) fn kind(&self) -> &'static str {
-        match self {
-            Self::Store(e) => e.kind(),
-            Self::Replay(_) => "replay",
-            Self::Contended { .. } => "contended",
-            Self::Degraded => "degraded",
-            Self::Ended => "ended",
-            Self::Rotated => "rotated",
-            Self::Unknown(_) => "unknown",
-        }
-    }
 }
 
 /// What became of one attempt to write a record.
@@ -275,7 +250,7 @@ impl RequestSession {
             match self.shared.store.touch(base.id, new_deadline).await {
                 Ok(()) => {
                     deadline = new_deadline;
-                    if let Some(copies) = &self.shared.fallback {
+                    if let Some(copies) = &self.shared.recent_copies {
                         copies.touched(&base.id, new_deadline);
                     }
                 }
@@ -301,13 +276,13 @@ impl RequestSession {
     }
 
     fn remember(&self, record: &Record) {
-        if let Some(copies) = &self.shared.fallback {
+        if let Some(copies) = &self.shared.recent_copies {
             copies.remember(record);
         }
     }
 
     fn forget(&self, id: &SessionId) {
-        if let Some(copies) = &self.shared.fallback {
+        if let Some(copies) = &self.shared.recent_copies {
             copies.forget(id);
         }
     }
@@ -396,7 +371,7 @@ impl<'r> Writer<'r> {
 
     /// Reads the record again and replays the request's operations on it. `None`: the request
     /// is done (the session ended or moved, or the store failed; `out` says which).
-    async fn reload(&mut self, ops: &[crate::session::Op], out: &mut Commit) -> Option<Reloaded> {
+    async fn reload(&mut self, ops: &[Op], out: &mut Commit) -> Option<Reloaded> {
         let req = self.req;
         let fresh = match req.shared.store.load(self.old).await {
             Ok(Some(r)) if !r.is_expired(req.shared.clock.now_ms()) => r,

@@ -8,9 +8,11 @@ use tower_layer::Layer;
 
 use sessile_breaker::SharedBreaker;
 
-use super::{LocalCopies, SessionManager, Shared, StoreHandle, commit_stripes};
+use super::shared::commit_stripes;
+use super::{RecentCopies, SessionManager, Shared, StoreHandle};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{ConfigError, DegradedMode, SessionConfig};
+use crate::config::{DegradedMode, SessionConfig};
+use crate::error::ConfigError;
 use crate::error::SaveError;
 use crate::hint::HintSource;
 use crate::store::SessionStore;
@@ -44,6 +46,10 @@ impl SessionManagerLayer {
             breaker: BreakerChoice::Default,
             on_save_error: None,
         }
+    }
+
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
     }
 
     /// The circuit breaker guarding the store, if any: read its state or force it from here.
@@ -215,11 +221,11 @@ impl SessionManagerBuilder {
         self
     }
 
-    /// Size and age bounds of the copies [`DegradedMode::CachedReadOnly`] serves (defaults
-    /// [`crate::config::DEFAULT_FALLBACK_CAPACITY`], [`crate::config::DEFAULT_FALLBACK_TTL`]).
-    pub fn fallback_copies(mut self, capacity: u64, ttl: Duration) -> Self {
-        self.config.fallback_capacity = capacity;
-        self.config.fallback_ttl = ttl;
+    /// Size and age bounds of the copies [`DegradedMode::RecentCopy`] serves (defaults
+    /// [`crate::config::DEFAULT_RECENT_COPIES`], [`crate::config::DEFAULT_RECENT_COPY_MAX_AGE`]).
+    pub fn recent_copies(mut self, capacity: u64, max_age: Duration) -> Self {
+        self.config.recent_copies_capacity = capacity;
+        self.config.recent_copy_max_age = max_age;
         self
     }
 
@@ -288,8 +294,12 @@ impl SessionManagerBuilder {
             BreakerChoice::Custom(b) => Some(b),
             BreakerChoice::Off => None,
         };
-        let fallback = (self.config.degraded_mode == DegradedMode::CachedReadOnly)
-            .then(|| LocalCopies::new(self.config.fallback_capacity, self.config.fallback_ttl));
+        let recent_copies = (self.config.degraded_mode == DegradedMode::RecentCopy).then(|| {
+            RecentCopies::new(
+                self.config.recent_copies_capacity,
+                self.config.recent_copy_max_age,
+            )
+        });
         Ok(SessionManagerLayer {
             shared: Arc::new(Shared {
                 store: StoreHandle::new(self.store, self.config.store_timeout, breaker),
@@ -298,7 +308,7 @@ impl SessionManagerBuilder {
                 hints: self.hints,
                 clock,
                 commit_locks: commit_stripes(),
-                fallback,
+                recent_copies,
                 on_save_error: self.on_save_error,
             }),
         })

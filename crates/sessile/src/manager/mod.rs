@@ -1,65 +1,33 @@
 //! The session layer: [`SessionManagerLayer`] and the [`SessionManager`] service it builds.
+//!
+//! One concern per file:
+//!
+//! | file | what |
+//! |---|---|
+//! | `layer.rs` | the layer and its builder: settings, validation, the default circuit breaker |
+//! | `shared.rs` | what every request shares (store, codec, settings, per-session commit queue) |
+//! | `service.rs` | the tower service: the lazy handle in, the inner service, the save after |
+//! | `request.rs` | one request's session state: token, load (once), operations, degraded modes |
+//! | `commit.rs` | the save path: create, compare-and-set with replay, rotate, touch, destroy |
+//! | `cookie.rs` | reading the token from `Cookie`, writing `Set-Cookie`, `Vary` and `Cache-Control` |
+//! | `store_handle.rs` | every store call: breaker, deadline, span, metrics, settling lost writes |
+//! | `recent.rs` | the recent copies [`DegradedMode::RecentCopy`](crate::DegradedMode) serves |
 
 mod commit;
-mod fallback;
+mod cookie;
 mod layer;
-pub(crate) mod service;
+mod recent;
+pub(crate) mod request;
+mod service;
+mod shared;
 mod store_handle;
 
-use std::sync::Arc;
-
-use sessile_token::TokenCodec;
-
+pub(crate) use cookie::CookieConfig;
+pub use cookie::MAX_SESSION_COOKIES;
 pub use layer::{STORE_BREAKER_NAME, SessionManagerBuilder, SessionManagerLayer};
-pub(crate) use service::read_token;
-pub use service::{MAX_SESSION_COOKIES, ResponseFuture, SessionManager};
+pub(crate) use recent::RecentCopies;
+pub(crate) use service::SessionHandle;
+pub use service::{ResponseFuture, SessionManager};
+pub use shared::SaveErrorHook;
+pub(crate) use shared::{Shared, detached};
 pub(crate) use store_handle::{StoreHandle, WriteError};
-
-use crate::clock::Clock;
-use crate::config::SessionConfig;
-use crate::error::SaveError;
-use crate::hint::HintSource;
-pub(crate) use fallback::LocalCopies;
-
-/// Stripes of the per-session commit lock. Two sessions share a stripe with probability
-/// 1/4096, which costs them at most one store round trip of waiting; 4096 small mutexes are
-/// about 200 KiB per layer.
-const COMMIT_STRIPES: usize = 4096;
-
-/// Called with a request's save error and its response's head, before the response leaves: the
-/// application's chance to change the status or headers (say, to a 503 and a message).
-pub type SaveErrorHook = Arc<dyn Fn(&SaveError, &mut http::response::Parts) + Send + Sync>;
-
-/// Everything requests share: built once by the layer, behind one `Arc`.
-pub(crate) struct Shared {
-    pub(crate) store: StoreHandle,
-    pub(crate) codec: TokenCodec,
-    pub(crate) config: SessionConfig,
-    pub(crate) hints: Arc<dyn HintSource>,
-    pub(crate) clock: Arc<dyn Clock>,
-    /// Serialises the writing commits of one session within this instance.
-    ///
-    /// Compare-and-set alone is correct but not fair: with k writers racing on one session each
-    /// attempt wins with probability about 1/k, so under a burst some requests exhaust their
-    /// attempts. Queueing the writers of this instance (a tokio mutex is FIFO) leaves only one per
-    /// instance in the race, so a retry wins about 1/instances of the time.
-    pub(crate) commit_locks: Box<[tokio::sync::Mutex<()>]>,
-    /// Recent copies, kept only for [`DegradedMode::CachedReadOnly`](crate::config::DegradedMode).
-    pub(crate) fallback: Option<LocalCopies>,
-    pub(crate) on_save_error: Option<SaveErrorHook>,
-}
-
-pub(crate) fn commit_stripes() -> Box<[tokio::sync::Mutex<()>]> {
-    (0..COMMIT_STRIPES)
-        .map(|_| tokio::sync::Mutex::new(()))
-        .collect()
-}
-
-impl Shared {
-    pub(crate) fn commit_lock(&self, id: &crate::SessionId) -> &tokio::sync::Mutex<()> {
-        let b = id.as_bytes();
-        // Bytes 2.. are random in every id (0..2 are the partition, shared by a user's sessions).
-        let n = usize::from(u16::from_le_bytes([b[2], b[3]]));
-        &self.commit_locks[n % COMMIT_STRIPES]
-    }
-}

@@ -1,7 +1,8 @@
-//! Recent copies of records, served read-only by [`DegradedMode::CachedReadOnly`] while the
-//! store cannot be reached.
+//! Recent copies of records, served read-only by [`DegradedMode::RecentCopy`] while the
+//! store cannot be reached. ("Recent copy" is the one name of this idea throughout: the degraded
+//! mode, this type, the builder's `recent_copies` and the `DEFAULT_RECENT_*` settings.)
 //!
-//! [`DegradedMode::CachedReadOnly`]: crate::config::DegradedMode::CachedReadOnly
+//! [`DegradedMode::RecentCopy`]: crate::config::DegradedMode::RecentCopy
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,16 +14,16 @@ use crate::record::Record;
 /// A bounded cache (moka: concurrent, size- and age-bounded eviction) of the records this
 /// instance has loaded or written. It is not coherent with other instances, which is why it is
 /// only ever read when the store cannot be, and only for a short time after each copy was made.
-pub(crate) struct LocalCopies {
+pub(crate) struct RecentCopies {
     cache: moka::sync::Cache<SessionId, Arc<Record>>,
 }
 
-impl LocalCopies {
-    pub(crate) fn new(capacity: u64, ttl: Duration) -> Self {
+impl RecentCopies {
+    pub(crate) fn new(capacity: u64, max_age: Duration) -> Self {
         Self {
             cache: moka::sync::Cache::builder()
                 .max_capacity(capacity)
-                .time_to_live(ttl)
+                .time_to_live(max_age)
                 .build(),
         }
     }
