@@ -333,6 +333,12 @@ async fn after_a_restart_the_breaker_probes_and_closes_and_sessions_are_intact()
 /// Every session record in Redis, as loaded by the store: the ground truth.
 async fn records(rig: &Rig) -> Vec<sessile::record::Record> {
     use fred::prelude::*;
+    // After a restart, some pool clients may still be reconnecting.
+    rig.store
+        .pool()
+        .wait_for_connect()
+        .await
+        .expect("pool reconnects");
     let keys: Vec<String> = rig
         .store
         .pool()

@@ -1,15 +1,14 @@
-//! Saving a request's session after the handler ran: create, save with compare-and-set and
-//! replay, rotate, touch, destroy; and deciding what cookie, if any, the response carries.
-
-use std::time::Duration;
+//! Saving a request's session after the handler ran: destroy, create, renew (touch), or hand a
+//! stored session's changes to the [`Writer`]; and deciding what cookie, if any, the response
+//! carries.
 
 use http::StatusCode;
-use rand::Rng;
 use sessile_token::{Claims, Hint};
 
 use super::WriteError;
 use super::cookie::CookieAction;
-use super::request::{Base, Op, RequestSession, State};
+use super::request::{Base, Incoming, RequestSession, State};
+use super::writer::Writer;
 use crate::SessionId;
 use crate::clock::UnixMillis;
 use crate::error::SaveError;
@@ -22,18 +21,8 @@ pub(crate) struct Commit {
     pub(crate) error: Option<SaveError>,
 }
 
-/// What became of one attempt to write a record.
-enum Attempt {
-    /// Written; the request is done.
-    Done,
-    /// Not written, for a reason worth another attempt on a fresh copy of the record.
-    Again,
-    /// Not written, and the request is done (the reason is in the `Commit`).
-    Stop,
-}
-
 impl RequestSession {
-    fn idle_ms(&self) -> u64 {
+    pub(super) fn idle_ms(&self) -> u64 {
         self.shared.config.idle_timeout.as_millis() as u64
     }
 
@@ -159,16 +148,13 @@ impl RequestSession {
         }
     }
 
+    /// Saves a stored session's changes, or only renews it when nothing changed.
     async fn commit_existing(&self, base: Base, st: State, now: UnixMillis, out: &mut Commit) {
         // A stored session is only ever loaded from a valid cookie.
         let Some(incoming) = self.incoming() else {
             return;
         };
-        let cookie_due = !incoming.sealed_with_primary
-            || (self.shared.config.cookie.persistent
-                && (now / 1000).saturating_sub(u64::from(incoming.issued_at)) * 1000
-                    >= self.renew_after_ms());
-
+        let cookie_due = self.cookie_due(&incoming, now);
         if !st.dirty && !st.cycle {
             self.touch_only(&base, now, cookie_due, out).await;
             return;
@@ -180,58 +166,21 @@ impl RequestSession {
             Err(_) => (lock.lock().await, true),
         };
         let mut writer = Writer::new(self, &base, &st, now);
-        // A request that queued behind other writers of this session almost surely holds a stale
-        // version: reading the record now costs one round trip, where a doomed save would cost one
-        // and the reload after it another.
-        let mut reload = waited;
-        let State {
-            data, user_id, ops, ..
-        } = st;
-        let (mut meta, mut data) = (base.meta.clone(), data);
-        meta.user_id = user_id;
-        let max = self.shared.config.max_save_attempts;
-        for attempt in 1..=max {
-            if reload {
-                match writer.reload(&ops, out).await {
-                    Some(Reloaded::Write(m, d)) => (meta, data) = (m, d),
-                    Some(Reloaded::Unchanged {
-                        hint,
-                        idle_deadline,
-                    }) => {
-                        // The replay changed nothing: what this request wanted is already stored,
-                        // and the load just confirmed the id is live.
-                        if cookie_due {
-                            out.cookie = self.issue_token(base.id, &hint, idle_deadline, now);
-                        }
-                        return;
-                    }
-                    None => return,
-                }
-            }
-            let record = writer.record(meta, data);
-            match writer.write(&record, attempt == max, out).await {
-                Attempt::Done => {
-                    if writer.cycle || cookie_due {
-                        out.cookie = self.issue(&record, now);
-                    }
-                    return;
-                }
-                Attempt::Stop => return,
-                Attempt::Again => {}
-            }
-            // Someone saved first: another instance, since this one's writers are queued. Retry
-            // at once; only when that keeps failing, pause a little (random, growing) so the
-            // instances' writers spread out. The pause holds this session's queue, so it is kept
-            // short.
-            if attempt >= 2 {
-                let cap_us = 100u64 << attempt.min(6);
-                let pause = Duration::from_micros(rand::rng().random_range(0..=cap_us));
-                tokio::time::sleep(pause).await;
-            }
-            reload = true;
-            // The record moved into the attempt: take its parts back for the next one.
-            (meta, data) = (record.meta, record.data);
+        let Some(written) = writer.run(st, base.meta.clone(), waited, out).await else {
+            return;
+        };
+        if writer.cycle || cookie_due {
+            out.cookie = self.issue_token(written.id, &written.hint, written.idle_deadline, now);
         }
+    }
+
+    /// Whether the response must carry a fresh token: the cookie was sealed with an old key, or
+    /// its own expiry (`Max-Age`) is due to move.
+    fn cookie_due(&self, incoming: &Incoming, now: UnixMillis) -> bool {
+        !incoming.sealed_with_primary
+            || (self.shared.config.cookie.persistent
+                && (now / 1000).saturating_sub(u64::from(incoming.issued_at)) * 1000
+                    >= self.renew_after_ms())
     }
 
     /// A read-only request: extend the idle deadline if enough of it has passed, and re-issue the
@@ -275,20 +224,20 @@ impl RequestSession {
         }
     }
 
-    fn remember(&self, record: &Record) {
+    pub(super) fn remember(&self, record: &Record) {
         if let Some(copies) = &self.shared.recent_copies {
             copies.remember(record);
         }
     }
 
-    fn forget(&self, id: &SessionId) {
+    pub(super) fn forget(&self, id: &SessionId) {
         if let Some(copies) = &self.shared.recent_copies {
             copies.forget(id);
         }
     }
 
     /// The session ended (logout, expiry) while the request ran: report it and drop the cookie.
-    fn ended_meanwhile(&self, id: &SessionId, out: &mut Commit) {
+    pub(super) fn ended_meanwhile(&self, id: &SessionId, out: &mut Commit) {
         self.forget(id);
         out.cookie = CookieAction::Remove;
         out.error = Some(SaveError::Ended);
@@ -296,7 +245,7 @@ impl RequestSession {
 
     /// The session was rotated away by another request while this one ran: report it and leave
     /// the cookie (by now the login's) alone.
-    fn rotated_meanwhile(&self, id: &SessionId, out: &mut Commit) {
+    pub(super) fn rotated_meanwhile(&self, id: &SessionId, out: &mut Commit) {
         self.forget(id);
         out.error = Some(SaveError::Rotated);
     }
@@ -326,157 +275,5 @@ impl RequestSession {
             .persistent
             .then(|| deadline.saturating_sub(now) / 1000);
         CookieAction::Set { token, max_age }
-    }
-}
-
-/// What a reload gave the next attempt.
-enum Reloaded {
-    /// The fresh record's metadata and payload with the request's operations replayed.
-    Write(Metadata, crate::record::Payload),
-    /// The replay changed nothing (and no id is to be cycled): nothing to write.
-    Unchanged {
-        hint: String,
-        idle_deadline: UnixMillis,
-    },
-}
-
-/// The save of one request's changes to a stored session: what stays the same across attempts.
-struct Writer<'r> {
-    req: &'r RequestSession,
-    /// The id the request loaded.
-    old: SessionId,
-    /// The id the record is written under: `old`, or a fresh one when cycling.
-    new: SessionId,
-    cycle: bool,
-    expected: u64,
-    now: UnixMillis,
-}
-
-impl<'r> Writer<'r> {
-    fn new(req: &'r RequestSession, base: &Base, st: &State, now: UnixMillis) -> Self {
-        let new = if st.cycle {
-            SessionId::random_for_user(st.user_id.as_deref())
-        } else {
-            base.id
-        };
-        Self {
-            req,
-            old: base.id,
-            new,
-            cycle: st.cycle,
-            expected: base.version,
-            now,
-        }
-    }
-
-    /// Reads the record again and replays the request's operations on it. `None`: the request
-    /// is done (the session ended or moved, or the store failed; `out` says which).
-    async fn reload(&mut self, ops: &[Op], out: &mut Commit) -> Option<Reloaded> {
-        let req = self.req;
-        let fresh = match req.shared.store.load(self.old).await {
-            Ok(Some(r)) if !r.is_expired(req.shared.clock.now_ms()) => r,
-            Ok(_) => {
-                req.ended_meanwhile(&self.old, out);
-                return None;
-            }
-            Err(StoreError::Rotated) => {
-                req.rotated_meanwhile(&self.old, out);
-                return None;
-            }
-            Err(e) => {
-                out.error = Some(SaveError::Store(e));
-                return None;
-            }
-        };
-        self.expected = fresh.version;
-        let idle_deadline = fresh.idle_deadline;
-        let (mut meta, mut data) = (fresh.meta, fresh.data);
-        let mut user = meta.user_id.take();
-        let mut changed = false;
-        for op in ops {
-            match op.apply(&mut data, &mut user, req.shared.config.max_payload_bytes) {
-                Ok(c) => changed |= c,
-                Err(e) => {
-                    out.error = Some(SaveError::Replay(e));
-                    return None;
-                }
-            }
-        }
-        meta.user_id = user;
-        Some(if changed || self.cycle {
-            Reloaded::Write(meta, data)
-        } else {
-            Reloaded::Unchanged {
-                hint: meta.hint,
-                idle_deadline,
-            }
-        })
-    }
-
-    /// The record to write from `meta` and `data`. A cycled id is a new session identity: new
-    /// hint, and the absolute lifetime restarts.
-    fn record(&self, mut meta: Metadata, data: crate::record::Payload) -> Record {
-        let req = self.req;
-        if self.cycle {
-            meta.hint = req.shared.hints.hint_for(&self.new).as_str().to_owned();
-            meta.absolute_deadline =
-                self.now + req.shared.config.absolute_timeout.as_millis() as u64;
-        }
-        Record {
-            id: self.new,
-            version: self.expected + 1,
-            idle_deadline: (self.now + req.idle_ms()).min(meta.absolute_deadline),
-            meta,
-            data,
-        }
-    }
-
-    /// One compare-and-set attempt (a `rotate` when cycling).
-    async fn write(&self, record: &Record, last: bool, out: &mut Commit) -> Attempt {
-        let req = self.req;
-        let store = &req.shared.store;
-        let result = if self.cycle {
-            store.rotate(self.old, record, self.expected).await
-        } else {
-            store.save(record, self.expected).await
-        };
-        match result {
-            Ok(()) => {
-                if self.cycle {
-                    req.forget(&self.old);
-                }
-                req.remember(record);
-                Attempt::Done
-            }
-            Err(WriteError::Failed(StoreError::Conflict)) => {
-                metrics::counter!("sessile_save_conflicts_total").increment(1);
-                if last {
-                    out.error = Some(SaveError::Contended {
-                        attempts: req.shared.config.max_save_attempts,
-                    });
-                    return Attempt::Stop;
-                }
-                Attempt::Again
-            }
-            // The reply was lost, and the store established that the write did not land and
-            // never will: writing again (with a new write id) cannot apply it twice.
-            Err(WriteError::NotApplied(_)) if !last => Attempt::Again,
-            Err(WriteError::Failed(StoreError::NotFound)) => {
-                req.ended_meanwhile(&self.old, out);
-                Attempt::Stop
-            }
-            Err(WriteError::Failed(StoreError::Rotated)) => {
-                req.rotated_meanwhile(&self.old, out);
-                Attempt::Stop
-            }
-            Err(WriteError::Failed(e) | WriteError::NotApplied(e)) => {
-                out.error = Some(SaveError::Store(e));
-                Attempt::Stop
-            }
-            Err(WriteError::Unknown(e)) => {
-                out.error = Some(SaveError::Unknown(e));
-                Attempt::Stop
-            }
-        }
     }
 }

@@ -8,7 +8,8 @@
 //! | `shared.rs` | what every request shares (store, codec, settings, per-session commit queue) |
 //! | `service.rs` | the tower service: the lazy handle in, the inner service, the save after |
 //! | `request.rs` | one request's session state: token, load (once), operations, degraded modes |
-//! | `commit.rs` | the save path: create, compare-and-set with replay, rotate, touch, destroy |
+//! | `commit.rs` | the save path: destroy, create, renew (touch), and the cookie to send |
+//! | `writer.rs` | a stored session's save: compare-and-set (or rotate), reload and replay |
 //! | `cookie.rs` | reading the token from `Cookie`, writing `Set-Cookie`, `Vary` and `Cache-Control` |
 //! | `store_handle.rs` | every store call: breaker, deadline, span, metrics, settling lost writes |
 //! | `recent.rs` | the recent copies [`DegradedMode::RecentCopy`](crate::DegradedMode) serves |
@@ -21,6 +22,7 @@ pub(crate) mod request;
 mod service;
 mod shared;
 mod store_handle;
+mod writer;
 
 pub(crate) use cookie::CookieConfig;
 pub use cookie::MAX_SESSION_COOKIES;
