@@ -2,7 +2,7 @@
 //!
 //! A store implementer needs this crate and nothing else: the session id ([`SessionId`]), the
 //! record and its codec ([`record`]), the [`SessionStore`] trait with its errors and its
-//! exactly-once rules ([`store`]), and the [`Clock`](clock::Clock) both sides keep time by. The
+//! exactly-once rules ([`store`]), and the [`Clock`] both sides keep time by. The
 //! session layer itself (cookies, tokens, the circuit breaker, axum) is in the `sessile` crate,
 //! which re-exports everything here.
 //!

@@ -40,6 +40,8 @@
 //! that its client re-sends on its own after a connection drops (fred does).
 //!
 //! Every store must pass the `sessile-conformance` suite.
+//!
+#![doc = include_str!("custom_store.md")]
 
 use std::error::Error as StdError;
 use std::future::Future;

@@ -1,29 +1,6 @@
-//! Server-side sessions for axum and any tower stack.
+#![doc = include_str!("../../../README.md")]
 //!
-//! Wrap a router in a [`SessionManagerLayer`] and take a [`Session`] in the handlers that need one:
-//!
-//! ```no_run
-//! use axum::{Router, routing::get};
-//! use sessile::{KeyRing, MemoryStore, Session, SessionManagerLayer};
-//!
-//! async fn hello(session: Session) -> Result<String, sessile::SessionError> {
-//!     let n = session.update("visits", |n: Option<u64>| n.unwrap_or(0) + 1)?;
-//!     Ok(format!("hello, visit {n}"))
-//! }
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! // In production, read the secrets from configuration: KeyRing::parse("1:<64 hex digits>").
-//! let keys = KeyRing::random(1);
-//! let sessions = SessionManagerLayer::builder(MemoryStore::new(), keys)
-//!     .cookie_name("__Host-sid")
-//!     .build()?;
-//! let app = Router::new().route("/", get(hello)).layer(sessions);
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-//! axum::serve(listener, app).await?;
-//! # Ok(()) }
-//! ```
-//!
-//! # What happens per request
+//! ## What happens per request
 //!
 //! 1. The layer keeps the request's `Cookie` headers and puts a lazy session handle into the
 //!    request extensions. Nothing is parsed, opened or loaded yet.
@@ -39,7 +16,7 @@
 //!    responses get `Cache-Control: no-store`, and every response that used the session gets
 //!    `Vary: Cookie`.
 //!
-//! # Failure
+//! ## Failure
 //!
 //! Every store call has a deadline and passes a circuit breaker ([`breaker`]; on by default). When
 //! the record cannot be loaded because the store is unreachable, the [`DegradedMode`] decides:
@@ -51,11 +28,12 @@
 //! [`on_save_error`](SessionManagerBuilder::on_save_error) hook, if set); the failure is logged and
 //! counted.
 //!
-//! # Security
+//! ## Security
 //!
-//! * Session ids are 128 random bits, made only by the server; clients hold a sealed token.
+//! * Session ids are 128 bits, made only by the server, of which at least 112 are random (a
+//!   logged-in user's ids share a 16-bit partition); clients hold a sealed token.
 //! * Cookies default to `Secure; HttpOnly; SameSite=Lax; Path=/`. Prefer a `__Host-` name.
-//! * [`Session::cycle_id`] on login prevents fixation; [`Session::destroy`] on logout is final even
+//! * [`Session::log_in`] gives the session a new id, which prevents fixation; [`Session::destroy`] on logout is final even
 //!   against requests still in flight.
 //! * Ids and tokens never appear in full in logs or `Debug` output.
 
