@@ -40,8 +40,8 @@ fn fixture_with(
     let layer = tweak(
         SessionManagerLayer::builder(store.clone(), keys)
             .cookie_name(NAME)
-            .node_hint(Hint::new("node-a").expect("hint"))
-            .clock(clock.clone()),
+            // No `.clock(..)`: the layer adopts the store's clock.
+            .node_hint(Hint::new("node-a").expect("hint")),
     )
     .build()
     .expect("valid config");
@@ -70,6 +70,37 @@ impl Fixture {
         assert_eq!(r.status, StatusCode::OK);
         r.cookie_value(NAME).expect("new session sets a cookie")
     }
+}
+
+/// The clock injected into the store, once, drives the layer's expiry and its default circuit
+/// breaker too: after the store fails enough loads the breaker opens, and moving the manual clock
+/// past the open wait (no real time passes) lets the next request through.
+#[tokio::test]
+async fn one_clock_drives_the_store_the_layer_and_its_default_breaker() {
+    let f = fixture();
+    let token = f.session("ann").await;
+    f.store.inner().fail_loads(true);
+    let mut refused = 0;
+    for _ in 0..20 {
+        if f.get("/read", Some(&token)).await.status == StatusCode::SERVICE_UNAVAILABLE {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 20);
+    f.store.inner().fail_loads(false);
+    f.store.reset();
+    let r = f.get("/read", Some(&token)).await;
+    assert_eq!(
+        r.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the breaker is open"
+    );
+    assert_eq!(f.store.count("load"), 0, "an open breaker calls nothing");
+    // The default open wait is 1 s with at most 20% jitter.
+    f.clock.advance(Duration::from_secs(2));
+    let r = f.get("/read", Some(&token)).await;
+    assert_eq!(r.status, StatusCode::OK, "the breaker let a probe through");
+    assert_eq!(r.body, "ann");
 }
 
 #[tokio::test]
@@ -377,7 +408,6 @@ async fn key_rotation_reseals_old_tokens_and_a_dropped_key_logs_out() {
     let rotated = old_keys.clone().with_key(2, &[2; 32]).expect("ring");
     let layer = SessionManagerLayer::builder(f.store.clone(), rotated.clone())
         .cookie_name(NAME)
-        .clock(f.clock.clone())
         .build()
         .expect("layer");
     let app = routes(Arc::clone(&f.gate)).layer(layer);
@@ -390,7 +420,6 @@ async fn key_rotation_reseals_old_tokens_and_a_dropped_key_logs_out() {
     let dropped = rotated.without_key(1).expect("ring");
     let layer = SessionManagerLayer::builder(f.store.clone(), dropped)
         .cookie_name(NAME)
-        .clock(f.clock.clone())
         .build()
         .expect("layer");
     let app = routes(Arc::clone(&f.gate)).layer(layer);

@@ -56,6 +56,7 @@ pub use machine::{Breaker, Permit, Rejected, State, Transition};
 pub use service::CircuitBreaker;
 pub use sessile_core::clock::{Clock, ManualClock, SystemClock};
 pub use shared::{Guard, MetricsObserver, Observer, SharedBreaker, SharedBreakerBuilder};
+pub use window::Totals;
 
 /// The error of a [`CircuitBreaker`] service: rejected by the breaker, or the inner service's own.
 #[derive(Debug, thiserror::Error)]

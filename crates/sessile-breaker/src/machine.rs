@@ -140,13 +140,8 @@ impl Breaker {
     }
 
     /// Counts in the window at `now`.
-    pub fn totals(&self, now: Duration) -> (u32, u32, u32) {
-        let Totals {
-            calls,
-            failures,
-            slow,
-        } = self.window.totals(now);
-        (calls, failures, slow)
+    pub fn totals(&self, now: Duration) -> Totals {
+        self.window.totals(now)
     }
 
     /// Asks to make a call at `now`.
@@ -491,7 +486,7 @@ mod tests {
         );
         assert_eq!(
             b.totals(later),
-            (0, 0, 0),
+            Totals::default(),
             "a closed breaker starts with an empty window"
         );
     }

@@ -4,12 +4,16 @@ use std::time::Duration;
 
 use crate::Window;
 
-/// Totals over the window.
+/// Call outcomes counted in a breaker's window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Totals {
-    pub(crate) calls: u32,
-    pub(crate) failures: u32,
-    pub(crate) slow: u32,
+#[non_exhaustive]
+pub struct Totals {
+    /// Calls that finished.
+    pub calls: u32,
+    /// Of those, the ones that failed.
+    pub failures: u32,
+    /// Of those, the ones slower than the slow-call duration.
+    pub slow: u32,
 }
 
 pub(crate) enum Sliding {
