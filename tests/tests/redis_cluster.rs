@@ -6,22 +6,19 @@ use std::sync::Arc;
 use sessile_redis::RedisStore;
 use sessile_testkit::redis::{RedisCluster, unique_prefix};
 
-async fn store(cluster: &RedisCluster, prefix: &str) -> RedisStore {
-    RedisStore::builder(cluster.url())
-        .prefix(prefix)
-        .connect()
-        .await
-        .expect("connect to the cluster")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_out_everywhere_ends_sessions_rotating_on_two_instances() {
     let cluster = RedisCluster::start();
     let prefix = unique_prefix();
     let mut apps = Vec::new();
     for node in ["node-a", "node-b"] {
+        let store = RedisStore::builder(cluster.url())
+            .prefix(&prefix)
+            .connect()
+            .await
+            .expect("connect to the cluster");
         let layer = sessile::SessionManagerLayer::builder(
-            store(&cluster, &prefix).await,
+            store,
             sessile::KeyRing::new(1, &[4; 32]).expect("keys"),
         )
         .cookie_name("sid")
