@@ -1,0 +1,241 @@
+//! The store's machinery: running scripts with reload on `NOSCRIPT`, mapping replies and
+//! errors, indexing and pruning, and the batches of "log out everywhere".
+
+use super::*;
+
+impl Inner {
+    pub(super) fn fail(&self, e: FredError) -> StoreError {
+        match e.kind() {
+            ErrorKind::Timeout => StoreError::Timeout(self.command_timeout),
+            _ => StoreError::Unavailable(Box::new(e)),
+        }
+    }
+
+    /// Runs a script that fred may re-send after a dropped connection: reads, and writes whose
+    /// second run changes nothing.
+    pub(super) async fn run(
+        &self,
+        script: &Script,
+        keys: impl Into<MultipleKeys> + Send,
+        args: Vec<Value>,
+    ) -> Result<i64, StoreError> {
+        script
+            .evalsha_with_reload::<i64, _, _>(self.pool.next_connected(), keys, args)
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Runs a compare-and-set script, asking fred for a single attempt. That is not a guarantee:
+    /// fred 10.1 re-sends a command that was in flight when its connection dropped once the
+    /// client reconnects (the retry path resets the attempt count). The scripts do not rely on it:
+    /// a write's id key tells a re-sent write that it already ran, or that it was fenced off.
+    pub(super) async fn run_once(
+        &self,
+        script: &Script,
+        keys: Keys,
+        args: Vec<Value>,
+    ) -> Result<i64, StoreError> {
+        let client = self.pool.next_connected();
+        let once = client.with_options(&Options {
+            max_attempts: Some(1),
+            ..Options::default()
+        });
+        let sha = script.sha1().clone();
+        let first = once
+            .evalsha::<i64, _, _, _>(sha.clone(), keys.clone(), args.clone())
+            .await;
+        match first {
+            // NOSCRIPT: the script did not run, so sending it again is safe.
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                script.load(client).await.map_err(|e| self.fail(e))?;
+                once.evalsha(sha, keys, args).await
+            }
+            other => other,
+        }
+        .map_err(|e| self.fail(e))
+    }
+
+    pub(super) fn outcome(code: i64) -> Result<(), StoreError> {
+        match code {
+            1 | 2 => Ok(()),
+            0 | -3 => Err(StoreError::Conflict),
+            -1 => Err(StoreError::NotFound),
+            -2 => Err(StoreError::Rotated),
+            other => Err(StoreError::Unavailable(Box::new(UnexpectedReply(other)))),
+        }
+    }
+
+    /// The user's index and generation keys for a script that also writes `with`, if the record
+    /// has a user; and whether they can go along (always outside a Cluster; in one, only when the
+    /// keys share a slot, which they do for every id the layer makes).
+    pub(super) fn user_keys(&self, record: &Record, with: &str) -> Option<([String; 2], bool)> {
+        let user = record.meta.user_id.as_deref()?;
+        let tenant = record.meta.tenant.as_deref();
+        let index = self.keys.index(tenant, user);
+        let together = !self.clustered || slot(&index) == slot(with);
+        Some(([index, self.keys.generation(tenant, user)], together))
+    }
+
+    /// `ARGV` of `CREATE`, or of `SAVE`/`ROTATE` after the expected version.
+    pub(super) fn write_args(record: &Record, body: Bytes) -> Vec<Value> {
+        vec![
+            int(record.version),
+            int(record.idle_deadline.min(record.meta.absolute_deadline)),
+            Value::Bytes(body),
+            // The user within its tenant: what the record's `u` field and the index compare.
+            Value::from(record.user_key().unwrap_or_default()),
+            Value::from(record.id.to_hex()),
+            int(record.meta.absolute_deadline),
+        ]
+    }
+
+    /// Writes a record with `script`: keys `leading` then the record, the write's id key (in the
+    /// slot of the first key), then the user's index and generation when they can go along;
+    /// `pre` arguments before the record's, `post` after.
+    pub(super) async fn write(
+        &self,
+        script: &Script,
+        leading: Option<(SessionId, String)>,
+        record: &Record,
+        write: WriteId,
+        pre: Option<u64>,
+        post: Vec<Value>,
+    ) -> Result<(), StoreError> {
+        let body = Bytes::from(encode_record(record, self.max_record_bytes)?);
+        let key = self.keys.record(&record.id);
+        let first = leading.as_ref().map_or(record.id, |(id, _)| *id);
+        let write_key = self.keys.write(&first, write);
+        let leading = leading.map(|(_, k)| k);
+        let user_keys = self.user_keys(record, leading.as_deref().unwrap_or(&key));
+        let mut keys: Keys = leading.into_iter().collect();
+        keys.push(key);
+        keys.push(write_key);
+        let mut apart = None;
+        match user_keys {
+            Some((user_keys, true)) => keys.extend(user_keys),
+            Some((user_keys, false)) => apart = Some(user_keys),
+            None => {}
+        }
+        let mut args: Vec<Value> = pre.map(int).into_iter().collect();
+        args.extend(Self::write_args(record, body));
+        args.extend(post);
+        let code = self.run_once(script, keys, args).await?;
+        Self::outcome(code)?;
+        if let Some(user_keys) = apart {
+            self.index_apart(user_keys, record).await?;
+        } else if code == 2 {
+            self.prune_index(record).await?;
+        }
+        Ok(())
+    }
+
+    /// Index upkeep for a record whose index lives in another slot.
+    pub(super) async fn index_apart(
+        &self,
+        keys: [String; 2],
+        record: &Record,
+    ) -> Result<(), StoreError> {
+        let args = vec![
+            Value::from(record.id.to_hex()),
+            int(record.meta.absolute_deadline),
+        ];
+        if self.run(&self.scripts.index, keys.to_vec(), args).await? == 2 {
+            self.prune_index(record).await?;
+        }
+        Ok(())
+    }
+
+    /// Drops the rest of an index's expired members, a bounded chunk per call, so that no single
+    /// script blocks Redis for long however many there are.
+    pub(super) async fn prune_index(&self, record: &Record) -> Result<(), StoreError> {
+        let Some(user) = record.meta.user_id.as_deref() else {
+            return Ok(());
+        };
+        let index = self.keys.index(record.meta.tenant.as_deref(), user);
+        while self.run(&self.scripts.prune, index.clone(), vec![]).await? == 2 {}
+        Ok(())
+    }
+
+    /// One page of `ZSCAN` over a user's index: the next cursor and the members.
+    pub(super) async fn scan_index(
+        &self,
+        index: &str,
+        cursor: &str,
+    ) -> Result<(String, Vec<String>), StoreError> {
+        let cmd = CustomCommand::new_static("ZSCAN", ClusterHash::FirstKey, false);
+        let reply: Value = self
+            .pool
+            .next_connected()
+            .custom(
+                cmd,
+                vec![
+                    Value::from(index),
+                    Value::from(cursor),
+                    Value::from("COUNT"),
+                    Value::from(DESTROY_BATCH),
+                ],
+            )
+            .await
+            .map_err(|e| self.fail(e))?;
+        let (next, flat): (String, Vec<String>) = reply.convert().map_err(|e| self.fail(e))?;
+        // Members alternate with their scores.
+        let members = flat.into_iter().step_by(2).collect();
+        Ok((next, members))
+    }
+
+    /// Ends the sessions among `members` (ids hex from `index`) that are still the user's and
+    /// older than generation `g`; returns how many.
+    pub(super) async fn destroy_batch(
+        &self,
+        index: &str,
+        user: &str,
+        g: i64,
+        members: Vec<String>,
+    ) -> Result<u64, StoreError> {
+        // One script per slot; for the ids the layer makes that is one, with the index.
+        let mut by_slot: Vec<(u16, Vec<(String, String)>)> = Vec::new();
+        for m in members {
+            let Some(key) = self.keys.record_for_hex(&m) else {
+                continue;
+            };
+            let s = if self.clustered { slot(&key) } else { 0 };
+            match by_slot.iter_mut().find(|(k, _)| *k == s) {
+                Some((_, v)) => v.push((key, m)),
+                None => by_slot.push((s, vec![(key, m)])),
+            }
+        }
+        let index_slot = if self.clustered { slot(index) } else { 0 };
+        let mut destroyed = 0;
+        for (s, records) in by_slot {
+            let with_index = s == index_slot;
+            let mut keys: Keys = Vec::with_capacity(records.len() + 1);
+            if with_index {
+                keys.push(index.to_owned());
+            }
+            let mut args = vec![
+                Value::from(user),
+                Value::Integer(g),
+                Value::from(if with_index { "1" } else { "0" }),
+            ];
+            let mut handled = Vec::with_capacity(records.len());
+            for (key, member) in records {
+                keys.push(key);
+                args.push(Value::from(member.clone()));
+                handled.push(member);
+            }
+            let n = self.run(&self.scripts.destroy_batch, keys, args).await?;
+            destroyed += u64::try_from(n).unwrap_or(0);
+            if !with_index {
+                // Records the layer did not make (ids outside the user's partition): their
+                // generation is never current, so every one was handled.
+                let _: i64 = self
+                    .pool
+                    .next_connected()
+                    .zrem(index, handled)
+                    .await
+                    .map_err(|e| self.fail(e))?;
+            }
+        }
+        Ok(destroyed)
+    }
+}

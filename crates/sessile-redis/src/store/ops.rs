@@ -1,0 +1,213 @@
+//! The [`SessionStore`] operations, one script or command each.
+
+use super::*;
+
+impl SessionStore for RedisStore {
+    async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
+        let key = self.inner.keys.record(&id);
+        // Read as bytes and parsed here: a field that is not a number is a corrupt record (which
+        // never opens the breaker), not a failing store.
+        let (version, idle, body, moved): (
+            Option<Bytes>,
+            Option<Bytes>,
+            Option<Bytes>,
+            Option<Bytes>,
+        ) = self
+            .inner
+            .pool
+            .next_connected()
+            .hmget(key, vec!["v", "e", "d", "m"])
+            .await
+            .map_err(|e| self.inner.fail(e))?;
+        let (Some(version), Some(idle), Some(body)) = (version, idle, body) else {
+            return match moved {
+                Some(_) => Err(StoreError::Rotated),
+                None => Ok(None),
+            };
+        };
+        let number = |field: &'static str, raw: &[u8]| {
+            std::str::from_utf8(raw)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or(StoreError::Corrupt(CodecError::Field(field)))
+        };
+        let (version, idle) = (number("v", &version)?, number("e", &idle)?);
+        Record::decode(id, version, idle, &body)
+            .map(Some)
+            .map_err(StoreError::Corrupt)
+    }
+
+    async fn create(&self, record: &Record, write: WriteId) -> Result<(), StoreError> {
+        let scripts = &self.inner.scripts;
+        self.inner
+            .write(&scripts.create, None, record, write, None, vec![])
+            .await
+    }
+
+    async fn save(
+        &self,
+        record: &Record,
+        expected_version: u64,
+        write: WriteId,
+    ) -> Result<(), StoreError> {
+        let scripts = &self.inner.scripts;
+        self.inner
+            .write(
+                &scripts.save,
+                None,
+                record,
+                write,
+                Some(expected_version),
+                vec![],
+            )
+            .await
+    }
+
+    async fn touch(&self, id: SessionId, idle_deadline: UnixMillis) -> Result<(), StoreError> {
+        let key = self.inner.keys.record(&id);
+        let code = self
+            .inner
+            .run(&self.inner.scripts.touch, key, vec![int(idle_deadline)])
+            .await?;
+        Inner::outcome(code)
+    }
+
+    async fn rotate(
+        &self,
+        old: SessionId,
+        record: &Record,
+        expected_version: u64,
+        write: WriteId,
+    ) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let old_key = inner.keys.record(&old);
+        let new_key = inner.keys.record(&record.id);
+        if !inner.clustered || slot(&old_key) == slot(&new_key) {
+            let post = vec![
+                int(ROTATED_MARKER_TTL_MS),
+                Value::from(old.to_hex()),
+                wid(write),
+            ];
+            return inner
+                .write(
+                    &inner.scripts.rotate,
+                    Some((old, old_key)),
+                    record,
+                    write,
+                    Some(expected_version),
+                    post,
+                )
+                .await;
+        }
+        // Different slots: write the new record (no client knows its id yet), then replace the
+        // old one with a marker only at the expected version. Undo the first step if the second
+        // fails; if the second's reply is lost, `settle` finishes the job.
+        let create = &inner.scripts.create;
+        inner
+            .write(create, None, record, write, None, vec![])
+            .await?;
+        let args = vec![
+            int(expected_version),
+            Value::from(record.id.to_hex()),
+            int(ROTATED_MARKER_TTL_MS),
+            wid(write),
+        ];
+        let keys = vec![old_key, inner.keys.write(&old, write)];
+        let code = inner.run_once(&inner.scripts.delete_at, keys, args).await;
+        let result = code.and_then(Inner::outcome);
+        if matches!(
+            result,
+            Err(StoreError::Conflict | StoreError::NotFound | StoreError::Rotated)
+        ) {
+            let _: Result<i64, _> = inner.pool.next_connected().del(new_key).await;
+        }
+        result
+    }
+
+    /// Reads (and, if absent, fences) the write's id key, in the slot of the record the write
+    /// changed first; a rotation across Cluster slots that did not land is undone.
+    async fn settle(
+        &self,
+        old: SessionId,
+        new: SessionId,
+        _expected_version: u64,
+        write: WriteId,
+    ) -> Result<Settled, StoreError> {
+        let inner = &self.inner;
+        let key = inner.keys.write(&old, write);
+        let code = inner.run(&inner.scripts.settle, key, vec![]).await?;
+        let (old_key, new_key) = (inner.keys.record(&old), inner.keys.record(&new));
+        if code == 0 && inner.clustered && old != new && slot(&old_key) != slot(&new_key) {
+            // The rotation's first step (the new record) may have landed, or may still land if
+            // it is on its way: fence it in its own slot, then undo it.
+            let first = inner.keys.write(&new, write);
+            inner.run(&inner.scripts.settle, first, vec![]).await?;
+            let _: i64 = inner
+                .pool
+                .next_connected()
+                .del(new_key)
+                .await
+                .map_err(|e| inner.fail(e))?;
+        }
+        match code {
+            1 => Ok(Settled::Applied),
+            0 => Ok(Settled::NotApplied),
+            other => Err(StoreError::Unavailable(Box::new(UnexpectedReply(other)))),
+        }
+    }
+
+    /// One script (deleting, unless the id was rotated away), then, for a logged-in user's
+    /// session, removing it from the user's index.
+    async fn destroy(&self, id: SessionId) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let key = inner.keys.record(&id);
+        let reply: Value = inner
+            .scripts
+            .destroy
+            .evalsha_with_reload(inner.pool.next_connected(), key, Vec::<Value>::new())
+            .await
+            .map_err(|e| inner.fail(e))?;
+        if let Value::Integer(-2) = reply {
+            return Err(StoreError::Rotated);
+        }
+        let user_key = reply.into_string().unwrap_or_default();
+        if let Some((tenant, user)) = user_key.split_once(':') {
+            let tenant = (!tenant.is_empty()).then_some(tenant);
+            let index = inner.keys.index(tenant, user);
+            // The session is gone either way; a stale index entry is only slack (it is pruned at
+            // the session's absolute deadline), so a failure here does not fail the logout.
+            let removed: Result<i64, _> =
+                inner.pool.next_connected().zrem(index, id.to_hex()).await;
+            if let Err(e) = removed {
+                tracing::warn!(error = %e, "session destroyed; its user index entry stays until it expires");
+            }
+        }
+        Ok(())
+    }
+
+    /// Bumps the user's generation first, so that from then on no session of the user can rotate
+    /// to a new id; then walks the index with `ZSCAN` (which returns every member present from
+    /// start to end) and deletes in batches of about a hundred sessions, each one short script.
+    async fn destroy_user(&self, tenant: Option<&str>, user_id: &str) -> Result<u64, StoreError> {
+        let inner = &self.inner;
+        let index = inner.keys.index(tenant, user_id);
+        let keys = vec![index.clone(), inner.keys.generation(tenant, user_id)];
+        let g = inner.run(&inner.scripts.bump, keys, vec![]).await?;
+        if g < 0 {
+            return Ok(0);
+        }
+        let mut destroyed = 0;
+        let mut cursor = String::from("0");
+        loop {
+            let (next, members) = inner.scan_index(&index, &cursor).await?;
+            if !members.is_empty() {
+                let user = sessile_core::record::user_key(tenant, user_id);
+                destroyed += inner.destroy_batch(&index, &user, g, members).await?;
+            }
+            if next == "0" {
+                return Ok(destroyed);
+            }
+            cursor = next;
+        }
+    }
+}
