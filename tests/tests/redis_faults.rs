@@ -248,41 +248,31 @@ fn check_outage(rig: &Rig, samples: &[Sample]) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_killed_under_load_opens_the_breaker_and_no_request_hangs() {
-    let mut server = RedisServer::start();
-    let rig = Arc::new(rig(&server).await);
+/// Eight clients load the server's rig for 3 s; `fault` strikes the server after 500 ms; every
+/// request must finish within its deadline and the open breaker must keep calls away.
+async fn outage_under_load(server: &mut RedisServer, fault: impl FnOnce(&mut RedisServer)) {
+    let rig = Arc::new(rig(server).await);
     let tokens = rig.sessions(8).await;
     let samples = load(
         &rig,
         &tokens,
         Duration::from_secs(3),
         Duration::from_millis(500),
-        || {
-            server.kill();
-        },
-    )
-    .await;
-    check_outage(&rig, &samples);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_frozen_with_sigstop_opens_the_breaker_and_no_request_hangs() {
-    let server = RedisServer::start();
-    let rig = Arc::new(rig(&server).await);
-    let tokens = rig.sessions(8).await;
-    let samples = load(
-        &rig,
-        &tokens,
-        Duration::from_secs(3),
-        Duration::from_millis(500),
-        || {
-            server.pause();
-        },
+        || fault(server),
     )
     .await;
     server.resume();
     check_outage(&rig, &samples);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_under_load_opens_the_breaker_and_no_request_hangs() {
+    outage_under_load(&mut RedisServer::start(), RedisServer::kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_frozen_with_sigstop_opens_the_breaker_and_no_request_hangs() {
+    outage_under_load(&mut RedisServer::start(), |s| s.pause()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

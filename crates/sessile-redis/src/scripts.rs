@@ -59,6 +59,17 @@ local function seen(wk)
   if st == '0' then return -3 end
   return nil
 end
+-- A record's fields v, u, m, g when it is at version `expected`; otherwise nil and the reply:
+-- -2 rotated away, -1 not found, 0 at another version.
+local function current(k, expected)
+  local f = redis.call('HMGET', k, 'v', 'u', 'm', 'g')
+  if not f[1] then
+    if f[3] then return nil, -2 end
+    return nil, -1
+  end
+  if f[1] ~= expected then return nil, 0 end
+  return f
+end
 local function landed(wk)
   redis.call('SET', wk, '1', 'PX', WRITE_ID_TTL_MS)
 end
@@ -119,12 +130,8 @@ return 1
 const SAVE: &str = r#"
 local done = seen(KEYS[2])
 if done then return done end
-local f = redis.call('HMGET', KEYS[1], 'v', 'u', 'm', 'g')
-if not f[1] then
-  if f[3] then return -2 end
-  return -1
-end
-if f[1] ~= ARGV[1] then return 0 end
+local f, code = current(KEYS[1], ARGV[1])
+if not f then return code end
 local changed = (f[2] or '') ~= ARGV[5]
 local g = f[4] or 0
 if changed then
@@ -145,12 +152,8 @@ return 1
 const ROTATE: &str = r#"
 local done = seen(KEYS[3])
 if done then return done end
-local f = redis.call('HMGET', KEYS[1], 'v', 'u', 'm', 'g')
-if not f[1] then
-  if f[3] then return -2 end
-  return -1
-end
-if f[1] ~= ARGV[1] then return 0 end
+local f, code = current(KEYS[1], ARGV[1])
+if not f then return code end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local g = 0
 if KEYS[4] then
@@ -178,12 +181,8 @@ return 1
 const DELETE_AT: &str = r#"
 local done = seen(KEYS[2])
 if done then return done end
-local f = redis.call('HMGET', KEYS[1], 'v', 'm')
-if not f[1] then
-  if f[2] then return -2 end
-  return -1
-end
-if f[1] ~= ARGV[1] then return 0 end
+local f, code = current(KEYS[1], ARGV[1])
+if not f then return code end
 marker(KEYS[1], ARGV[2], ARGV[4], ARGV[3])
 landed(KEYS[2])
 return 1
