@@ -295,6 +295,29 @@ async fn cycle_id_moves_the_data_and_kills_the_old_token() {
     assert_eq!(f.memory.len(), 2);
 }
 
+/// Every login gives a new id, also when the same user logs in again on a logged-in session: a
+/// re-authentication is a privilege boundary too.
+#[tokio::test]
+async fn logging_in_again_as_the_same_user_rotates_the_id() {
+    let f = fixture();
+    let anon = f.session("ann").await;
+    let first = f
+        .post("/login/alice", Some(&anon))
+        .await
+        .cookie_value(NAME)
+        .expect("login rotates");
+    f.store.reset();
+    let second = f
+        .post("/login/alice", Some(&first))
+        .await
+        .cookie_value(NAME)
+        .expect("a second login rotates too");
+    assert_ne!(second, first);
+    assert_eq!(f.store.count("rotate"), 1);
+    assert_eq!(f.get("/read", Some(&first)).await.body, "-");
+    assert_eq!(f.get("/whoami", Some(&second)).await.body, "alice");
+}
+
 #[tokio::test]
 async fn destroy_everywhere_ends_every_session_of_the_user() {
     let f = fixture();

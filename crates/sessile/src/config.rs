@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::error::ConfigError;
+pub use crate::error::ConfigError;
 use crate::manager::CookieConfig;
 
 /// Default cookie name. Short, because it is sent with every request.

@@ -205,7 +205,9 @@ impl IntoResponse for SessionRejection {
         }
         let mut res = (self.status(), self.to_string()).into_response();
         if let Some(retry) = self.retry_after() {
-            let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
+            let secs = retry
+                .as_secs()
+                .saturating_add(u64::from(retry.subsec_nanos() > 0));
             res.headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(secs));
         }

@@ -230,11 +230,11 @@ impl Session {
     }
 
     /// Logs `user` in: records the user (for [`destroy_everywhere`](Self::destroy_everywhere))
-    /// and gives the session a new id when the response is saved, as
+    /// and gives a stored session a new id when the response is saved, as
     /// [`cycle_id`](Self::cycle_id) does, so an id an attacker planted before the login is worth
-    /// nothing after it (session fixation). The data stays; the new id lands in the user's
-    /// partition, next to the user's other sessions. Logging in the user already logged in
-    /// changes nothing.
+    /// nothing after it (session fixation). It always does, even when `user` is already logged
+    /// in: every successful authentication gets a fresh id. The data stays; the new id lands in
+    /// the user's partition, next to the user's other sessions.
     ///
     /// ```
     /// # let session = sessile::Session::new(sessile::MemoryStore::new());
@@ -244,10 +244,11 @@ impl Session {
     /// ```
     pub fn log_in(&self, user: &str) {
         self.set_user(Some(user));
+        self.cycle_id();
     }
 
-    /// Logs the user out but keeps the session and its data (a new id, as for a login). To end
-    /// the session, [`destroy`](Self::destroy) it instead.
+    /// Logs the user out but keeps the session and its data, under a new id (as for a login). To
+    /// end the session, [`destroy`](Self::destroy) it instead.
     ///
     /// ```
     /// # let session = sessile::Session::new(sessile::MemoryStore::new());
@@ -257,15 +258,10 @@ impl Session {
     /// ```
     pub fn log_out(&self) {
         self.set_user(None);
+        self.cycle_id();
     }
 
     fn set_user(&self, user: Option<&str>) {
-        {
-            let mut st = self.0.state();
-            if st.base.is_some() && st.user_id.as_deref() != user {
-                st.cycle = true;
-            }
-        }
         // Setting a user cannot fail.
         let _ = self.apply(Op::SetUser(user.map(str::to_owned)));
     }
