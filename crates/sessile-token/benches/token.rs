@@ -1,5 +1,5 @@
-//! Seal and open a session token. The design target is "well under a microsecond" each; one
-//! SHA-256 of 64 bytes, measured in the same run, gives the figures a machine-independent scale.
+//! Seal and open a session token. The budget is 6x one SHA-256 of 64 bytes each, measured in the
+//! same run, which gives the figures a machine-independent scale.
 #![allow(missing_docs)] // criterion's macros generate undocumented functions
 
 use std::hint::black_box;

@@ -1,33 +1,64 @@
+use aes_gcm_siv::aead::{AeadInPlace, generic_array::GenericArray};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chacha20poly1305::{AeadInPlace, Tag, XNonce};
 use rand::RngCore;
 
 use crate::hint::is_valid_hint;
 use crate::{Hint, KeyId, KeyRing, MAX_HINT_LEN, OpenError, TokenConfigError};
 
-/// Format byte written first in every sealed part; bump it when the layout changes.
-pub const TOKEN_FORMAT_VERSION: u8 = 1;
+/// Format byte written first in every sealed part by [`TokenCodec::seal`]; bumped when the layout
+/// changes. Tokens of format 1 still open.
+pub const TOKEN_FORMAT_VERSION: u8 = 2;
 
 /// Longest cookie name a codec accepts; it is bound into every token as associated data.
 const MAX_COOKIE_NAME_LEN: usize = 64;
 
-// Layout of the sealed part, before base64:
-//   [0]      format version
-//   [1]      key id
-//   [2..26]  XChaCha20 nonce (random)
-//   [26..46] ciphertext of session id (16 bytes) | issued_at (u32, big endian)
-//   [46..62] Poly1305 tag
+/// One layout of the sealed part, before base64:
+///
+/// ```text
+///   [0]   format version          [1]  key id
+///   nonce (random)                then the ciphertext of session id (16) | issued_at (u32, BE)
+///   then the tag (16)
+/// ```
+///
+/// Format 2 is AES-128-GCM-SIV with a 96-bit nonce (50 bytes, 67 characters); format 1 was
+/// XChaCha20-Poly1305 with a 192-bit nonce (62 bytes, 83 characters).
+struct Layout {
+    version: u8,
+    nonce_len: usize,
+}
+
+const V1: Layout = Layout {
+    version: 1,
+    nonce_len: 24,
+};
+const V2: Layout = Layout {
+    version: 2,
+    nonce_len: 12,
+};
+
 const HEADER_LEN: usize = 2;
-const NONCE_LEN: usize = 24;
 const PLAIN_LEN: usize = 16 + 4;
 const TAG_LEN: usize = 16;
-const NONCE_AT: usize = HEADER_LEN;
-const CIPHER_AT: usize = NONCE_AT + NONCE_LEN;
-const TAG_AT: usize = CIPHER_AT + PLAIN_LEN;
-const SEALED_LEN: usize = TAG_AT + TAG_LEN;
-/// base64url without padding of [`SEALED_LEN`] bytes.
-const ENCODED_LEN: usize = (SEALED_LEN * 4).div_ceil(3);
+/// The longest sealed part (format 1).
+const SEALED_MAX: usize = HEADER_LEN + 24 + PLAIN_LEN + TAG_LEN;
+
+impl Layout {
+    const fn cipher_at(&self) -> usize {
+        HEADER_LEN + self.nonce_len
+    }
+    const fn tag_at(&self) -> usize {
+        self.cipher_at() + PLAIN_LEN
+    }
+    const fn sealed_len(&self) -> usize {
+        self.tag_at() + TAG_LEN
+    }
+    /// base64url without padding of the sealed part.
+    const fn encoded_len(&self) -> usize {
+        (self.sealed_len() * 4).div_ceil(3)
+    }
+}
+
 /// Longest context (tenant) a codec accepts; it is bound into every token as associated data.
 pub const MAX_CONTEXT_LEN: usize = 64;
 /// Associated data: name length, name, hint length, hint, [context length, context,] header.
@@ -53,7 +84,8 @@ pub struct Opened<'a> {
     pub hint: &'a str,
     /// The key that sealed the token.
     pub key_id: KeyId,
-    /// Whether that key is the ring's primary; if not, the token should be re-sealed.
+    /// Whether the token was sealed in the current format with the ring's primary key; if not,
+    /// it should be re-sealed.
     pub sealed_with_primary: bool,
 }
 
@@ -108,69 +140,95 @@ impl TokenCodec {
 
     /// Seals `claims` with the primary key, binding `hint` and the cookie name.
     pub fn seal(&self, claims: &Claims, hint: &Hint) -> String {
-        let mut nonce = [0u8; NONCE_LEN];
+        let mut nonce = [0u8; 12];
         // ThreadRng is a CSPRNG (ChaCha, reseeded from the OS); it avoids a syscall per token.
         rand::rng().fill_bytes(&mut nonce);
-        self.seal_with_nonce(claims, hint, nonce)
+        self.seal_with_nonce(claims, hint, &nonce)
     }
 
-    /// [`seal`](Self::seal) with a given nonce: for the fixed test vectors only. A nonce must
-    /// never repeat under one key.
-    fn seal_with_nonce(&self, claims: &Claims, hint: &Hint, nonce: [u8; NONCE_LEN]) -> String {
-        let (key_id, aead) = self.keys.primary();
-        let mut buf = [0u8; SEALED_LEN];
-        buf[0] = TOKEN_FORMAT_VERSION;
-        buf[1] = *key_id;
-        buf[NONCE_AT..CIPHER_AT].copy_from_slice(&nonce);
-        buf[CIPHER_AT..CIPHER_AT + 16].copy_from_slice(&claims.session_id);
-        buf[CIPHER_AT + 16..TAG_AT].copy_from_slice(&claims.issued_at.to_be_bytes());
+    /// [`seal`](Self::seal) with a given nonce: for the fixed test vectors only. With GCM-SIV a
+    /// repeated nonce reveals only that two tokens sealed the same claims, never a key.
+    fn seal_with_nonce(&self, claims: &Claims, hint: &Hint, nonce: &[u8; 12]) -> String {
+        let (key_id, ciphers) = self.keys.primary();
+        self.seal_as(&V2, &ciphers.v2, *key_id, claims, hint, nonce)
+    }
+
+    fn seal_as<A: AeadInPlace>(
+        &self,
+        layout: &Layout,
+        aead: &A,
+        key_id: KeyId,
+        claims: &Claims,
+        hint: &Hint,
+        nonce: &[u8],
+    ) -> String {
+        let (cipher_at, tag_at) = (layout.cipher_at(), layout.tag_at());
+        let mut raw = [0u8; SEALED_MAX];
+        let buf = &mut raw[..layout.sealed_len()];
+        buf[0] = layout.version;
+        buf[1] = key_id;
+        buf[HEADER_LEN..cipher_at].copy_from_slice(nonce);
+        buf[cipher_at..cipher_at + 16].copy_from_slice(&claims.session_id);
+        buf[cipher_at + 16..tag_at].copy_from_slice(&claims.issued_at.to_be_bytes());
 
         let mut aad = [0u8; AAD_MAX];
         let aad = self.aad(&mut aad, hint.as_str(), [buf[0], buf[1]]);
         let tag = aead
-            .encrypt_in_place_detached(XNonce::from_slice(&nonce), aad, &mut buf[CIPHER_AT..TAG_AT])
-            .expect("XChaCha20-Poly1305 seals 20 bytes without error");
-        buf[TAG_AT..].copy_from_slice(&tag);
+            .encrypt_in_place_detached(
+                GenericArray::from_slice(nonce),
+                aad,
+                &mut buf[cipher_at..tag_at],
+            )
+            .expect("the AEAD seals 20 bytes without error");
+        buf[tag_at..].copy_from_slice(&tag);
 
-        let mut out = String::with_capacity(hint.as_str().len() + 1 + ENCODED_LEN);
+        let mut out = String::with_capacity(hint.as_str().len() + 1 + layout.encoded_len());
         out.push_str(hint.as_str());
         out.push('.');
         URL_SAFE_NO_PAD.encode_string(buf, &mut out);
         out
     }
 
-    /// Opens a token. Every failure is an [`OpenError`]; nothing here panics on any input.
+    /// Opens a token of either format. Every failure is an [`OpenError`]; nothing here panics on
+    /// any input.
     pub fn open<'t>(&self, token: &'t str) -> Result<Opened<'t>, OpenError> {
         let (hint, sealed) = token.split_once('.').ok_or(OpenError::Malformed)?;
-        if !is_valid_hint(hint) || sealed.len() != ENCODED_LEN {
+        let layout = if sealed.len() == V2.encoded_len() {
+            &V2
+        } else if sealed.len() == V1.encoded_len() {
+            &V1
+        } else {
+            return Err(OpenError::Malformed);
+        };
+        if !is_valid_hint(hint) {
             return Err(OpenError::Malformed);
         }
-        // Decoding 83 characters may need room for 63 bytes before it knows the last is partial.
-        let mut raw = [0u8; SEALED_LEN + 3];
+        // Decoding may need room for up to two bytes more before it knows the last is partial.
+        let mut raw = [0u8; SEALED_MAX + 3];
         let n = URL_SAFE_NO_PAD
             .decode_slice(sealed, &mut raw)
             .map_err(|_| OpenError::Malformed)?;
-        if n != SEALED_LEN {
+        if n != layout.sealed_len() {
             return Err(OpenError::Malformed);
         }
-        let buf = &mut raw[..SEALED_LEN];
-        if buf[0] != TOKEN_FORMAT_VERSION {
+        let buf = &mut raw[..n];
+        if buf[0] != layout.version {
             return Err(OpenError::UnsupportedVersion(buf[0]));
         }
         let key_id = buf[1];
-        let aead = self.keys.get(key_id).ok_or(OpenError::UnknownKey(key_id))?;
+        let ciphers = self.keys.get(key_id).ok_or(OpenError::UnknownKey(key_id))?;
 
         let mut aad = [0u8; AAD_MAX];
         let aad = self.aad(&mut aad, hint, [buf[0], buf[1]]);
-        let (head, rest) = buf.split_at_mut(CIPHER_AT);
+        let (head, rest) = buf.split_at_mut(layout.cipher_at());
         let (cipher, tag) = rest.split_at_mut(PLAIN_LEN);
-        aead.decrypt_in_place_detached(
-            XNonce::from_slice(&head[NONCE_AT..]),
-            aad,
-            cipher,
-            Tag::from_slice(tag),
-        )
-        .map_err(|_| OpenError::Invalid)?;
+        let nonce = &head[HEADER_LEN..];
+        let opened = if layout.version == V2.version {
+            open_in_place(&ciphers.v2, nonce, aad, cipher, tag)
+        } else {
+            open_in_place(&ciphers.v1, nonce, aad, cipher, tag)
+        };
+        opened.map_err(|_| OpenError::Invalid)?;
 
         let mut session_id = [0u8; 16];
         session_id.copy_from_slice(&cipher[..16]);
@@ -183,7 +241,8 @@ impl TokenCodec {
             },
             hint,
             key_id,
-            sealed_with_primary: key_id == self.keys.primary_id(),
+            // A format-1 token is re-sealed (in format 2) as if its key were old.
+            sealed_with_primary: key_id == self.keys.primary_id() && layout.version == V2.version,
         })
     }
 
@@ -208,6 +267,21 @@ impl TokenCodec {
         out[at..at + HEADER_LEN].copy_from_slice(&header);
         &out[..at + HEADER_LEN]
     }
+}
+
+fn open_in_place<A: AeadInPlace>(
+    aead: &A,
+    nonce: &[u8],
+    aad: &[u8],
+    cipher: &mut [u8],
+    tag: &[u8],
+) -> Result<(), aes_gcm_siv::aead::Error> {
+    aead.decrypt_in_place_detached(
+        GenericArray::from_slice(nonce),
+        aad,
+        cipher,
+        GenericArray::from_slice(tag),
+    )
 }
 
 /// Reads the routing hint of a token without any key. The result is *not* authenticated: use it to
@@ -244,16 +318,16 @@ mod tests {
     }
 
     #[test]
-    fn token_is_about_a_hundred_characters() {
+    fn token_is_under_a_hundred_characters() {
         let c = codec("__Host-session");
         let t = c.seal(&claims([1; 16], 5), &Hint::new("node-12").expect("hint"));
-        assert_eq!(t.len(), "node-12.".len() + ENCODED_LEN);
-        assert!(t.len() <= 100, "{} chars", t.len());
+        assert_eq!(V2.encoded_len(), 67);
+        assert_eq!(t.len(), "node-12.".len() + 67);
         let longest = c.seal(
             &claims([1; 16], 5),
             &Hint::new(&"h".repeat(32)).expect("hint"),
         );
-        assert_eq!(longest.len(), 116);
+        assert_eq!(longest.len(), 100);
     }
 
     #[test]
@@ -292,29 +366,51 @@ mod tests {
     }
 
     #[test]
-    fn format_v1_is_pinned_by_known_answer_vectors() {
-        // Tokens sealed with a fixed key, nonce and claims; PLAIN_V1 is also what the first
-        // release of the format produced (checked against it when the tenant context was added).
-        // If an assertion fails, the wire format changed and tokens in browsers would stop
-        // opening: bump TOKEN_FORMAT_VERSION and keep reading v1 instead.
+    fn formats_are_pinned_by_known_answer_vectors() {
+        // Tokens sealed with a fixed key, nonce and claims. If an assertion fails, the wire format
+        // changed and tokens in browsers would stop opening: add a format (a new version byte) and
+        // keep reading the old ones instead.
         let codec =
             TokenCodec::new(KeyRing::new(7, &[0x42; 32]).expect("keys"), "sid").expect("codec");
+        let tenant = codec.clone().with_context("acme").expect("context");
         let claims = Claims {
             session_id: *b"0123456789abcdef",
             issued_at: 1_700_000_000,
         };
         let hint = Hint::new("node-1").expect("hint");
-        let nonce: [u8; NONCE_LEN] = std::array::from_fn(|i| i as u8);
-        let plain = codec.seal_with_nonce(&claims, &hint, nonce);
-        assert_eq!(plain, PLAIN_V1);
-        let tenant = codec.clone().with_context("acme").expect("context");
-        assert_eq!(tenant.seal_with_nonce(&claims, &hint, nonce), TENANT_V1);
-        assert_eq!(codec.open(PLAIN_V1).expect("opens").claims, claims);
-        assert_eq!(tenant.open(TENANT_V1).expect("opens").claims, claims);
+
+        // Format 2 (AES-128-GCM-SIV), what `seal` makes.
+        let nonce: [u8; 12] = std::array::from_fn(|i| i as u8);
+        assert_eq!(codec.seal_with_nonce(&claims, &hint, &nonce), PLAIN_V2);
+        assert_eq!(tenant.seal_with_nonce(&claims, &hint, &nonce), TENANT_V2);
+        for (c, token) in [(&codec, PLAIN_V2), (&tenant, TENANT_V2)] {
+            let opened = c.open(token).expect("opens");
+            assert_eq!(opened.claims, claims);
+            assert!(opened.sealed_with_primary);
+        }
+
+        // Format 1 (XChaCha20-Poly1305), as the first release sealed it: still opens, and is
+        // marked for re-sealing in the current format.
+        let (key_id, ciphers) = codec.keys.primary();
+        let nonce: [u8; 24] = std::array::from_fn(|i| i as u8);
+        let v1 = |c: &TokenCodec| c.seal_as(&V1, &ciphers.v1, *key_id, &claims, &hint, &nonce);
+        assert_eq!(v1(&codec), PLAIN_V1);
+        assert_eq!(v1(&tenant), TENANT_V1);
+        for (c, token) in [(&codec, PLAIN_V1), (&tenant, TENANT_V1)] {
+            let opened = c.open(token).expect("opens");
+            assert_eq!(opened.claims, claims);
+            assert!(!opened.sealed_with_primary, "format 1 is re-sealed");
+        }
+        assert!(matches!(tenant.open(PLAIN_V1), Err(OpenError::Invalid)));
+        assert!(matches!(codec.open(TENANT_V2), Err(OpenError::Invalid)));
     }
 
     const PLAIN_V1: &str = "node-1.AQcAAQIDBAUGBwgJCgsMDQ4PEBESExQVFhd5Rret2-AlahL1jzNJs15rjBhlGCZIgdP0x7tZvMospHcKHms";
     const TENANT_V1: &str = "node-1.AQcAAQIDBAUGBwgJCgsMDQ4PEBESExQVFhd5Rret2-AlahL1jzNJs15rjBhlGNMcfPy-gBUCRLoGSJFV9BU";
+    const PLAIN_V2: &str =
+        "node-1.AgcAAQIDBAUGBwgJCgt1HNUor82t5Hl0bjqTlX5WNfS6pModeu2sJuqnnFUgydEEKz8";
+    const TENANT_V2: &str =
+        "node-1.AgcAAQIDBAUGBwgJCgvp_3cfrNsDd7JVLo_jBl2OJacVxZprnXUiB-11W0oXLmIj_3Q";
 
     #[test]
     fn a_token_of_one_context_opens_under_no_other() {

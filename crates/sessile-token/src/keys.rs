@@ -1,5 +1,6 @@
 use std::fmt;
 
+use aes_gcm_siv::Aes128GcmSiv;
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
 use hkdf::Hkdf;
 use rand::RngCore;
@@ -16,8 +17,18 @@ pub const MIN_SECRET_LEN: usize = 32;
 
 /// HKDF salt: fixed and public, it only separates this use of a secret from any other.
 const HKDF_SALT: &[u8] = b"sessile-token/hkdf-salt/v1";
-/// HKDF info prefix; the key id is appended so each id gets its own key even from one secret.
+/// HKDF info prefixes, one per cipher so that one secret never keys two algorithms; the key id is
+/// appended so each id gets its own key even from one secret.
 const HKDF_INFO: &[u8] = b"sessile-token/xchacha20poly1305/key-id:";
+const HKDF_INFO_V2: &[u8] = b"sessile-token/aes128gcmsiv/key-id:";
+
+/// The ciphers of one key: format 2 seals and opens with AES-128-GCM-SIV; format 1 tokens
+/// (XChaCha20-Poly1305) still open.
+#[derive(Clone)]
+pub(crate) struct Ciphers {
+    pub(crate) v1: XChaCha20Poly1305,
+    pub(crate) v2: Aes128GcmSiv,
+}
 
 /// The keys a [`crate::TokenCodec`] seals and opens with.
 ///
@@ -27,7 +38,7 @@ const HKDF_INFO: &[u8] = b"sessile-token/xchacha20poly1305/key-id:";
 pub struct KeyRing {
     /// Oldest first; the last entry is the primary. A handful of keys at most, so a linear scan by id
     /// beats any map.
-    keys: Vec<(KeyId, XChaCha20Poly1305)>,
+    keys: Vec<(KeyId, Ciphers)>,
 }
 
 impl KeyRing {
@@ -102,11 +113,11 @@ impl KeyRing {
         self.keys.iter().map(|(id, _)| *id)
     }
 
-    pub(crate) fn primary(&self) -> &(KeyId, XChaCha20Poly1305) {
+    pub(crate) fn primary(&self) -> &(KeyId, Ciphers) {
         self.keys.last().expect("a key ring is never empty")
     }
 
-    pub(crate) fn get(&self, id: KeyId) -> Option<&XChaCha20Poly1305> {
+    pub(crate) fn get(&self, id: KeyId) -> Option<&Ciphers> {
         self.keys.iter().find(|(k, _)| *k == id).map(|(_, c)| c)
     }
 }
@@ -121,7 +132,7 @@ impl fmt::Debug for KeyRing {
     }
 }
 
-fn derive(id: KeyId, secret: &[u8]) -> Result<XChaCha20Poly1305, TokenConfigError> {
+fn derive(id: KeyId, secret: &[u8]) -> Result<Ciphers, TokenConfigError> {
     if secret.len() < MIN_SECRET_LEN {
         return Err(TokenConfigError::WeakSecret {
             len: secret.len(),
@@ -129,14 +140,22 @@ fn derive(id: KeyId, secret: &[u8]) -> Result<XChaCha20Poly1305, TokenConfigErro
         });
     }
     let hk = Hkdf::<Sha256>::new(Some(HKDF_SALT), secret);
-    let mut info = [0u8; HKDF_INFO.len() + 1];
-    info[..HKDF_INFO.len()].copy_from_slice(HKDF_INFO);
-    info[HKDF_INFO.len()] = id;
-    // The derived key lives on in the cipher (which wipes it when dropped); wipe this copy.
-    let mut okm = zeroize::Zeroizing::new([0u8; 32]);
-    hk.expand(&info, okm.as_mut())
-        .expect("32 bytes is a valid HKDF-SHA256 output length");
-    Ok(XChaCha20Poly1305::new(&(*okm).into()))
+    // The derived keys live on in the ciphers (which wipe them when dropped); wipe these copies.
+    let expand = |prefix: &[u8], okm: &mut [u8]| {
+        let mut info = [0u8; 64];
+        info[..prefix.len()].copy_from_slice(prefix);
+        info[prefix.len()] = id;
+        hk.expand(&info[..=prefix.len()], okm)
+            .expect("16 or 32 bytes is a valid HKDF-SHA256 output length");
+    };
+    let mut v1 = zeroize::Zeroizing::new([0u8; 32]);
+    expand(HKDF_INFO, v1.as_mut());
+    let mut v2 = zeroize::Zeroizing::new([0u8; 16]);
+    expand(HKDF_INFO_V2, v2.as_mut());
+    Ok(Ciphers {
+        v1: XChaCha20Poly1305::new(&(*v1).into()),
+        v2: Aes128GcmSiv::new(&(*v2).into()),
+    })
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {

@@ -4,14 +4,14 @@
 //!
 //! ```text
 //! <hint>.<sealed>
-//! node-7.AQF3l0...   (about 90 characters with a short hint)
+//! node-7.AgF3l0...   (74 characters with this hint)
 //! ```
 //!
 //! * `hint` is the routing hint: the node or partition that owns the session. It is plain text so an
 //!   edge proxy (nginx, HAProxy, Envoy) can route on it with no keys, using
 //!   [`hint_of`].
 //! * `sealed` is URL-safe base64 (no padding) of `version | key id | nonce | ciphertext | tag`, an
-//!   XChaCha20-Poly1305 seal of the session id and the issue time. The cookie name, the hint and the
+//!   AES-128-GCM-SIV seal of the session id and the issue time. The cookie name, the hint and the
 //!   header bytes are bound as associated data, so a token moved to another cookie, or given another
 //!   hint, fails to open.
 //!
@@ -44,22 +44,39 @@
 //!    still carry it now open to [`OpenError::UnknownKey`], which the session layer treats as "no
 //!    session".
 //!
-//! # Performance
+//! # Format and performance
 //!
-//! A token is 20 bytes of plaintext, so the AEAD's per-call set-up is most of its cost. The
-//! `chacha20` and `poly1305` crates pick AVX2 backends at run time, whose set-up is the larger. In
-//! a default build (what an application gets, and what this workspace measures: it sets no build
-//! flags) seal and open take 2.25 µs each, 22x one SHA-256 of 64 bytes in the same criterion run
-//! (`cargo bench -p sessile-token`). Those crates' documented `chacha20_force_soft` and
-//! `poly1305_force_soft` cfgs select the portable backends and brought both to 0.33-0.57 µs on the
-//! same machine, for an application that sets them in its own build.
+//! Format 2, what [`TokenCodec::seal`] makes, is AES-128-GCM-SIV (RFC 8452) with a random 96-bit
+//! nonce: 50 bytes, 67 characters after the hint. Format 1 (XChaCha20-Poly1305, 83 characters)
+//! still opens, and the session layer re-seals such a token in format 2 the next time it sees it
+//! ([`Opened::sealed_with_primary`] is false for it).
+//!
+//! A token is 20 bytes of plaintext, so per-call set-up is most of an AEAD's cost. The choice was
+//! measured in a default build (what an application gets: the workspace sets no build flags), on
+//! one machine in one criterion run, against one SHA-256 of 64 bytes (81 ns):
+//!
+//! | candidate | seal (AEAD only) | ratio |
+//! |---|---|---|
+//! | XChaCha20-Poly1305 (format 1; AVX2 backends chosen at run time) | 1.79 µs | 22x |
+//! | AES-256-GCM-SIV | 480 ns | 5.8x |
+//! | AES-128-GCM-SIV (format 2) | 309 ns | 3.8x |
+//! | AES-256-GCM (96-bit random nonce: unsafe past about 2^32 tokens per key) | 158 ns | 1.9x |
+//!
+//! Whole tokens with format 2 (`cargo bench -p sessile-token`, same run as the baseline): seal
+//! 407 ns (5.0x), open 369 ns (4.5x); with AES-256-GCM-SIV they were 543 and 524 ns (6.9x and
+//! 6.7x), over the budget of 6x. The AES and POLYVAL backends (AES-NI, CLMUL) are detected at run
+//! time; the cipher of each key is built once, when the key ring is, and kept.
 //!
 //! # Security
 //!
 //! * Master secrets must be at least [`MIN_SECRET_LEN`] bytes of high-entropy random data. Each key is
-//!   derived from its secret with HKDF-SHA256 and the key id, so one secret is never used directly.
-//! * Nonces are 24 random bytes from a cryptographically secure generator: XChaCha20's nonce is large
-//!   enough that random nonces do not collide at any realistic volume.
+//!   derived from its secret with HKDF-SHA256, the key id and the cipher's name, so one secret is
+//!   never used directly, nor for two algorithms.
+//! * Nonces are 12 random bytes from a cryptographically secure generator. GCM-SIV is
+//!   nonce-misuse-resistant: should two tokens ever share a nonce (expected after about 2^48
+//!   tokens under one key), it reveals only whether their claims are equal, never a key or a
+//!   plaintext, so the nonce is safe at any volume.
+//! * 128-bit keys: ample for tokens whose keys rotate (see above); the master secret stays 256 bits.
 //! * The hint is authenticated but not secret: do not put anything private in it.
 //! * Anything that fails to open is a typed [`OpenError`], never a panic.
 
