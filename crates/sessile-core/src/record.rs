@@ -1,10 +1,10 @@
 //! The session record: identity, metadata and payload, and its one compact codec.
 
-use std::collections::BTreeMap;
-
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_bytes::ByteBuf;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+pub use crate::payload::Payload;
 
 use crate::SessionId;
 use crate::clock::UnixMillis;
@@ -86,35 +86,79 @@ impl Record {
         now >= self.expires_at()
     }
 
-    /// Encodes metadata and payload: [`CODEC_VERSION`], then MessagePack.
+    /// Encodes metadata and payload: [`CODEC_VERSION`], then MessagePack (a two-element array of
+    /// the metadata and the payload map).
     pub fn encode_body(&self) -> Result<Vec<u8>, CodecError> {
-        let mut out = Vec::with_capacity(64 + self.data.size());
+        let encode = |e| CodecError::Encode(Box::new(e));
+        let mut out = Vec::with_capacity(64 + self.data.size() + 2 * self.data.len());
         out.push(CODEC_VERSION);
-        rmp_serde::encode::write(&mut out, &(&self.meta, &self.data))
-            .map_err(|e| CodecError::Encode(Box::new(e)))?;
+        rmp::encode::write_array_len(&mut out, 2)
+            .map_err(|e| encode(rmp_serde::encode::Error::from(e)))?;
+        rmp_serde::encode::write(&mut out, &self.meta).map_err(encode)?;
+        match self.data.stored_bytes() {
+            // Unchanged since it was decoded: the stored map, byte for byte.
+            Some(map) => out.extend_from_slice(map),
+            None => rmp_serde::encode::write(&mut out, &self.data).map_err(encode)?,
+        }
         Ok(out)
     }
 
-    /// Rebuilds a record from the parts a store keeps.
+    /// Rebuilds a record from the parts a store keeps. The body is copied; see
+    /// [`decode_shared`](Self::decode_shared) to share it instead.
     pub fn decode(
         id: SessionId,
         version: u64,
         idle_deadline: UnixMillis,
         body: &[u8],
     ) -> Result<Self, CodecError> {
-        let (&codec, rest) = body.split_first().ok_or(CodecError::Empty)?;
+        Self::decode_shared(id, version, idle_deadline, Bytes::copy_from_slice(body))
+    }
+
+    /// [`decode`](Self::decode) without copying the body: the payload reads its values in place,
+    /// from `body`, until it is changed.
+    pub fn decode_shared(
+        id: SessionId,
+        version: u64,
+        idle_deadline: UnixMillis,
+        body: Bytes,
+    ) -> Result<Self, CodecError> {
+        let decode = |e| CodecError::Decode(Box::new(e));
+        let (&codec, mut rest) = body.split_first().ok_or(CodecError::Empty)?;
         if codec != CODEC_VERSION {
             return Err(CodecError::UnknownVersion(codec));
         }
-        let (meta, data): (Metadata, Payload) =
-            rmp_serde::from_slice(rest).map_err(|e| CodecError::Decode(Box::new(e)))?;
-        Ok(Self {
+        let whole = rest;
+        let parts = rmp::decode::read_array_len(&mut rest)
+            .map_err(|e| decode(rmp_serde::decode::Error::from(e)))?;
+        if parts != 2 {
+            // Not the layout this crate writes: leave it to serde to say what is wrong.
+            let (meta, data): (Metadata, Payload) = rmp_serde::from_slice(whole).map_err(decode)?;
+            return Ok(Self::from_parts(id, version, idle_deadline, meta, data));
+        }
+        let mut de = rmp_serde::Deserializer::new(&mut rest);
+        let meta = Metadata::deserialize(&mut de).map_err(decode)?;
+        let at = body.len() - rest.len();
+        let data = match Payload::parse(&body.slice(at..)) {
+            Some((data, _)) => data,
+            None => rmp_serde::from_slice(rest).map_err(decode)?,
+        };
+        Ok(Self::from_parts(id, version, idle_deadline, meta, data))
+    }
+
+    fn from_parts(
+        id: SessionId,
+        version: u64,
+        idle_deadline: UnixMillis,
+        meta: Metadata,
+        data: Payload,
+    ) -> Self {
+        Self {
             id,
             version,
             idle_deadline,
             meta,
             data,
-        })
+        }
     }
 }
 
@@ -137,94 +181,6 @@ pub enum CodecError {
     /// A field a store keeps beside the body (the version, the deadline) is not a number.
     #[error("record field {0:?} is not a valid number")]
     Field(&'static str),
-}
-
-/// The application's data: string keys to MessagePack-encoded values.
-///
-/// Values stay encoded until read, so a record that passes through a request untouched is never
-/// decoded into application types, and replaying a request's operations after a conflict works on
-/// bytes. The payload tracks its own size (keys plus values) for the size limit.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Payload {
-    map: BTreeMap<String, ByteBuf>,
-    size: usize,
-}
-
-impl Payload {
-    /// The encoded value under `key`.
-    pub fn get(&self, key: &str) -> Option<&[u8]> {
-        self.map.get(key).map(|v| v.as_slice())
-    }
-
-    /// Stores an encoded value, returning the old one.
-    pub fn insert(&mut self, key: String, value: Vec<u8>) -> Option<Vec<u8>> {
-        let (key_len, new_len) = (key.len(), value.len());
-        match self.map.insert(key, ByteBuf::from(value)) {
-            Some(old) => {
-                self.size = self.size - old.len() + new_len;
-                Some(old.into_vec())
-            }
-            None => {
-                self.size += key_len + new_len;
-                None
-            }
-        }
-    }
-
-    /// Removes a value, returning it.
-    pub fn remove(&mut self, key: &str) -> Option<Vec<u8>> {
-        let old = self.map.remove(key)?;
-        self.size -= key.len() + old.len();
-        Some(old.into_vec())
-    }
-
-    /// Removes everything.
-    pub fn clear(&mut self) {
-        self.map.clear();
-        self.size = 0;
-    }
-
-    /// Keys and encoded values, in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.map.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
-    }
-
-    /// Number of entries.
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    /// Whether there are no entries.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
-    /// Bytes of keys and encoded values.
-    pub fn size(&self) -> usize {
-        self.size
-    }
-
-    /// The size after replacing `key`'s value with one of `new_len` bytes.
-    pub fn size_with(&self, key: &str, new_len: usize) -> usize {
-        match self.map.get(key) {
-            Some(old) => self.size - old.len() + new_len,
-            None => self.size + key.len() + new_len,
-        }
-    }
-}
-
-impl Serialize for Payload {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.map.serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for Payload {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let map = BTreeMap::<String, ByteBuf>::deserialize(d)?;
-        let size = map.iter().map(|(k, v)| k.len() + v.len()).sum();
-        Ok(Self { map, size })
-    }
 }
 
 #[cfg(test)]
@@ -291,6 +247,8 @@ mod tests {
         let back = Record::decode(r.id, r.version, r.idle_deadline, &body).expect("decode");
         assert_eq!(back, r);
         assert_eq!(back.data.size(), r.data.size());
+        // A decoded payload is written back as it was stored.
+        assert_eq!(back.encode_body().expect("encode"), body);
     }
 
     #[test]

@@ -32,7 +32,7 @@ impl SessionStore for RedisStore {
                 .ok_or(StoreError::Corrupt(CodecError::Field(field)))
         };
         let (version, idle) = (number("v", &version)?, number("e", &idle)?);
-        Record::decode(id, version, idle, &body)
+        Record::decode_shared(id, version, idle, body)
             .map(Some)
             .map_err(StoreError::Corrupt)
     }

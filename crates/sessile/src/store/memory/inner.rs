@@ -56,7 +56,7 @@ impl Inner {
             version: record.version,
             idle_deadline: record.expires_at(),
             write,
-            body: encode_record(record, self.max_record_bytes)?.into_boxed_slice(),
+            body: encode_record(record, self.max_record_bytes)?.into(),
         })
     }
 

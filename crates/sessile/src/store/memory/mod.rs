@@ -104,7 +104,8 @@ enum Entry {
         idle_deadline: UnixMillis,
         /// The write that made this version.
         write: WriteId,
-        body: Box<[u8]>,
+        /// Shared with the records loaded from it: a load copies no bytes.
+        body: bytes::Bytes,
     },
     /// Left under an id that `rotate` moved away from, until `until`.
     Rotated {

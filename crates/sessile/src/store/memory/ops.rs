@@ -10,19 +10,23 @@ impl SessionStore for MemoryStore {
 
     async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
         let now = self.inner.clock.now_ms();
-        let mut shard = self.inner.shard(&id);
-        match self.inner.live(&mut shard, &id, now) {
-            None => Ok(None),
-            Some(Entry::Rotated { .. }) => Err(StoreError::Rotated),
-            Some(Entry::Live {
-                version,
-                idle_deadline,
-                body,
-                ..
-            }) => Record::decode(id, *version, *idle_deadline, body)
-                .map(Some)
-                .map_err(StoreError::Corrupt),
-        }
+        let (version, idle_deadline, body) = {
+            let mut shard = self.inner.shard(&id);
+            match self.inner.live(&mut shard, &id, now) {
+                None => return Ok(None),
+                Some(Entry::Rotated { .. }) => return Err(StoreError::Rotated),
+                Some(Entry::Live {
+                    version,
+                    idle_deadline,
+                    body,
+                    ..
+                }) => (*version, *idle_deadline, body.clone()),
+            }
+        };
+        // Decoded after the shard's lock is released; the payload reads the shared bytes.
+        Record::decode_shared(id, version, idle_deadline, body)
+            .map(Some)
+            .map_err(StoreError::Corrupt)
     }
 
     async fn create(&self, record: &Record, write: WriteId) -> Result<(), StoreError> {
