@@ -59,11 +59,8 @@ impl SessionId {
 
     /// The full id as 32 lowercase hex digits, for store keys. Never log this.
     pub fn to_hex(&self) -> String {
-        use std::fmt::Write as _;
         let mut s = String::with_capacity(32);
-        for b in self.0 {
-            let _ = write!(s, "{b:02x}");
-        }
+        push_hex(&mut s, &self.0);
         s
     }
 
@@ -77,6 +74,17 @@ impl SessionId {
             *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
         }
         Some(Self(out))
+    }
+}
+
+/// Appends `bytes` as lowercase hex digits: what stores use to name keys, without going through
+/// `fmt` for every byte.
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(2 * bytes.len());
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
 }
 

@@ -15,5 +15,5 @@ pub mod record;
 pub mod store;
 
 pub use clock::Clock;
-pub use id::SessionId;
+pub use id::{SessionId, push_hex};
 pub use store::{SessionStore, StoreError};

@@ -17,8 +17,8 @@
 //! [`sessile_core::SessionId::partition`]). So a user's records and index share one slot, and a script
 //! can touch them together.
 
-use sessile_core::SessionId;
 use sessile_core::store::WriteId;
+use sessile_core::{SessionId, push_hex};
 
 #[derive(Debug, Clone)]
 pub(crate) struct KeySpace {
@@ -36,13 +36,25 @@ impl KeySpace {
     }
 
     pub(crate) fn record(&self, id: &SessionId) -> String {
-        format!("{}{{{:04x}}}:s:{}", self.base, id.partition(), id.to_hex())
+        self.key(id.partition(), "s", id.as_bytes())
     }
 
     /// The key that records the outcome of one write, in the slot of `id`'s record.
     pub(crate) fn write(&self, id: &SessionId, write: WriteId) -> String {
-        let w = u64::from_be_bytes(*write.as_bytes());
-        format!("{}{{{:04x}}}:w:{w:016x}", self.base, id.partition())
+        self.key(id.partition(), "w", write.as_bytes())
+    }
+
+    /// `<base>{<partition>}:<kind>:<hex>`, built without `fmt`.
+    fn key(&self, partition: u16, kind: &str, name: &[u8]) -> String {
+        let mut key = String::with_capacity(self.base.len() + 10 + kind.len() + 2 * name.len());
+        key.push_str(&self.base);
+        key.push('{');
+        push_hex(&mut key, &partition.to_be_bytes());
+        key.push_str("}:");
+        key.push_str(kind);
+        key.push(':');
+        push_hex(&mut key, name);
+        key
     }
 
     /// The index of `user` within `tenant`.
@@ -104,6 +116,17 @@ mod tests {
         }
         let id = SessionId::random();
         assert_eq!(keys.record_for_hex(&id.to_hex()), Some(keys.record(&id)));
+        // Pinned: stored keys must keep their names across deploys.
+        let id = SessionId::from_bytes([0xab; 16]);
+        assert_eq!(
+            keys.record(&id),
+            format!("sessile:acme:{{abab}}:s:{}", "ab".repeat(16))
+        );
+        let write = WriteId::from_bytes([1, 2, 3, 4, 5, 6, 7, 0xff]);
+        assert_eq!(
+            keys.write(&id, write),
+            "sessile:acme:{abab}:w:01020304050607ff"
+        );
         assert_eq!(keys.record_for_hex("nope"), None);
     }
 

@@ -144,6 +144,16 @@ impl Session {
     /// changes then).
     pub fn insert<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), SessionError> {
         let bytes = encode(key, value)?;
+        {
+            let mut st = self.0.state();
+            if st.base.is_none() {
+                // A session that is not stored yet is created, never replayed: no operation to
+                // keep, and the value moves in without a copy.
+                let State { data, dirty, .. } = &mut *st;
+                *dirty |= put(data, key, bytes, self.limit())?;
+                return Ok(());
+            }
+        }
         self.apply(Op::Insert(key.to_owned(), bytes))
     }
 
@@ -177,22 +187,27 @@ impl Session {
         T: Serialize + DeserializeOwned,
         F: Fn(Option<T>) -> T + Send + Sync + 'static,
     {
-        let f = Arc::new(f);
-        let typed = Arc::clone(&f);
-        let owned_key = key.to_owned();
-        let erased: Arc<UpdateFn> = Arc::new(move |old: Option<&[u8]>| {
-            let old = old.map(|b| decode::<T>(&owned_key, b)).transpose()?;
-            encode(&owned_key, &typed(old))
-        });
         let mut st = self.0.state();
         let old = st.data.get(key).map(|b| decode::<T>(key, b)).transpose()?;
         let new = f(old);
         let bytes = encode(key, &new)?;
         let State {
-            data, ops, dirty, ..
+            base,
+            data,
+            ops,
+            dirty,
+            ..
         } = &mut *st;
         *dirty |= put(data, key, bytes, self.limit())?;
-        ops.push(Op::Update(key.to_owned(), erased));
+        if base.is_some() {
+            // Kept for a replay on a fresher record (a session not stored yet is never replayed).
+            let owned_key = key.to_owned();
+            let erased: Arc<UpdateFn> = Arc::new(move |old: Option<&[u8]>| {
+                let old = old.map(|b| decode::<T>(&owned_key, b)).transpose()?;
+                encode(&owned_key, &f(old))
+            });
+            ops.push(Op::Update(key.to_owned(), erased));
+        }
         Ok(new)
     }
 

@@ -121,7 +121,9 @@ fn int(n: u64) -> Value {
 }
 
 fn wid(w: WriteId) -> Value {
-    Value::from(format!("{:016x}", u64::from_be_bytes(*w.as_bytes())))
+    let mut hex = String::with_capacity(16);
+    sessile_core::push_hex(&mut hex, w.as_bytes());
+    Value::from(hex)
 }
 
 fn slot(key: &str) -> u16 {
