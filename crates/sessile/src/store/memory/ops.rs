@@ -20,11 +20,11 @@ impl SessionStore for MemoryStore {
                     idle_deadline,
                     body,
                     ..
-                }) => (*version, *idle_deadline, body.clone()),
+                }) => (*version, *idle_deadline, Arc::clone(body)),
             }
         };
         // Decoded after the shard's lock is released; the payload reads the shared bytes.
-        Record::decode_shared(id, version, idle_deadline, body)
+        Record::decode_shared(id, version, idle_deadline, bytes::Bytes::from_owner(body))
             .map(Some)
             .map_err(StoreError::Corrupt)
     }
