@@ -231,7 +231,13 @@ impl fmt::Debug for Payload {
 
 impl Serialize for Payload {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.iter().map(|(k, v)| (k, serde_bytes::Bytes::new(v))))
+        use serde::ser::SerializeMap as _;
+        // The length up front: MessagePack writes it first, and without it rmp-serde buffers.
+        let mut map = s.serialize_map(Some(self.len()))?;
+        for (k, v) in self.iter() {
+            map.serialize_entry(k, serde_bytes::Bytes::new(v))?;
+        }
+        map.end()
     }
 }
 
