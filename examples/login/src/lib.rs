@@ -7,6 +7,10 @@
 //! passwords are Argon2id hashes checked off the async runtime, a bounded number at a time, and
 //! wrong guesses are throttled per user name and per client address (429 with `Retry-After`).
 
+mod telemetry;
+
+pub use telemetry::{STORE_LATENCY_BUCKETS, metrics_handle, metrics_routes};
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, LazyLock};
@@ -206,6 +210,8 @@ struct AppState {
 /// Builds the app: on Redis when `redis_url` is set (connecting now, so a bad URL or an
 /// unreachable server fails here with a typed error), else on the in-memory store.
 pub async fn app(config: AppConfig) -> Result<Router, Box<dyn std::error::Error + Send + Sync>> {
+    // Before the layer exists, so that no metric is recorded into the void.
+    metrics_handle();
     let builder = match &config.redis_url {
         Some(url) => SessionManagerLayer::builder(RedisStore::connect(url).await?, config.keys),
         // Bounded, so that a flood of new visitors cannot exhaust memory (oldest sessions go

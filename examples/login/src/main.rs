@@ -7,17 +7,22 @@
 //!   sessions do not survive a restart);
 //! * `REDIS_URL`: store sessions in Redis (`redis://`, `redis-sentinel://`, `redis-cluster://`)
 //!   instead of in memory. Instances that share Redis and `SESSILE_KEYS` share sessions;
+//! * `SESSILE_METRICS_ADDR`: where `GET /metrics` (Prometheus text format) is served (default
+//!   `127.0.0.1:9300`; keep it off the public network);
 //! * `SESSILE_DEGRADED`: while the store is unreachable, `fail-closed` (503, the default),
-//!   `cached` (serve recent copies read-only) or `ephemeral` (empty sessions).
+//!   `recent-copy` (serve this instance's recent copies read-only) or `ephemeral` (empty
+//!   sessions).
 
 use std::net::SocketAddr;
 
 use sessile::{DegradedMode, Hint, KeyRing};
-use sessile_login_example::{AppConfig, app};
+use sessile_login_example::{AppConfig, app, metrics_routes};
 use tracing_subscriber::EnvFilter;
 
 /// Where the example listens unless `SESSILE_ADDR` says otherwise.
 const DEFAULT_ADDR: &str = "127.0.0.1:3000";
+/// Where the metrics page is served unless `SESSILE_METRICS_ADDR` says otherwise.
+const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9300";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -47,12 +52,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         "memory"
     };
     let degraded = match std::env::var("SESSILE_DEGRADED").as_deref() {
-        Ok("cached") => DegradedMode::RecentCopy,
+        Ok("recent-copy") => DegradedMode::RecentCopy,
         Ok("ephemeral") => DegradedMode::Ephemeral,
         Ok("fail-closed") | Err(_) => DegradedMode::FailClosed,
         Ok(other) => {
             return Err(format!(
-                "SESSILE_DEGRADED={other:?}: use fail-closed, cached or ephemeral"
+                "SESSILE_DEGRADED={other:?}: use fail-closed, recent-copy or ephemeral"
             )
             .into());
         }
@@ -64,6 +69,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         degraded,
     })
     .await?;
+    let metrics_addr: SocketAddr = std::env::var("SESSILE_METRICS_ADDR")
+        .unwrap_or_else(|_| DEFAULT_METRICS_ADDR.into())
+        .parse()?;
+    let metrics_listener = tokio::net::TcpListener::bind(metrics_addr).await?;
+    println!(
+        "metrics at http://{}/metrics",
+        metrics_listener.local_addr()?
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(metrics_listener, metrics_routes()).await {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!(
         "sessile login example listening on http://{} (store: {store}; users: alice/wonderland, bob/builder)",

@@ -329,3 +329,41 @@ async fn empty_csrf_tokens_and_huge_user_names_are_refused_cheaply() {
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
+
+/// The metrics page shows, in the Prometheus text format, the store's latency as a histogram with
+/// the example's buckets, the sessions created, and token rejections, after a login and a
+/// garbage cookie.
+#[tokio::test]
+async fn the_metrics_page_shows_store_latency_sessions_and_rejected_tokens() {
+    let app = demo_app().await;
+    let mut b = Browser::new(&app);
+    let r = b.log_in("bob", "builder").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let mut garbage = Browser::new(&app);
+    garbage.token = Some("node-7.garbage".into());
+    garbage.get("/profile").await;
+
+    let page = send(
+        &sessile_login_example::metrics_routes(),
+        Method::GET,
+        "/metrics",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::OK);
+    let text = page.body;
+    for line in [
+        "# TYPE sessile_store_op_seconds histogram",
+        "sessile_store_op_seconds_bucket{op=\"create\",le=\"0.0001\"}",
+        "sessile_store_op_seconds_bucket{op=\"create\",le=\"10\"}",
+        "sessile_store_op_seconds_count{op=\"create\"}",
+        "sessile_store_ops_total{op=\"create\",outcome=\"ok\"}",
+        "sessile_sessions_created_total",
+        "sessile_tokens_rejected_total{reason=\"malformed\"}",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+    // Ids and tokens never become labels.
+    assert!(!text.contains("garbage"));
+}

@@ -35,7 +35,7 @@ fn args() -> Args {
         outage: Duration::from_secs(3),
         between: Duration::from_secs(6),
         app: PathBuf::from("target/release/login"),
-        degraded: "cached".into(),
+        degraded: "recent-copy".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
