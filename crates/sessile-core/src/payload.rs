@@ -147,6 +147,15 @@ impl Payload {
         }
     }
 
+    /// Copies the stored bytes this payload reads from into an allocation of its own, so that it
+    /// no longer keeps a larger shared buffer alive (a network reply's read buffer, a store's
+    /// copy): for payloads kept beyond the request, such as a cache's.
+    pub fn unshare(&mut self) {
+        if let Repr::Stored { bytes, .. } = &mut self.repr {
+            *bytes = Bytes::copy_from_slice(bytes);
+        }
+    }
+
     /// The encoded map as stored, when the payload is still the one decoded: it can be written
     /// back as it is.
     pub(crate) fn stored_bytes(&self) -> Option<&[u8]> {
@@ -309,6 +318,12 @@ mod tests {
         assert_eq!(s.remove("a"), Some(b"1".to_vec()));
         assert_eq!((s.len(), s.size()), (1, 2));
         let mut s = stored(&p);
+        s.unshare();
+        assert_eq!(s, p);
+        assert!(
+            s.stored_bytes().is_some(),
+            "still read in place, from its own copy"
+        );
         s.clear();
         assert!(s.is_empty());
         assert_eq!(s.size(), 0);

@@ -29,7 +29,10 @@ impl RecentCopies {
     }
 
     pub(crate) fn remember(&self, record: &Record) {
-        self.cache.insert(record.id, Arc::new(record.clone()));
+        let mut copy = record.clone();
+        // A copy kept for up to a minute must not pin the buffer its bytes were read from.
+        copy.data.unshare();
+        self.cache.insert(record.id, Arc::new(copy));
     }
 
     pub(crate) fn forget(&self, id: &SessionId) {
