@@ -9,11 +9,22 @@ use crate::future::Guarded;
 use crate::machine::{Breaker, Permit, Rejected, State, Transition};
 use crate::{Config, ConfigError};
 
+/// The `sessile_breaker_state` gauge's value: 0 closed, 1 half-open, 2 open.
+fn state_level(state: State) -> f64 {
+    match state {
+        State::Closed | State::ForcedClosed => 0.0,
+        State::HalfOpen => 1.0,
+        State::Open | State::ForcedOpen => 2.0,
+    }
+}
+
 /// Told about what a breaker does. Every method has a no-op default; `()` observes nothing.
 /// Calls happen after the breaker's lock is released, so an observer may take its time.
 pub trait Observer: Send + Sync + 'static {
     /// The breaker changed state.
     fn on_transition(&self, _breaker: &str, _transition: Transition) {}
+    /// The breaker was built, in `state` (closed): lets a gauge show it before any transition.
+    fn on_created(&self, _breaker: &str, _state: State) {}
     /// A call finished.
     fn on_call(&self, _breaker: &str, _failed: bool, _elapsed: Duration) {}
     /// A call was rejected.
@@ -33,13 +44,14 @@ impl Observer for () {}
 pub struct MetricsObserver;
 
 impl Observer for MetricsObserver {
+    fn on_created(&self, breaker: &str, state: State) {
+        metrics::gauge!("sessile_breaker_state", "breaker" => breaker.to_owned())
+            .set(state_level(state));
+    }
+
     fn on_transition(&self, breaker: &str, t: Transition) {
-        let level = match t.to {
-            State::Closed | State::ForcedClosed => 0.0,
-            State::HalfOpen => 1.0,
-            State::Open | State::ForcedOpen => 2.0,
-        };
-        metrics::gauge!("sessile_breaker_state", "breaker" => breaker.to_owned()).set(level);
+        metrics::gauge!("sessile_breaker_state", "breaker" => breaker.to_owned())
+            .set(state_level(t.to));
         metrics::counter!(
             "sessile_breaker_transitions_total",
             "breaker" => breaker.to_owned(),
@@ -145,7 +157,7 @@ impl SharedBreakerBuilder {
                 .fold(t, |h, b| h.rotate_left(5) ^ u64::from(b))
         });
         let origin = self.clock.instant();
-        Ok(SharedBreaker {
+        let breaker = SharedBreaker {
             inner: Arc::new(Inner {
                 machine: Mutex::new(Breaker::new(self.config, seed)?),
                 name: self.name.into(),
@@ -153,7 +165,10 @@ impl SharedBreakerBuilder {
                 origin,
                 observer: self.observer,
             }),
-        })
+        };
+        let inner = &breaker.inner;
+        inner.observer.on_created(&inner.name, breaker.state());
+        Ok(breaker)
     }
 }
 
