@@ -704,6 +704,11 @@ async fn only_the_first_few_session_cookies_are_tried() {
 
 /// Log lines written while `run` runs, as text.
 fn logs_of(run: impl FnOnce()) -> String {
+    logs_with(tracing_subscriber::fmt::format::FmtSpan::NONE, run)
+}
+
+/// Log lines written while `run` runs, with a line for each span event in `spans`.
+fn logs_with(spans: tracing_subscriber::fmt::format::FmtSpan, run: impl FnOnce()) -> String {
     #[derive(Clone, Default)]
     struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
     impl std::io::Write for Buffer {
@@ -719,12 +724,36 @@ fn logs_of(run: impl FnOnce()) -> String {
     let writer = buffer.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
+        .with_span_events(spans)
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
     tracing::subscriber::with_default(subscriber, run);
     let bytes = buffer.0.lock().expect("lock").clone();
     String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Store calls are traced with OpenTelemetry's database attributes and a redacted session id.
+#[test]
+fn store_spans_carry_the_database_attributes() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let logs = logs_with(tracing_subscriber::fmt::format::FmtSpan::CLOSE, || {
+        rt.block_on(async {
+            let f = fixture();
+            let token = f.session("ann").await;
+            assert_eq!(f.get("/read", Some(&token)).await.body, "ann");
+        });
+    });
+    let load = logs
+        .lines()
+        .find(|l| l.contains("sessile.store") && l.contains("db.operation.name=\"load\""))
+        .unwrap_or_else(|| panic!("no load span in:\n{logs}"));
+    assert!(load.contains("db.system.name=\"memory\""), "{load}");
+    assert!(load.contains("outcome=\"ok\""), "{load}");
+    assert!(load.contains("session="), "{load}");
 }
 
 #[test]

@@ -280,6 +280,13 @@ pub trait SessionStore: Send + Sync + 'static {
     fn clock(&self) -> Option<Arc<dyn Clock>> {
         None
     }
+
+    /// What kind of store this is, for traces: the session layer's store spans carry it as
+    /// `db.system.name` (OpenTelemetry's attribute; `"redis"` for Redis). The default is
+    /// `"other"`.
+    fn system_name(&self) -> &'static str {
+        "other"
+    }
 }
 
 impl<S: SessionStore> SessionStore for Arc<S> {
@@ -326,5 +333,8 @@ impl<S: SessionStore> SessionStore for Arc<S> {
     }
     fn clock(&self) -> Option<Arc<dyn Clock>> {
         (**self).clock()
+    }
+    fn system_name(&self) -> &'static str {
+        (**self).system_name()
     }
 }

@@ -102,6 +102,9 @@ impl<S: SessionStore, H: Hook> SessionStore for Hooked<S, H> {
     fn clock(&self) -> Option<Arc<dyn Clock>> {
         self.inner.clock()
     }
+    fn system_name(&self) -> &'static str {
+        self.inner.system_name()
+    }
 }
 
 /// Counts calls per operation.

@@ -3,6 +3,10 @@
 use super::*;
 
 impl SessionStore for RedisStore {
+    fn system_name(&self) -> &'static str {
+        "redis"
+    }
+
     async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
         let key = self.inner.keys.record(&id);
         // Read as bytes and parsed here: a field that is not a number is a corrupt record (which

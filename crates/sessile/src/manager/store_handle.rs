@@ -25,6 +25,8 @@ pub(crate) enum WriteError {
 /// deadline, a trace span and metrics.
 pub(crate) struct StoreHandle {
     store: Arc<dyn DynStore>,
+    /// `db.system.name` of the store spans.
+    system: &'static str,
     timeout: Duration,
     breaker: Option<SharedBreaker>,
 }
@@ -36,6 +38,7 @@ impl StoreHandle {
         breaker: Option<SharedBreaker>,
     ) -> Self {
         Self {
+            system: store.system_name(),
             store,
             timeout,
             breaker,
@@ -64,9 +67,11 @@ impl StoreHandle {
         breaker: Option<&SharedBreaker>,
     ) -> Result<T, StoreError> {
         // `session` is the redacted Display form: never the full id.
+        // OpenTelemetry's database attributes, as tracing users expect them.
         let span = tracing::debug_span!(
             "sessile.store",
-            op,
+            db.system.name = self.system,
+            db.operation.name = op,
             session = session.map(tracing::field::display),
             outcome = tracing::field::Empty,
         );

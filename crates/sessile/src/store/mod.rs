@@ -62,6 +62,7 @@ pub(crate) trait DynStore: Send + Sync + 'static {
         user_id: &'a str,
     ) -> BoxFuture<'a, Result<u64, StoreError>>;
     fn clock(&self) -> Option<Arc<dyn Clock>>;
+    fn system_name(&self) -> &'static str;
 }
 
 impl<S: SessionStore> DynStore for S {
@@ -120,5 +121,8 @@ impl<S: SessionStore> DynStore for S {
     }
     fn clock(&self) -> Option<Arc<dyn Clock>> {
         SessionStore::clock(self)
+    }
+    fn system_name(&self) -> &'static str {
+        SessionStore::system_name(self)
     }
 }

@@ -8,6 +8,10 @@ impl SessionStore for MemoryStore {
         Some(Arc::clone(&self.inner.clock))
     }
 
+    fn system_name(&self) -> &'static str {
+        "memory"
+    }
+
     async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
         let now = self.inner.clock.now_ms();
         let (version, idle_deadline, body) = {
