@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use axum::Router;
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -36,31 +36,82 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
         .clone()
 }
 
-/// `GET /metrics`, for the admin listener.
+/// `GET /metrics` (Prometheus text format) and `GET /status` (the same figures as an HTML page,
+/// refreshed every five seconds), for the admin listener.
 pub fn metrics_routes() -> Router {
     let handle = metrics_handle();
-    Router::new().route(
-        "/metrics",
-        get(move || {
-            let handle = handle.clone();
-            async move {
-                match handle {
-                    Some(handle) => {
-                        // Drains histogram buffers and drops idle entries; a scrape is often enough.
-                        handle.run_upkeep();
-                        (
-                            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                            handle.render(),
+    let status_handle = handle.clone();
+    Router::new()
+        .route(
+            "/status",
+            get(move || {
+                let handle = status_handle.clone();
+                async move { Html(status_page(handle.map(|h| h.render()).as_deref())) }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let handle = handle.clone();
+                async move {
+                    match handle {
+                        Some(handle) => {
+                            // Drains histogram buffers and drops idle entries; a scrape is often enough.
+                            handle.run_upkeep();
+                            (
+                                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                                handle.render(),
+                            )
+                                .into_response()
+                        }
+                        None => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "another metrics recorder is installed in this process",
                         )
-                            .into_response()
+                            .into_response(),
                     }
-                    None => (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "another metrics recorder is installed in this process",
-                    )
-                        .into_response(),
                 }
-            }
-        }),
+            }),
+        )
+}
+
+/// The operator's page: every `sessile_*` series of this instance, grouped by metric, with the
+/// breaker state in words and histogram buckets left out (their count and sum stay).
+fn status_page(text: Option<&str>) -> String {
+    let mut rows = String::new();
+    let mut breaker = "unknown";
+    for line in text.unwrap_or_default().lines() {
+        if line.starts_with('#') || !line.starts_with("sessile_") || line.contains("_bucket{") {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        if series.starts_with("sessile_breaker_state{breaker=\"session_store\"") {
+            breaker = match value {
+                "0" => "closed",
+                "1" => "half-open",
+                "2" => "open",
+                _ => "unknown",
+            };
+        }
+        rows.push_str(&format!(
+            "<tr><td><code>{}</code></td><td>{}</td></tr>",
+            crate::escape(series),
+            crate::escape(value)
+        ));
+    }
+    let note = if text.is_none() {
+        "<p>No metrics recorder in this process.</p>"
+    } else {
+        ""
+    };
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
+         <title>sessile status</title><style>body{{font-family:sans-serif;margin:2em}}\
+         td{{padding:2px 12px;border-bottom:1px solid #ddd}}</style></head><body>\
+         <h1>sessile status</h1><p>Store circuit breaker: <strong>{breaker}</strong></p>{note}\
+         <table><tr><th>series</th><th>value</th></tr>{rows}</table>\
+         <p>Refreshed every 5 s. Metrics are described in docs/observability.md.</p></body></html>"
     )
 }

@@ -367,3 +367,36 @@ async fn the_metrics_page_shows_store_latency_sessions_and_rejected_tokens() {
     // Ids and tokens never become labels.
     assert!(!text.contains("garbage"));
 }
+
+/// The operator's status page shows this instance's figures in a browser: the breaker state in
+/// words and the session counters, without histogram buckets.
+#[tokio::test]
+async fn the_status_page_shows_the_breaker_and_the_counters() {
+    let app = demo_app().await;
+    let mut b = Browser::new(&app);
+    assert_eq!(
+        b.log_in("bob", "builder").await.status,
+        StatusCode::SEE_OTHER
+    );
+    let page = send(
+        &sessile_login_example::metrics_routes(),
+        Method::GET,
+        "/status",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.body
+            .contains("Store circuit breaker: <strong>closed</strong>"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("sessile_sessions_created_total"));
+    assert!(
+        page.body
+            .contains("sessile_store_op_seconds_count{op=&quot;create&quot;}")
+    );
+    assert!(!page.body.contains("_bucket{"));
+}
