@@ -244,6 +244,13 @@ fn prometheus_scrapes_two_instances_store_latency_breaker_state_and_rejected_tok
         ),
         [0.0, 0.0]
     );
+    // Every query of the dashboard is valid PromQL that Prometheus evaluates.
+    for expr in dashboard_queries() {
+        assert!(
+            query(prometheus, &expr).is_some(),
+            "dashboard query fails: {expr}"
+        );
+    }
     // Each instance rejected one token.
     assert_eq!(
         values(
@@ -253,4 +260,46 @@ fn prometheus_scrapes_two_instances_store_latency_breaker_state_and_rejected_tok
         ),
         [2.0]
     );
+}
+
+/// The PromQL of every panel of `docs/grafana-dashboard.json`.
+fn dashboard_queries() -> Vec<String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/grafana-dashboard.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON");
+    dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().expect("expr").to_owned())
+        .collect()
+}
+
+/// Every metric the dashboard plots is one the metrics table documents.
+#[test]
+fn the_dashboard_plots_only_documented_metrics() {
+    let table = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/observability.md"
+    ))
+    .expect("observability.md");
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 9, "{queries:?}");
+    for expr in queries {
+        for (at, _) in expr.match_indices("sessile_") {
+            let name: String = expr[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let name = name.strip_suffix("_bucket").unwrap_or(&name);
+            assert!(
+                table.contains(&format!("`{name}`")),
+                "{name} (in {expr}) is not documented"
+            );
+        }
+    }
 }
