@@ -75,8 +75,130 @@ pub fn metrics_routes() -> Router {
         )
 }
 
-/// The operator's page: every `sessile_*` series of this instance, grouped by metric, with the
-/// breaker state in words and histogram buckets left out (their count and sum stay).
+/// The counters the page's headline shows, with their rate since the previous view.
+const HEADLINE: &[(&str, &str)] = &[
+    ("Session loads", "sessile_store_ops_total{op=\"load\""),
+    ("Saves", "sessile_store_ops_total{op=\"save\""),
+    ("Store errors", "outcome=\"error\""),
+    ("Sessions created", "sessile_sessions_created_total"),
+    ("Sessions ended", "sessile_sessions_destroyed_total"),
+    ("Save conflicts", "sessile_save_conflicts_total"),
+    ("Failed saves", "sessile_save_failures_total"),
+    ("Degraded requests", "sessile_degraded_requests_total"),
+    ("Rejected tokens", "sessile_tokens_rejected_total"),
+    ("Breaker transitions", "sessile_breaker_transitions_total"),
+];
+
+/// The sums of the headline counters at the previous view, for the rates.
+static PREVIOUS: std::sync::Mutex<Option<(std::time::Instant, Vec<f64>)>> =
+    std::sync::Mutex::new(None);
+
+/// One sample of the text format: the series (name and labels) and its value.
+fn samples(text: &str) -> impl Iterator<Item = (&str, f64)> {
+    text.lines()
+        .filter(|l| l.starts_with("sessile_"))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series, value.parse().ok()?))
+        })
+}
+
+/// The label `name`'s value in `series`.
+fn label<'a>(series: &'a str, name: &str) -> Option<&'a str> {
+    let at = series.find(&format!("{name}=\""))? + name.len() + 2;
+    series[at..].split('"').next()
+}
+
+/// Store latency quantiles per operation from the cumulative buckets: the upper bound of the
+/// bucket that holds the quantile (the page says "at most").
+fn latency_rows(text: &str) -> String {
+    let mut ops: Vec<(&str, Vec<(f64, f64)>)> = Vec::new();
+    for (series, count) in
+        samples(text).filter(|(s, _)| s.starts_with("sessile_store_op_seconds_bucket{"))
+    {
+        let (Some(op), Some(le)) = (label(series, "op"), label(series, "le")) else {
+            continue;
+        };
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().unwrap_or(f64::INFINITY)
+        };
+        match ops.iter_mut().find(|(o, _)| *o == op) {
+            Some((_, buckets)) => buckets.push((le, count)),
+            None => ops.push((op, vec![(le, count)])),
+        }
+    }
+    ops.sort_by_key(|(op, _)| *op);
+    let mut rows = String::new();
+    for (op, mut buckets) in ops {
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let total = buckets.last().map_or(0.0, |b| b.1);
+        let quantile = |q: f64| {
+            buckets
+                .iter()
+                .find(|(_, c)| *c >= q * total)
+                .map_or("-".to_owned(), |(le, _)| duration(*le))
+        };
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{total}</td><td>&le; {}</td><td>&le; {}</td></tr>",
+            crate::escape(op),
+            quantile(0.5),
+            quantile(0.99)
+        ));
+    }
+    rows
+}
+
+fn duration(seconds: f64) -> String {
+    if seconds.is_infinite() {
+        "more than 10 s".to_owned()
+    } else if seconds < 0.001 {
+        format!("{} µs", (seconds * 1e6).round())
+    } else if seconds < 1.0 {
+        format!("{} ms", seconds * 1e3)
+    } else {
+        format!("{seconds} s")
+    }
+}
+
+/// The headline counters' totals and, from the second view on, their rates per second since the
+/// previous view of the page.
+fn headline_rows(text: &str) -> String {
+    let sums: Vec<f64> = HEADLINE
+        .iter()
+        .map(|(_, pattern)| {
+            samples(text)
+                .filter(|(s, _)| !s.contains("_seconds") && s.contains(pattern))
+                // Not `sum()`: an empty f64 sum is -0.
+                .fold(0.0, |total, (_, v)| total + v)
+        })
+        .collect();
+    let now = std::time::Instant::now();
+    let previous = PREVIOUS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .replace((now, sums.clone()));
+    let mut rows = String::new();
+    for (i, (name, _)) in HEADLINE.iter().enumerate() {
+        let rate = previous
+            .as_ref()
+            .map(|(at, before)| (now - *at, before[i]))
+            .filter(|(elapsed, _)| elapsed.as_secs_f64() > 0.0)
+            .map_or("-".to_owned(), |(elapsed, before)| {
+                format!("{:.2}", (sums[i] - before).max(0.0) / elapsed.as_secs_f64())
+            });
+        rows.push_str(&format!(
+            "<tr><td>{name}</td><td>{}</td><td>{rate}</td></tr>",
+            sums[i]
+        ));
+    }
+    rows
+}
+
+/// The operator's page: the breaker state in words, the headline counters with their rates,
+/// store latency per operation, then every `sessile_*` series of this instance (histogram buckets
+/// left out; their count and sum stay).
 fn status_page(text: Option<&str>) -> String {
     let mut rows = String::new();
     let mut breaker = "unknown";
@@ -106,12 +228,19 @@ fn status_page(text: Option<&str>) -> String {
     } else {
         ""
     };
+    let headline = headline_rows(text.unwrap_or_default());
+    let latency = latency_rows(text.unwrap_or_default());
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
          <title>sessile status</title><style>body{{font-family:sans-serif;margin:2em}}\
-         td{{padding:2px 12px;border-bottom:1px solid #ddd}}</style></head><body>\
+         td,th{{padding:2px 12px;border-bottom:1px solid #ddd;text-align:left}}\
+         section{{display:inline-block;vertical-align:top;margin-right:3em}}</style></head><body>\
          <h1>sessile status</h1><p>Store circuit breaker: <strong>{breaker}</strong></p>{note}\
-         <table><tr><th>series</th><th>value</th></tr>{rows}</table>\
+         <section><h2>At a glance</h2><table><tr><th>counter</th><th>total</th>\
+         <th>per second since the previous view</th></tr>{headline}</table></section>\
+         <section><h2>Store latency</h2><table><tr><th>operation</th><th>calls</th><th>p50</th>\
+         <th>p99</th></tr>{latency}</table></section>\
+         <h2>All series</h2><table><tr><th>series</th><th>value</th></tr>{rows}</table>\
          <p>Refreshed every 5 s. Metrics are described in docs/observability.md.</p></body></html>"
     )
 }

@@ -369,7 +369,8 @@ async fn the_metrics_page_shows_store_latency_sessions_and_rejected_tokens() {
 }
 
 /// The operator's status page shows this instance's figures in a browser: the breaker state in
-/// words and the session counters, without histogram buckets.
+/// words, the headline counters, store latency per operation and the session counters, without
+/// histogram buckets.
 #[tokio::test]
 async fn the_status_page_shows_the_breaker_and_the_counters() {
     let app = demo_app().await;
@@ -399,4 +400,15 @@ async fn the_status_page_shows_the_breaker_and_the_counters() {
             .contains("sessile_store_op_seconds_count{op=&quot;create&quot;}")
     );
     assert!(!page.body.contains("_bucket{"));
+    // The headline and the latency table, read from the same figures.
+    assert!(
+        page.body.contains("<td>Sessions created</td><td>"),
+        "{}",
+        page.body
+    );
+    let create = page
+        .body
+        .find("<td>create</td>")
+        .expect("a latency row for create");
+    assert!(page.body[create..].contains("<td>&le; "), "{}", page.body);
 }

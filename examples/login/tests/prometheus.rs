@@ -5,138 +5,17 @@
 //! When `prometheus` is not installed the test fails with the command that installs it; it is
 //! never skipped. `./scripts/test` installs it on Debian when it runs as root.
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// A child process of this test, killed (by its own handle) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-}
-
-/// Polls `f` until it gives a value, for at most `limit`: for processes this test started to
-/// come up, and for Prometheus to have scraped.
-fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-struct Reply {
-    status: u16,
-    set_cookies: Vec<String>,
-    body: String,
-}
-
-/// One HTTP/1.1 request on its own connection.
-fn http(addr: SocketAddr, method: &str, path: &str, cookie: &str, form: &str) -> Option<Reply> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if !cookie.is_empty() {
-        req.push_str(&format!("Cookie: {cookie}\r\n"));
-    }
-    if method == "POST" {
-        req.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
-        req.push_str(&format!("Content-Length: {}\r\n", form.len()));
-    }
-    req.push_str("\r\n");
-    req.push_str(form);
-    s.write_all(req.as_bytes()).ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    let mut lines = head.lines();
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let set_cookies = lines
-        .filter_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("set-cookie").then(|| {
-                value
-                    .trim()
-                    .split(';')
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned()
-            })
-        })
-        .collect();
-    Some(Reply {
-        status,
-        set_cookies,
-        body: body.to_owned(),
-    })
-}
-
-/// Logs in as alice on `app` the way a browser does, and reads the profile page.
-fn log_in_and_read(app: SocketAddr) {
-    let form = http(app, "GET", "/login", "", "").expect("login form");
-    let login_csrf = form
-        .set_cookies
-        .iter()
-        .find(|c| c.starts_with("__Host-login-csrf="))
-        .expect("login CSRF cookie")
-        .clone();
-    let at = form
-        .body
-        .find("name=\"csrf\" value=\"")
-        .expect("CSRF field")
-        + 19;
-    let csrf = &form.body[at..at + 64];
-    let done = http(
-        app,
-        "POST",
-        "/login",
-        &login_csrf,
-        &format!("username=alice&password=wonderland&csrf={csrf}"),
-    )
-    .expect("login");
-    assert_eq!(done.status, 303);
-    let sid = done
-        .set_cookies
-        .iter()
-        .find(|c| c.starts_with("sid="))
-        .expect("session cookie")
-        .clone();
-    let profile = http(app, "GET", "/profile", &sid, "").expect("profile");
-    assert_eq!(profile.status, 200, "{}", profile.body);
-}
-
-/// Starts the example binary on `app`, its metrics page on `metrics`.
-fn example(app: SocketAddr, metrics: SocketAddr) -> Proc {
-    let child = Command::new(env!("CARGO_BIN_EXE_login"))
-        .env("SESSILE_ADDR", app.to_string())
-        .env("SESSILE_METRICS_ADDR", metrics.to_string())
-        .env("SESSILE_KEYS", format!("1:{}", "ab".repeat(32)))
-        .env_remove("REDIS_URL")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the example");
-    let proc = Proc(child);
-    eventually("the example listens", Duration::from_secs(30), || {
-        http(app, "GET", "/healthz", "", "").filter(|r| r.status == 200)
-    });
-    proc
-}
+use support::{
+    Proc, browser, chromedriver, eventually, example, free_addr, http, log_in_and_read, screenshot,
+};
 
 /// A Prometheus instant query: the result vector, once the query succeeds.
 fn query(prometheus: SocketAddr, promql: &str) -> Option<Vec<serde_json::Value>> {
@@ -172,6 +51,18 @@ fn values(prometheus: SocketAddr, promql: &str, series: usize) -> Vec<f64> {
     })
 }
 
+/// The finite values of a query's result, once it has at least one.
+fn values_any(prometheus: SocketAddr, promql: &str) -> Vec<f64> {
+    eventually(promql, Duration::from_secs(60), || {
+        let values: Vec<f64> = query(prometheus, promql)?
+            .iter()
+            .filter_map(|s| s["value"][1].as_str()?.parse().ok())
+            .filter(|v: &f64| v.is_finite())
+            .collect();
+        (!values.is_empty()).then_some(values)
+    })
+}
+
 #[test]
 fn prometheus_scrapes_two_instances_store_latency_breaker_state_and_rejected_tokens() {
     assert!(
@@ -198,10 +89,14 @@ fn prometheus_scrapes_two_instances_store_latency_breaker_state_and_rejected_tok
         ),
     )
     .expect("config");
+    let consoles = dir.path().join("consoles");
+    std::fs::create_dir_all(&consoles).expect("consoles dir");
+    std::fs::write(consoles.join("sessile.html"), dashboard_console()).expect("console");
     let prometheus = free_addr();
     let _prometheus = Proc(
         Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--web.console.templates={}", consoles.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
                 dir.path().join("data").display()
@@ -217,6 +112,26 @@ fn prometheus_scrapes_two_instances_store_latency_breaker_state_and_rejected_tok
         http(prometheus, "GET", "/-/ready", "", "").filter(|r| r.status == 200)
     });
 
+    // Steady traffic on both instances while Prometheus scrapes, so that the rates have points;
+    // bounded in count and time, and stopped at the end of the test.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let (stop, apps) = (
+            stop.clone(),
+            instances.iter().map(|(a, _)| *a).collect::<Vec<_>>(),
+        );
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            let limit = Duration::from_secs(90) + extra_traffic();
+            for i in 0..(2_000 + 50 * extra_traffic().as_secs() as usize) {
+                if stop.load(Ordering::Relaxed) || start.elapsed() > limit {
+                    break;
+                }
+                log_in_and_read(apps[i % apps.len()]);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
     for &(app, _) in &instances {
         log_in_and_read(app);
         let rejected = http(app, "GET", "/profile", "sid=node-1.garbage", "").expect("profile");
@@ -260,22 +175,159 @@ fn prometheus_scrapes_two_instances_store_latency_breaker_state_and_rejected_tok
         ),
         [2.0]
     );
+
+    // The dashboard's panels, drawn by Prometheus's console graphs from the same queries, in
+    // Chromium: every panel draws a graph or says it has no series (none fails), the panels with
+    // traffic draw lines, and the page is saved as a screenshot.
+    // First wait until the rates have two scrapes of traffic behind them.
+    let panels = dashboard_queries_by_panel();
+    for panel in [0, 1, 8] {
+        values_any(prometheus, &panels[panel].1[0].0);
+    }
+    // Longer graphs for the pictures in the docs, when asked for (not in CI).
+    std::thread::sleep(extra_traffic());
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let (driver, _driver) = chromedriver();
+        let b = browser(driver).await;
+        b.goto(&format!("http://{prometheus}/consoles/sessile.html"))
+            .await
+            .expect("the dashboard console");
+        let panels = panels.len();
+        let drawn = eventually_async("every panel is drawn", || async {
+            let states: Vec<String> = serde_json::from_value(
+                b.execute(
+                    "return [...document.querySelectorAll('.sessile-panel')].map(p => \
+                     p.querySelector('.prom_graph_error') ? p.querySelector('.prom_graph_error').textContent \
+                     : (p.querySelector('svg path.path') ? 'drawn' : 'loading'));",
+                    vec![],
+                )
+                .await
+                .ok()?,
+            )
+            .ok()?;
+            (states.len() == panels && !states.iter().any(|s| s == "loading")).then_some(states)
+        })
+        .await;
+        assert!(
+            drawn.iter().all(|s| s == "drawn" || s == "No timeseries returned"),
+            "{drawn:?}"
+        );
+        // Load rate, store latency, breaker state and created sessions have traffic behind them.
+        for panel in [0, 1, 2, 8] {
+            assert_eq!(drawn[panel], "drawn", "panel {panel}: {drawn:?}");
+        }
+        let shot = screenshot(&b, "dashboard.png").await;
+        eprintln!("dashboard: {}", shot.display());
+        b.close().await.expect("close");
+    });
+    stop.store(true, Ordering::Relaxed);
+    traffic.join().expect("traffic");
 }
 
-/// The PromQL of every panel of `docs/grafana-dashboard.json`.
-fn dashboard_queries() -> Vec<String> {
+/// `SESSILE_DASHBOARD_SECONDS`: how much longer to run traffic before the dashboard screenshot
+/// (0 by default; `docs/img/dashboard.png` was taken with 60). At most 600.
+fn extra_traffic() -> Duration {
+    let seconds = std::env::var("SESSILE_DASHBOARD_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0u64);
+    Duration::from_secs(seconds.min(600))
+}
+
+/// Polls the async `f` until it gives a value, for at most 60 s.
+async fn eventually_async<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{what}: not within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `docs/grafana-dashboard.json` as a Prometheus console page: Grafana is not a Debian package,
+/// so the panels (their titles and queries) are drawn by the console graph library that Debian's
+/// `prometheus` ships, over the last five minutes.
+fn dashboard_console() -> String {
+    let mut panels = String::new();
+    for (i, (title, targets)) in dashboard_queries_by_panel().iter().enumerate() {
+        let exprs: Vec<&str> = targets.iter().map(|(e, _)| e.as_str()).collect();
+        // Grafana's `{{label}}` is the console library's `[[ label ]]` (and `{{` would be read
+        // by Prometheus's template engine).
+        let names: Vec<String> = targets
+            .iter()
+            .map(|(_, l)| l.replace("{{", "[[ ").replace("}}", " ]]"))
+            .collect();
+        panels.push_str(&format!(
+            "<div class=\"sessile-panel\"><h5>{title}</h5><div id=\"panel{i}\"></div><script>\
+             new PromConsole.Graph({{node: document.querySelector('#panel{i}'), expr: {exprs}, \
+             name: {names}, duration: {seconds}, height: 130, yAxisFormatter: PromConsole.NumberFormatter.humanize}});\
+             </script></div>\n",
+            seconds = 60 + extra_traffic().as_secs(),
+            exprs = serde_json::to_string(&exprs).expect("JSON"),
+            names = serde_json::to_string(&names).expect("JSON"),
+        ));
+    }
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>sessile</title>\n\
+         <link rel=\"stylesheet\" href=\"/classic/static/rickshaw/rickshaw.min.css\">\n\
+         <link rel=\"stylesheet\" href=\"/classic/static/bootstrap4/css/bootstrap.min.css\">\n\
+         <link rel=\"stylesheet\" href=\"/classic/static/css/prom_console.css\">\n\
+         <script src=\"/classic/static/d3/d3.min.js\"></script>\n\
+         <script src=\"/classic/static/rickshaw/rickshaw.min.js\"></script>\n\
+         <script src=\"/classic/static/jquery/jquery.min.js\"></script>\n\
+         <script>var PATH_PREFIX = \"\";</script>\n\
+         <script src=\"/classic/static/js/prom_console.js\"></script>\n\
+         <style>.sessile-panel{{display:inline-block;width:32%;vertical-align:top;margin:0 1% 1em 0}}</style>\n\
+         </head><body><div class=\"container-fluid\"><h3>sessile (docs/grafana-dashboard.json)</h3>\n\
+         {panels}</div></body></html>\n"
+    )
+}
+
+/// The title of each panel of `docs/grafana-dashboard.json`, with its queries' PromQL and legends.
+fn dashboard_queries_by_panel() -> Vec<(String, Vec<(String, String)>)> {
+    dashboard()["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .map(|p| {
+            let title = p["title"].as_str().expect("title").to_owned();
+            let exprs = p["targets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|t| {
+                    let expr = t["expr"].as_str().expect("expr").to_owned();
+                    (expr, t["legendFormat"].as_str().unwrap_or("").to_owned())
+                })
+                .collect();
+            (title, exprs)
+        })
+        .collect()
+}
+
+fn dashboard() -> serde_json::Value {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../docs/grafana-dashboard.json"
     );
-    let dashboard: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON");
-    dashboard["panels"]
-        .as_array()
-        .expect("panels")
-        .iter()
-        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
-        .map(|t| t["expr"].as_str().expect("expr").to_owned())
+    serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON")
+}
+
+/// The PromQL of every panel of `docs/grafana-dashboard.json`.
+fn dashboard_queries() -> Vec<String> {
+    dashboard_queries_by_panel()
+        .into_iter()
+        .flat_map(|(_, exprs)| exprs.into_iter().map(|(expr, _)| expr))
         .collect()
 }
 
