@@ -10,6 +10,7 @@
 
 pub mod clock;
 mod id;
+pub mod invalidation;
 mod payload;
 pub mod record;
 pub mod store;

@@ -34,6 +34,9 @@ pub const DEFAULT_MAX_QUEUED_COMMANDS: usize = 10_000;
 /// A connection with a command unanswered this long is closed and reconnected (fred's default is
 /// never): a paused or wedged server is noticed without waiting for TCP.
 pub const DEFAULT_UNRESPONSIVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a cache tier's invalidation listener sends its heartbeat round the channel: a
+/// silent stream pauses the cache after three periods.
+pub const DEFAULT_INVALIDATION_HEARTBEAT: Duration = Duration::from_millis(200);
 
 /// Reconnect delays: exponential from this...
 pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_millis(50);
@@ -147,6 +150,7 @@ pub struct RedisStoreBuilder {
     pub(crate) connect_timeout: Duration,
     pub(crate) max_queued_commands: usize,
     pub(crate) unresponsive_timeout: Duration,
+    pub(crate) heartbeat: Duration,
     pub(crate) reconnect_min: Duration,
     pub(crate) reconnect_max: Duration,
     pub(crate) reconnect_jitter: Duration,
@@ -200,6 +204,14 @@ impl RedisStoreBuilder {
     /// Bound of each client's command queue (default [`DEFAULT_MAX_QUEUED_COMMANDS`]).
     pub fn max_queued_commands(mut self, n: usize) -> Self {
         self.max_queued_commands = n;
+        self
+    }
+
+    /// How often a cache tier's invalidation listener checks the stream (default
+    /// [`DEFAULT_INVALIDATION_HEARTBEAT`]): a stream whose heartbeat has not come back within three
+    /// periods pauses the cache, and an emptied database is noticed within one.
+    pub fn invalidation_heartbeat(mut self, d: Duration) -> Self {
+        self.heartbeat = d;
         self
     }
 
@@ -257,6 +269,7 @@ impl RedisStoreBuilder {
                 self.unresponsive_timeout,
                 "unresponsive timeout must be positive",
             ),
+            (self.heartbeat, "invalidation heartbeat must be positive"),
         ] {
             if d.is_zero() {
                 return Err(RedisStoreError::BadConfig(what));
@@ -332,7 +345,8 @@ impl RedisStoreBuilder {
                 found: found.unwrap_or("(unknown)").to_owned(),
             });
         }
-        let scripts = Scripts::new();
+        let keys = KeySpace::new(&self.prefix, self.tenant.as_deref());
+        let scripts = Scripts::new(&keys.channel());
         for script in scripts.all() {
             if let Err(e) = script.load(pool.next_connected()).await {
                 stop(&pool).await;
@@ -341,11 +355,12 @@ impl RedisStoreBuilder {
         }
         Ok(RedisStore::from_parts(Inner {
             pool,
-            keys: KeySpace::new(&self.prefix, self.tenant.as_deref()),
+            keys,
             scripts,
             clustered,
             command_timeout: self.command_timeout,
             max_record_bytes: self.max_record_bytes,
+            heartbeat: self.heartbeat,
         }))
     }
 }

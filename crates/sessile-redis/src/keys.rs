@@ -10,6 +10,9 @@
 //! `sessile_core::record::user_key`), so that each tenant's users are their own; the partition is the
 //! user id's alone.
 //! <prefix>:[<tenant>:]{<partition>}:w:<write id hex>     a write's outcome, for a minute
+//! <prefix>:[<tenant>:]inv-marker                          present while the database was not
+//!                                                         emptied (see the cache tier)
+//! <prefix>:[<tenant>:]inv                                 (a channel) invalidations
 //! ```
 //!
 //! `{<partition>}` is the Redis Cluster hash tag: four hex digits of the session id's partition,
@@ -55,6 +58,16 @@ impl KeySpace {
         key.push(':');
         push_hex(&mut key, name);
         key
+    }
+
+    /// The channel the scripts publish invalidations on.
+    pub(crate) fn channel(&self) -> String {
+        format!("{}inv", self.base)
+    }
+
+    /// The key whose absence tells the invalidation listeners that the database was emptied.
+    pub(crate) fn cache_marker(&self) -> String {
+        format!("{}inv-marker", self.base)
     }
 
     /// The index of `user` within `tenant`.

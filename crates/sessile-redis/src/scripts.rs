@@ -38,6 +38,14 @@
 //! a same-slot rotation of a session whose `g` is not the current generation fails, so no
 //! session escapes the logout by rotating while the batches run.
 //!
+//! # Invalidations
+//!
+//! Every script that changes a record's data or removes it publishes `<id hex>:<new version>:<ms>` (or
+//! `<id hex>:-:<ms>` when it is gone; `<ms>` is Redis's clock) on the store's invalidation channel, `<prefix>:[<tenant>:]inv`,
+//! inside the script, so it is sent exactly when the write is applied, and by every sessile
+//! instance whether or not it caches. `TOUCH` does not: a cached copy with an earlier idle deadline
+//! only expires early. Classic `PUBLISH` reaches subscribers on every node of a Cluster.
+//!
 //! Return codes: `1` done (now, or by an earlier run of the same write), `2` done and more of the
 //! index is to be pruned, `0` version conflict (or id taken), `-1` not found, `-2` rotated away,
 //! `-3` this write was fenced off by `SETTLE`.
@@ -101,6 +109,13 @@ local function index(k, gk, id, a)
   if pruned >= PRUNE_CHUNK then return 2 end
   return 1
 end
+-- Tells the caches in front of Redis that record `k` changed to version `v` ('-': gone), and
+-- when (ms on Redis's clock, for the invalidation delay).
+local function published(k, v)
+  local t = redis.call('TIME')
+  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('PUBLISH', CHANNEL, string.sub(k, -32) .. ':' .. v .. ':' .. ms)
+end
 local function marker(k, new, w, ttl)
   redis.call('DEL', k)
   redis.call('HSET', k, 'm', new, 'w', w)
@@ -143,6 +158,7 @@ end
 write(KEYS[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], g)
 landed(KEYS[2])
 if ARGV[5] == '' and f[2] then redis.call('HDEL', KEYS[1], 'u', 'g') end
+published(KEYS[1], ARGV[2])
 if changed and KEYS[3] then return index(KEYS[3], KEYS[4], ARGV[6], ARGV[7]) end
 return 1
 "#;
@@ -162,10 +178,12 @@ if KEYS[4] then
     -- The user was logged out everywhere since this session was written: it is ending, and
     -- must not escape to a new id.
     redis.call('DEL', KEYS[1])
+    published(KEYS[1], '-')
     return -1
   end
 end
 marker(KEYS[1], ARGV[6], ARGV[10], ARGV[8])
+published(KEYS[1], '-')
 write(KEYS[2], ARGV[2], ARGV[3], ARGV[4], ARGV[5], g)
 landed(KEYS[3])
 if KEYS[4] then
@@ -185,6 +203,7 @@ local f, code = current(KEYS[1], ARGV[1])
 if not f then return code end
 marker(KEYS[1], ARGV[2], ARGV[4], ARGV[3])
 landed(KEYS[2])
+published(KEYS[1], '-')
 return 1
 "#;
 
@@ -202,7 +221,7 @@ return 0
 const DESTROY: &str = r#"
 local f = redis.call('HMGET', KEYS[1], 'v', 'm', 'u')
 if not f[1] and f[2] then return -2 end
-redis.call('DEL', KEYS[1])
+if redis.call('DEL', KEYS[1]) == 1 then published(KEYS[1], '-') end
 return f[3] or ''
 "#;
 
@@ -254,12 +273,24 @@ for i = first, #KEYS do
   if not fresh then
     if f[1] == ARGV[1] then
       redis.call('DEL', KEYS[i])
+      published(KEYS[i], '-')
       n = n + 1
     end
     if first == 2 then redis.call('ZREM', KEYS[1], ARGV[3 + i - first + 1]) end
   end
 end
 return n
+"#;
+
+/// KEYS: the cache marker. ARGV: the listener's nonce. The invalidation stream's heartbeat: sets
+/// the marker if it is missing and publishes `hb:<nonce>:<1 if it was there, else 0>`. A missing
+/// marker means the database was emptied (or this is its first heartbeat): every listener then
+/// drops its whole cache.
+const HEARTBEAT: &str = r#"
+local e = redis.call('EXISTS', KEYS[1])
+if e == 0 then redis.call('SET', KEYS[1], '1') end
+redis.call('PUBLISH', CHANNEL, 'hb:' .. ARGV[1] .. ':' .. e)
+return e
 "#;
 
 /// The loaded scripts.
@@ -275,13 +306,22 @@ pub(crate) struct Scripts {
     pub(crate) prune: Script,
     pub(crate) bump: Script,
     pub(crate) destroy_batch: Script,
+    pub(crate) heartbeat: Script,
 }
 
 impl Scripts {
-    pub(crate) fn new() -> Self {
+    /// The scripts, publishing invalidations on `channel`.
+    pub(crate) fn new(channel: &str) -> Self {
+        // The channel as a Lua string of decimal escapes: any byte is safe in it.
+        let mut lua_channel = String::from("'");
+        for b in channel.bytes() {
+            lua_channel.push_str(&format!("\\{b}"));
+        }
+        lua_channel.push('\'');
         let script = |body: &str| {
             Script::from_lua(format!(
-                "local WRITE_ID_TTL_MS = {WRITE_ID_TTL_MS}\nlocal PRUNE_CHUNK = {PRUNE_CHUNK}\n{HELPERS}{body}"
+                "local WRITE_ID_TTL_MS = {WRITE_ID_TTL_MS}\nlocal PRUNE_CHUNK = {PRUNE_CHUNK}\n\
+                 local CHANNEL = {lua_channel}\n{HELPERS}{body}"
             ))
         };
         Self {
@@ -296,10 +336,11 @@ impl Scripts {
             prune: script(PRUNE),
             bump: script(BUMP),
             destroy_batch: script(DESTROY_BATCH),
+            heartbeat: script(HEARTBEAT),
         }
     }
 
-    pub(crate) fn all(&self) -> [&Script; 11] {
+    pub(crate) fn all(&self) -> [&Script; 12] {
         [
             &self.create,
             &self.save,
@@ -312,6 +353,7 @@ impl Scripts {
             &self.prune,
             &self.bump,
             &self.destroy_batch,
+            &self.heartbeat,
         ]
     }
 }

@@ -19,14 +19,16 @@ use sessile_core::{SessionId, SessionStore, StoreError};
 use thiserror::Error;
 
 use crate::builder::{
-    DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_QUEUED_COMMANDS,
-    DEFAULT_POOL_SIZE, DEFAULT_PREFIX, DEFAULT_RECONNECT_JITTER, DEFAULT_RECONNECT_MAX,
-    DEFAULT_RECONNECT_MIN, DEFAULT_UNRESPONSIVE_TIMEOUT, RedisStoreBuilder, RedisStoreError,
+    DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_INVALIDATION_HEARTBEAT,
+    DEFAULT_MAX_QUEUED_COMMANDS, DEFAULT_POOL_SIZE, DEFAULT_PREFIX, DEFAULT_RECONNECT_JITTER,
+    DEFAULT_RECONNECT_MAX, DEFAULT_RECONNECT_MIN, DEFAULT_UNRESPONSIVE_TIMEOUT, RedisStoreBuilder,
+    RedisStoreError,
 };
 use crate::keys::KeySpace;
 use crate::scripts::Scripts;
 
 mod inner;
+mod listen;
 mod ops;
 
 /// Index members handled by one "log out everywhere" batch: a script of about a millisecond.
@@ -54,6 +56,8 @@ pub(crate) struct Inner {
     pub(crate) clustered: bool,
     pub(crate) command_timeout: Duration,
     pub(crate) max_record_bytes: usize,
+    /// How often a cache listener's heartbeat goes round the invalidation channel.
+    pub(crate) heartbeat: Duration,
 }
 
 impl fmt::Debug for RedisStore {
@@ -81,6 +85,7 @@ impl RedisStore {
             reconnect_max: DEFAULT_RECONNECT_MAX,
             reconnect_jitter: DEFAULT_RECONNECT_JITTER,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            heartbeat: DEFAULT_INVALIDATION_HEARTBEAT,
         }
     }
 

@@ -5,13 +5,18 @@
 //! `sessile-core` alone, implement [`SessionStore`], and run the `sessile-conformance` suite
 //! against it; see the [example](sessile_core::store#a-store-of-your-own).
 
+mod cached;
 mod memory;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub use cached::{
+    CacheStats, CachedStore, CachedStoreBuilder, DEFAULT_MAX_AGE, DEFAULT_MAX_ENTRIES,
+};
 pub use memory::{DEFAULT_SWEEP_INTERVAL, MemoryStore, MemoryStoreBuilder};
+pub use sessile_core::invalidation;
 pub use sessile_core::store::*;
 
 use crate::SessionId;

@@ -1,0 +1,479 @@
+//! [`CachedStore`]: a coherent local cache in front of a store that publishes invalidations (the
+//! Redis store), so that a read of a recent session costs no round trip.
+//!
+//! # How it stays coherent
+//!
+//! - **Reads** are served from a bounded [moka](https://docs.rs/moka) cache while the entry is
+//!   valid: made in the current *epoch* (every flush starts a new one), at the current
+//!   *generation* of its key's stripe (every invalidation of a key bumps its stripe), younger than
+//!   the max age, and not past the record's own deadlines. Each entry remembers the epoch and
+//!   generation read *before* the store call that produced it, so a copy whose load raced an
+//!   invalidation is never served, whichever of the reply and the invalidation arrived first.
+//! - **Misses** of one session at once make one store call (single flight); a caller that was
+//!   waiting on it does its own call if an invalidation came in meanwhile.
+//! - **Writes** go through to the store (its compare-and-set decides), then the written record
+//!   replaces the cached copy unless a newer version is there already; a write that fails, or
+//!   whose outcome is unknown, drops the copy.
+//! - **Other instances' writes** arrive as [`Invalidation`]s and drop the copy, unless it is
+//!   already at that version (this instance's own write coming back).
+//! - **Touches** (the idle deadline only) update the local copy and send no invalidation: another
+//!   instance's copy with the earlier deadline only expires early and reloads.
+//! - **Flushes**: on a reconnect, a lagged or silent stream, an emptied database or a cluster
+//!   topology change, the whole cache is dropped; while the stream is paused nothing is cached.
+//! - **The bound**: no copy is served after the max age (default [`DEFAULT_MAX_AGE`]), even if
+//!   its invalidation was lost.
+//! - **Log out everywhere** on this instance drops the whole local cache (other instances drop
+//!   the user's sessions one by one as their invalidations arrive).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use moka::ops::compute::Op;
+use sessile_core::invalidation::{
+    FlushCause, Invalidation, InvalidationSink, Listening, PublishesInvalidations,
+};
+use tokio::sync::OnceCell;
+
+use super::{Settled, SessionStore, StoreError, WriteId};
+use crate::SessionId;
+use crate::clock::{Clock, SystemClock, UnixMillis};
+use crate::record::Record;
+
+/// How long a cached copy may be served at most, whatever the invalidations say: the hard bound
+/// on serving a copy whose invalidation was lost.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3);
+
+/// How many sessions the cache holds by default.
+pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
+
+/// Stripes of key generations: an invalidation of one key also fails the few other cached keys
+/// of its stripe (they reload once), for 32 KiB of counters.
+const STRIPES: usize = 4096;
+
+/// Configures a [`CachedStore`].
+#[derive(Debug)]
+pub struct CachedStoreBuilder<S> {
+    store: S,
+    max_age: Duration,
+    max_entries: u64,
+}
+
+impl<S: PublishesInvalidations> CachedStoreBuilder<S> {
+    /// The longest a copy is served (default [`DEFAULT_MAX_AGE`]); at least a millisecond.
+    pub fn max_age(mut self, d: Duration) -> Self {
+        self.max_age = d.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How many sessions the cache holds at most (default [`DEFAULT_MAX_ENTRIES`]); the least
+    /// recently used go first.
+    pub fn max_entries(mut self, n: u64) -> Self {
+        self.max_entries = n;
+        self
+    }
+
+    /// Starts listening to the store's invalidations and returns the cache. Until the stream
+    /// proves it works (the store's first heartbeat), reads go to the store.
+    pub async fn build(self) -> Result<CachedStore<S>, StoreError> {
+        let clock = self.store.clock().unwrap_or_else(|| Arc::new(SystemClock));
+        let shared = Arc::new(Shared {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(self.max_entries)
+                .time_to_live(self.max_age)
+                .build(),
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            epoch: AtomicU64::new(0),
+            paused: AtomicBool::new(true),
+            flights: Mutex::new(HashMap::new()),
+            max_age: self.max_age,
+            clock,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            store: self.store,
+        });
+        let weak: Weak<Shared<S>> = Arc::downgrade(&shared);
+        let sink: InvalidationSink = Arc::new(move |event| {
+            if let Some(shared) = weak.upgrade() {
+                shared.invalidate(event);
+            }
+        });
+        let listening = shared.store.listen(sink).await?;
+        Ok(CachedStore {
+            shared,
+            _listening: Arc::new(listening),
+        })
+    }
+}
+
+/// A store with a coherent local cache in front (see the [module docs](self)). Cloning is cheap
+/// and shares the cache.
+pub struct CachedStore<S> {
+    shared: Arc<Shared<S>>,
+    _listening: Arc<Listening>,
+}
+
+impl<S> Clone for CachedStore<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            _listening: self._listening.clone(),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for CachedStore<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedStore")
+            .field("entries", &self.shared.cache.entry_count())
+            .field("max_age", &self.shared.max_age)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the cache has done since it was built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Loads served from the cache.
+    pub hits: u64,
+    /// Loads that went to the store.
+    pub misses: u64,
+    /// Copies held now (approximate: moka counts lazily).
+    pub entries: u64,
+}
+
+impl<S: PublishesInvalidations> CachedStore<S> {
+    /// Starts configuring a cache in front of `store`.
+    pub fn builder(store: S) -> CachedStoreBuilder<S> {
+        CachedStoreBuilder {
+            store,
+            max_age: DEFAULT_MAX_AGE,
+            max_entries: DEFAULT_MAX_ENTRIES,
+        }
+    }
+
+    /// A cache with every default in front of `store`.
+    pub async fn new(store: S) -> Result<Self, StoreError> {
+        Self::builder(store).build().await
+    }
+
+    /// The store behind the cache.
+    pub fn store(&self) -> &S {
+        &self.shared.store
+    }
+
+    /// Hits, misses and entries so far.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.shared.hits.load(Ordering::Relaxed),
+            misses: self.shared.misses.load(Ordering::Relaxed),
+            entries: self.shared.cache.entry_count(),
+        }
+    }
+
+    /// Whether a load of `id` would be served from the cache now.
+    pub fn serves(&self, id: &SessionId) -> bool {
+        self.shared.cached(id).is_some()
+    }
+
+    /// Whether the cache is paused (its invalidation stream is not known to work): every load
+    /// goes to the store.
+    pub fn is_paused(&self) -> bool {
+        self.shared.paused.load(Ordering::Acquire)
+    }
+}
+
+struct Shared<S> {
+    store: S,
+    cache: moka::sync::Cache<SessionId, Arc<Entry>>,
+    stripes: Box<[AtomicU64]>,
+    epoch: AtomicU64,
+    paused: AtomicBool,
+    /// Loads in flight, one per session.
+    flights: Mutex<HashMap<SessionId, Arc<OnceCell<Loaded>>>>,
+    max_age: Duration,
+    clock: Arc<dyn Clock>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+struct Entry {
+    record: Record,
+    /// The stripe generation and the epoch read before the store call that produced the record.
+    stamp: Stamp,
+    born: Instant,
+}
+
+/// Where the cache stood when a store call began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    generation: u64,
+    epoch: u64,
+    paused: bool,
+}
+
+/// A finished load, with the stamp it began at.
+type Loaded = (Option<Record>, Stamp);
+
+impl<S: PublishesInvalidations> Shared<S> {
+    fn stripe(&self, id: &SessionId) -> &AtomicU64 {
+        let b = id.as_bytes();
+        let n = usize::from(u16::from_le_bytes([b[14], b[15]]));
+        &self.stripes[n % STRIPES]
+    }
+
+    fn stamp(&self, id: &SessionId) -> Stamp {
+        Stamp {
+            // The pause flag first: a resume bumps the epoch before it clears the flag, so a
+            // stamp that reads "not paused" also reads the epoch of the resume or a later one.
+            paused: self.paused.load(Ordering::Acquire),
+            epoch: self.epoch.load(Ordering::Acquire),
+            generation: self.stripe(id).load(Ordering::Acquire),
+        }
+    }
+
+    /// The copy of `id`, if one may be served now.
+    fn cached(&self, id: &SessionId) -> Option<Arc<Entry>> {
+        let entry = self.cache.get(id)?;
+        let now = self.stamp(id);
+        let fresh = !now.paused
+            && entry.stamp.epoch == now.epoch
+            && entry.stamp.generation == now.generation
+            && self.clock.instant().saturating_duration_since(entry.born) < self.max_age
+            && !entry.record.is_expired(self.clock.now_ms());
+        fresh.then_some(entry)
+    }
+
+    /// Caches `record` as read or written by a store call that began at `stamp`, unless the
+    /// cache paused since, or it holds a newer version of the same epoch.
+    fn insert(&self, record: &Record, stamp: Stamp) {
+        if stamp.paused {
+            return;
+        }
+        let entry = Arc::new(Entry {
+            record: record.clone(),
+            stamp,
+            born: self.clock.instant(),
+        });
+        self.cache
+            .entry(record.id)
+            .and_compute_with(|old| match old {
+                Some(old)
+                    if old.value().stamp.epoch == stamp.epoch
+                        && old.value().record.version > record.version =>
+                {
+                    Op::Nop
+                }
+                _ => Op::Put(entry),
+            });
+    }
+
+    /// Makes every copy of `id` (cached or on its way into the cache) stale.
+    fn drop_key(&self, id: &SessionId) {
+        self.stripe(id).fetch_add(1, Ordering::AcqRel);
+        self.cache.invalidate(id);
+    }
+
+    fn flush(&self, cause: FlushCause) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.cache.invalidate_all();
+        metrics::counter!("sessile_cache_invalidations_total", "cause" => cause.as_str())
+            .increment(1);
+    }
+
+    fn invalidate(&self, event: Invalidation) {
+        match event {
+            Invalidation::Changed { id, version, at } => {
+                if let Some(at) = at {
+                    let delay = self.clock.now_ms().saturating_sub(at);
+                    metrics::histogram!("sessile_cache_invalidation_delay_seconds")
+                        .record(delay as f64 / 1000.0);
+                }
+                let current = self.epoch.load(Ordering::Acquire);
+                let up_to_date = version.is_some_and(|v| {
+                    self.cache.get(&id).is_some_and(|e| {
+                        e.stamp.epoch == current && e.record.version >= v
+                    })
+                });
+                if !up_to_date {
+                    self.drop_key(&id);
+                    metrics::counter!("sessile_cache_invalidations_total", "cause" => "key")
+                        .increment(1);
+                }
+            }
+            Invalidation::Flush(cause) => self.flush(cause),
+            Invalidation::Paused(cause) => {
+                self.paused.store(true, Ordering::Release);
+                self.flush(cause);
+            }
+            Invalidation::Resumed => {
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+                self.cache.invalidate_all();
+                self.paused.store(false, Ordering::Release);
+            }
+        }
+        metrics::gauge!("sessile_cache_entries").set(self.cache.entry_count() as f64);
+    }
+
+    async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
+        if let Some(entry) = self.cached(&id) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("sessile_cache_hits_total").increment(1);
+            return Ok(Some(entry.record.clone()));
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("sessile_cache_misses_total").increment(1);
+        let cell = self
+            .flights
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id)
+            .or_default()
+            .clone();
+        let asked = self.stamp(&id);
+        let result = cell
+            .get_or_try_init(|| async {
+                let stamp = self.stamp(&id);
+                let loaded = self.store.load(id).await?;
+                if let Some(record) = &loaded {
+                    self.insert(record, stamp);
+                }
+                Ok::<_, StoreError>((loaded, stamp))
+            })
+            .await
+            .cloned();
+        {
+            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            if flights.get(&id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                flights.remove(&id);
+            }
+        }
+        let (loaded, began) = result?;
+        // A load that began before this caller asked, and was overtaken by an invalidation
+        // since: this caller may have asked after the write it announces, so it reads again.
+        if began != asked && (began.epoch, began.generation) != (asked.epoch, asked.generation) {
+            return self.store.load(id).await;
+        }
+        metrics::gauge!("sessile_cache_entries").set(self.cache.entry_count() as f64);
+        Ok(loaded)
+    }
+
+    /// Runs a write of `ids`: every copy of them goes stale first, and the write's result is
+    /// cached (`keep`) when it succeeds; on any failure the copies are dropped again.
+    async fn write<T>(
+        &self,
+        ids: &[SessionId],
+        keep: Option<&Record>,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        for id in ids {
+            self.drop_key(id);
+        }
+        let stamp = keep.map(|r| self.stamp(&r.id));
+        let result = call.await;
+        match (&result, keep, stamp) {
+            (Ok(_), Some(record), Some(stamp)) => self.insert(record, stamp),
+            (Ok(_), _, _) => {}
+            (Err(_), _, _) => ids.iter().for_each(|id| self.drop_key(id)),
+        }
+        result
+    }
+}
+
+impl<S: PublishesInvalidations> SessionStore for CachedStore<S> {
+    async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
+        self.shared.load(id).await
+    }
+
+    async fn create(&self, record: &Record, write: WriteId) -> Result<(), StoreError> {
+        let s = &self.shared;
+        s.write(&[record.id], Some(record), s.store.create(record, write))
+            .await
+    }
+
+    async fn save(
+        &self,
+        record: &Record,
+        expected_version: u64,
+        write: WriteId,
+    ) -> Result<(), StoreError> {
+        let s = &self.shared;
+        let call = s.store.save(record, expected_version, write);
+        s.write(&[record.id], Some(record), call).await
+    }
+
+    /// Moves the idle deadline in the store, and of the local copy; sends no invalidation.
+    async fn touch(&self, id: SessionId, idle_deadline: UnixMillis) -> Result<(), StoreError> {
+        let s = &self.shared;
+        let before = s.cached(&id);
+        let result = s.store.touch(id, idle_deadline).await;
+        match (&result, before) {
+            (Ok(()), Some(entry)) => {
+                let mut record = entry.record.clone();
+                record.idle_deadline = idle_deadline;
+                let touched = Arc::new(Entry {
+                    record,
+                    stamp: entry.stamp,
+                    born: entry.born,
+                });
+                // Only over the very copy read before: anything newer stays.
+                s.cache.entry(id).and_compute_with(|old| match old {
+                    Some(old) if Arc::ptr_eq(old.value(), &entry) => Op::Put(touched),
+                    _ => Op::Nop,
+                });
+            }
+            (Ok(()), None) => {}
+            (Err(_), _) => s.drop_key(&id),
+        }
+        result
+    }
+
+    async fn rotate(
+        &self,
+        old: SessionId,
+        record: &Record,
+        expected_version: u64,
+        write: WriteId,
+    ) -> Result<(), StoreError> {
+        let s = &self.shared;
+        let call = s.store.rotate(old, record, expected_version, write);
+        s.write(&[old, record.id], Some(record), call).await
+    }
+
+    async fn settle(
+        &self,
+        old: SessionId,
+        new: SessionId,
+        expected_version: u64,
+        write: WriteId,
+    ) -> Result<Settled, StoreError> {
+        let s = &self.shared;
+        let call = s.store.settle(old, new, expected_version, write);
+        s.write(&[old, new], None, call).await
+    }
+
+    async fn destroy(&self, id: SessionId) -> Result<(), StoreError> {
+        let s = &self.shared;
+        s.write(&[id], None, s.store.destroy(id)).await
+    }
+
+    /// Ends the user's sessions in the store, then drops this instance's whole cache (the store
+    /// does not say which ids it ended until their invalidations arrive).
+    async fn destroy_user(&self, tenant: Option<&str>, user_id: &str) -> Result<u64, StoreError> {
+        let s = &self.shared;
+        let result = s.store.destroy_user(tenant, user_id).await;
+        s.epoch.fetch_add(1, Ordering::AcqRel);
+        s.cache.invalidate_all();
+        result
+    }
+
+    fn clock(&self) -> Option<Arc<dyn Clock>> {
+        self.shared.store.clock()
+    }
+
+    fn system_name(&self) -> &'static str {
+        self.shared.store.system_name()
+    }
+}
