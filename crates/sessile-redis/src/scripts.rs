@@ -288,7 +288,7 @@ return n
 /// drops its whole cache.
 const HEARTBEAT: &str = r#"
 local e = redis.call('EXISTS', KEYS[1])
-if e == 0 then redis.call('SET', KEYS[1], '1') end
+if e == 0 then redis.call('SET', KEYS[1], '1', 'EX', 86400) end
 redis.call('PUBLISH', CHANNEL, 'hb:' .. ARGV[1] .. ':' .. e)
 return e
 "#;

@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sessile_core::clock::{Clock, UnixMillis};
+use sessile_core::invalidation::{
+    Invalidation, InvalidationSink, Listening, PublishesInvalidations,
+};
 use sessile_core::record::Record;
 use sessile_core::store::{Settled, WriteId};
 use sessile_core::{SessionId, SessionStore, StoreError};
@@ -222,5 +225,87 @@ impl Hook for Faults {
             return Err(StoreError::Unavailable(Box::new(Injected)));
         }
         Ok(())
+    }
+}
+
+impl<S: PublishesInvalidations, H: Hook> PublishesInvalidations for Hooked<S, H> {
+    async fn listen(&self, sink: InvalidationSink) -> Result<Listening, StoreError> {
+        self.inner.listen(sink).await
+    }
+}
+
+/// A store whose invalidations the test sends by hand ([`emit`](Self::emit)), for unit tests of
+/// a cache in front of it. `listen` reports [`Invalidation::Resumed`] at once.
+#[derive(Clone)]
+pub struct ManualInvalidations<S> {
+    inner: S,
+    sink: Arc<std::sync::Mutex<Option<InvalidationSink>>>,
+}
+
+impl<S> ManualInvalidations<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            sink: Arc::default(),
+        }
+    }
+
+    /// Delivers `event` to the listener, as the store's stream would.
+    pub fn emit(&self, event: Invalidation) {
+        let sink = self.sink.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(sink) = sink {
+            sink(event);
+        }
+    }
+}
+
+impl<S: SessionStore> SessionStore for ManualInvalidations<S> {
+    async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
+        self.inner.load(id).await
+    }
+    async fn create(&self, record: &Record, write: WriteId) -> Result<(), StoreError> {
+        self.inner.create(record, write).await
+    }
+    async fn save(&self, record: &Record, expected: u64, write: WriteId) -> Result<(), StoreError> {
+        self.inner.save(record, expected, write).await
+    }
+    async fn touch(&self, id: SessionId, deadline: UnixMillis) -> Result<(), StoreError> {
+        self.inner.touch(id, deadline).await
+    }
+    async fn rotate(
+        &self,
+        old: SessionId,
+        record: &Record,
+        expected: u64,
+        write: WriteId,
+    ) -> Result<(), StoreError> {
+        self.inner.rotate(old, record, expected, write).await
+    }
+    async fn settle(
+        &self,
+        old: SessionId,
+        new: SessionId,
+        expected: u64,
+        write: WriteId,
+    ) -> Result<Settled, StoreError> {
+        self.inner.settle(old, new, expected, write).await
+    }
+    async fn destroy(&self, id: SessionId) -> Result<(), StoreError> {
+        self.inner.destroy(id).await
+    }
+    async fn destroy_user(&self, tenant: Option<&str>, user: &str) -> Result<u64, StoreError> {
+        self.inner.destroy_user(tenant, user).await
+    }
+    fn clock(&self) -> Option<Arc<dyn Clock>> {
+        self.inner.clock()
+    }
+}
+
+impl<S: SessionStore> PublishesInvalidations for ManualInvalidations<S> {
+    async fn listen(&self, sink: InvalidationSink) -> Result<Listening, StoreError> {
+        sink(Invalidation::Resumed);
+        *self.sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink);
+        Ok(Listening::new(()))
     }
 }

@@ -36,7 +36,7 @@ use sessile_core::invalidation::{
 };
 use tokio::sync::OnceCell;
 
-use super::{Settled, SessionStore, StoreError, WriteId};
+use super::{SessionStore, Settled, StoreError, WriteId};
 use crate::SessionId;
 use crate::clock::{Clock, SystemClock, UnixMillis};
 use crate::record::Record;
@@ -74,8 +74,9 @@ impl<S: PublishesInvalidations> CachedStoreBuilder<S> {
         self
     }
 
-    /// Starts listening to the store's invalidations and returns the cache. Until the stream
-    /// proves it works (the store's first heartbeat), reads go to the store.
+    /// Starts listening to the store's invalidations and returns the cache once the stream proves
+    /// it works (the store's first heartbeat), or after the max age; until then, reads go to the
+    /// store.
     pub async fn build(self) -> Result<CachedStore<S>, StoreError> {
         let clock = self.store.clock().unwrap_or_else(|| Arc::new(SystemClock));
         let shared = Arc::new(Shared {
@@ -91,6 +92,8 @@ impl<S: PublishesInvalidations> CachedStoreBuilder<S> {
             clock,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            resumed: tokio::sync::Notify::new(),
             store: self.store,
         });
         let weak: Weak<Shared<S>> = Arc::downgrade(&shared);
@@ -99,7 +102,17 @@ impl<S: PublishesInvalidations> CachedStoreBuilder<S> {
                 shared.invalidate(event);
             }
         });
-        let listening = shared.store.listen(sink).await?;
+        let listening = {
+            // Registered before listening, so that a resume right away is not missed.
+            let resumed = shared.resumed.notified();
+            let listening = shared.store.listen(sink).await?;
+            if shared.paused.load(Ordering::Acquire) {
+                // Serving from the cache starts with the stream's first heartbeat; wait for it a
+                // little, so that a new instance is warm from its first requests.
+                let _ = tokio::time::timeout(self.max_age, resumed).await;
+            }
+            listening
+        };
         Ok(CachedStore {
             shared,
             _listening: Arc::new(listening),
@@ -142,6 +155,9 @@ pub struct CacheStats {
     pub misses: u64,
     /// Copies held now (approximate: moka counts lazily).
     pub entries: u64,
+    /// Times the whole cache was dropped (a reconnect, a lagged or silent stream, an emptied
+    /// database, a topology change).
+    pub flushes: u64,
 }
 
 impl<S: PublishesInvalidations> CachedStore<S> {
@@ -170,6 +186,7 @@ impl<S: PublishesInvalidations> CachedStore<S> {
             hits: self.shared.hits.load(Ordering::Relaxed),
             misses: self.shared.misses.load(Ordering::Relaxed),
             entries: self.shared.cache.entry_count(),
+            flushes: self.shared.flushes.load(Ordering::Relaxed),
         }
     }
 
@@ -197,6 +214,9 @@ struct Shared<S> {
     clock: Arc<dyn Clock>,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// Whole-cache flushes (any cause), and pauses.
+    flushes: AtomicU64,
+    resumed: tokio::sync::Notify,
 }
 
 struct Entry {
@@ -277,6 +297,7 @@ impl<S: PublishesInvalidations> Shared<S> {
     }
 
     fn flush(&self, cause: FlushCause) {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.cache.invalidate_all();
         metrics::counter!("sessile_cache_invalidations_total", "cause" => cause.as_str())
@@ -293,9 +314,9 @@ impl<S: PublishesInvalidations> Shared<S> {
                 }
                 let current = self.epoch.load(Ordering::Acquire);
                 let up_to_date = version.is_some_and(|v| {
-                    self.cache.get(&id).is_some_and(|e| {
-                        e.stamp.epoch == current && e.record.version >= v
-                    })
+                    self.cache
+                        .get(&id)
+                        .is_some_and(|e| e.stamp.epoch == current && e.record.version >= v)
                 });
                 if !up_to_date {
                     self.drop_key(&id);
@@ -312,6 +333,7 @@ impl<S: PublishesInvalidations> Shared<S> {
                 self.epoch.fetch_add(1, Ordering::AcqRel);
                 self.cache.invalidate_all();
                 self.paused.store(false, Ordering::Release);
+                self.resumed.notify_waiters();
             }
         }
         metrics::gauge!("sessile_cache_entries").set(self.cache.entry_count() as f64);
