@@ -4,7 +4,9 @@
 
 pub mod races;
 
-pub use sessile_testkit::{CountingStore, FaultyStore, Hook, Hooked, proxy, redis};
+pub use sessile_testkit::{
+    CountingStore, FaultyStore, Hook, Hooked, ManualInvalidations, proxy, redis,
+};
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,0 +1,213 @@
+//! The cache tier's interleavings, made one at a time: a store whose invalidations the test sends
+//! by hand, and a hook that holds a load in the middle of its call. (The same cache against real
+//! Redis instances is in `redis_cache.rs`.)
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sessile::clock::{Clock, ManualClock};
+use sessile::store::invalidation::{FlushCause, Invalidation};
+use sessile::store::{CachedStore, WriteId};
+use sessile::{MemoryStore, SessionStore, StoreError};
+use sessile_tests::{Hook, Hooked, ManualInvalidations};
+use tokio::sync::Notify;
+
+/// Holds the next load, once armed, until released; counts loads.
+#[derive(Clone, Default)]
+struct HoldLoad {
+    armed: Arc<AtomicBool>,
+    reached: Arc<Notify>,
+    release: Arc<Notify>,
+    loads: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Hook for HoldLoad {
+    async fn before(&self, op: &'static str) -> Result<(), StoreError> {
+        if op == "load" {
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            if self.armed.swap(false, Ordering::SeqCst) {
+                self.reached.notify_one();
+                self.release.notified().await;
+            }
+        }
+        Ok(())
+    }
+}
+
+type Inner = ManualInvalidations<Hooked<MemoryStore, HoldLoad>>;
+
+async fn cache_with(clock: Option<Arc<ManualClock>>) -> (CachedStore<Inner>, Inner, HoldLoad) {
+    let mut memory = MemoryStore::builder();
+    if let Some(clock) = clock {
+        memory = memory.clock(clock);
+    }
+    let hold = HoldLoad::default();
+    let inner = ManualInvalidations::new(Hooked::with_hook(memory.build(), hold.clone()));
+    let cache = CachedStore::builder(inner.clone())
+        .max_age(Duration::from_secs(3))
+        .build()
+        .await
+        .expect("cache");
+    (cache, inner, hold)
+}
+
+async fn cache() -> (CachedStore<Inner>, Inner, HoldLoad) {
+    cache_with(None).await
+}
+
+/// The reply of a load that was in flight when an invalidation of its key came in may be older
+/// than the change: it is returned to its caller but never served from the cache.
+#[tokio::test]
+async fn a_load_that_raced_an_invalidation_is_not_cached() {
+    let (cache, inner, hold) = cache().await;
+    let r = sessile_conformance::record(None, 1);
+    inner.create(&r, WriteId::random()).await.expect("create");
+
+    hold.armed.store(true, Ordering::SeqCst);
+    let loading = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.load(r.id).await })
+    };
+    hold.reached.notified().await;
+    // Another instance wrote version 2, and its invalidation overtakes the reply on its way.
+    inner.emit(Invalidation::Changed {
+        id: r.id,
+        version: Some(2),
+        at: None,
+    });
+    hold.release.notify_one();
+    let got = loading.await.expect("task").expect("load");
+    assert_eq!(got.map(|r| r.version), Some(1));
+    assert!(
+        !cache.serves(&r.id),
+        "a copy older than the invalidation is served"
+    );
+}
+
+/// Ten loads of one missing session at once: one store call, and all ten get the record.
+#[tokio::test]
+async fn concurrent_misses_of_one_session_make_one_store_call() {
+    let (cache, inner, hold) = cache().await;
+    let r = sessile_conformance::record(None, 1);
+    inner.create(&r, WriteId::random()).await.expect("create");
+    hold.armed.store(true, Ordering::SeqCst);
+    let loads: Vec<_> = (0..10)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.load(r.id).await })
+        })
+        .collect();
+    hold.reached.notified().await;
+    // On this single-threaded runtime one yield lets every other load run up to where it waits.
+    tokio::task::yield_now().await;
+    hold.release.notify_one();
+    for load in loads {
+        assert_eq!(load.await.expect("task").expect("load"), Some(r.clone()));
+    }
+    assert_eq!(hold.loads.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.stats().misses, 10);
+}
+
+/// This instance's own save comes back as an invalidation of the version it wrote: the copy
+/// stays. A newer version written elsewhere drops it.
+#[tokio::test]
+async fn an_own_write_coming_back_keeps_the_copy_and_a_newer_one_drops_it() {
+    let (cache, inner, hold) = cache().await;
+    let r = sessile_conformance::record(None, 1);
+    cache.create(&r, WriteId::random()).await.expect("create");
+    let mut next = r.clone();
+    next.version = 2;
+    cache.save(&next, 1, WriteId::random()).await.expect("save");
+    assert!(cache.serves(&r.id));
+    let changed = |v| Invalidation::Changed {
+        id: r.id,
+        version: Some(v),
+        at: None,
+    };
+    inner.emit(changed(2));
+    assert!(cache.serves(&r.id), "its own write dropped the copy");
+    assert_eq!(cache.load(r.id).await.expect("hit"), Some(next.clone()));
+    assert_eq!(
+        hold.loads.load(Ordering::SeqCst),
+        0,
+        "served from the cache"
+    );
+    inner.emit(changed(3));
+    assert!(!cache.serves(&r.id));
+}
+
+/// A touch moves the deadline of the local copy and drops nothing.
+#[tokio::test]
+async fn a_touch_updates_the_copy_and_keeps_it() {
+    let (cache, _inner, hold) = cache().await;
+    let r = sessile_conformance::record(None, 1);
+    cache.create(&r, WriteId::random()).await.expect("create");
+    let later = r.idle_deadline + 60_000;
+    cache.touch(r.id, later).await.expect("touch");
+    let got = cache.load(r.id).await.expect("load").expect("found");
+    assert_eq!(got.idle_deadline, later);
+    assert_eq!(
+        hold.loads.load(Ordering::SeqCst),
+        0,
+        "served from the cache"
+    );
+}
+
+/// While the stream is paused nothing is served or cached; after it resumes, copies made before
+/// are gone and new ones are served.
+#[tokio::test]
+async fn a_paused_stream_serves_nothing_and_a_resume_starts_afresh() {
+    let (cache, inner, hold) = cache().await;
+    let r = sessile_conformance::record(None, 1);
+    cache.create(&r, WriteId::random()).await.expect("create");
+    assert!(cache.serves(&r.id));
+    inner.emit(Invalidation::Paused(FlushCause::Lost));
+    assert!(!cache.serves(&r.id));
+    cache.load(r.id).await.expect("load");
+    assert!(!cache.serves(&r.id), "cached while paused");
+    assert_eq!(hold.loads.load(Ordering::SeqCst), 1);
+    inner.emit(Invalidation::Resumed);
+    cache.load(r.id).await.expect("load");
+    assert!(cache.serves(&r.id));
+}
+
+/// A lagged stream, an emptied database, a topology change, a reconnect: each drops every copy.
+#[tokio::test]
+async fn every_flush_cause_drops_every_copy() {
+    let (cache, inner, _hold) = cache().await;
+    for cause in [
+        FlushCause::Lagged,
+        FlushCause::Flushall,
+        FlushCause::Topology,
+        FlushCause::Reconnect,
+    ] {
+        let records: Vec<_> = (0..3)
+            .map(|n| sessile_conformance::record(None, n))
+            .collect();
+        for r in &records {
+            cache.create(r, WriteId::random()).await.expect("create");
+            assert!(cache.serves(&r.id));
+        }
+        inner.emit(Invalidation::Flush(cause));
+        for r in &records {
+            assert!(!cache.serves(&r.id), "{cause:?}");
+        }
+    }
+    assert_eq!(cache.stats().flushes, 4);
+}
+
+/// No copy outlives the max age, whatever the stream says (here: nothing).
+#[tokio::test]
+async fn no_copy_is_served_after_the_max_age() {
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let (cache, _inner, _hold) = cache_with(Some(clock.clone())).await;
+    let mut r = sessile_conformance::record(None, 1);
+    r.idle_deadline = Clock::now_ms(clock.as_ref()) + 3_600_000;
+    r.meta.absolute_deadline = r.idle_deadline;
+    cache.create(&r, WriteId::random()).await.expect("create");
+    clock.advance(Duration::from_millis(2_999));
+    assert!(cache.serves(&r.id));
+    clock.advance(Duration::from_millis(1));
+    assert!(!cache.serves(&r.id), "served at the max age");
+}
