@@ -176,6 +176,25 @@ async fn main() {
                 .expect("connect to redis");
             sessile_app::app(store)
         }
+        "sessile-redis-cached" => {
+            let store = sessile_redis::RedisStore::connect(&redis())
+                .await
+                .expect("connect to redis");
+            let cache = sessile::store::CachedStore::new(store)
+                .await
+                .expect("cache");
+            sessile_app::app(cache)
+        }
+        "tower-sessions-redis-cached" => {
+            use fred::prelude::*;
+            let config = Config::from_url(&redis()).expect("redis URL");
+            let pool = Builder::from_config(config).build_pool(6).expect("pool");
+            pool.init().await.expect("connect to redis");
+            // tower-sessions' documented caching set-up: moka (here 10 000 sessions) in front.
+            let cache = tower_sessions_moka_store::MokaStore::new(Some(10_000));
+            let store = tower_sessions_redis_store::RedisStore::new(pool);
+            tower_sessions_app::app(tower_sessions::CachingSessionStore::new(cache, store))
+        }
         "tower-sessions-memory" => tower_sessions_app::app(tower_sessions::MemoryStore::default()),
         "tower-sessions-redis" => {
             use fred::prelude::*;

@@ -28,8 +28,10 @@ const CONTENDERS: &[&str] = &[
     "bare",
     "sessile-memory",
     "sessile-redis",
+    "sessile-redis-cached",
     "tower-sessions-memory",
     "tower-sessions-redis",
+    "tower-sessions-redis-cached",
 ];
 const WORKLOADS: &[&str] = &["read", "incr", "login", "mixed", "race"];
 /// Race workload: clients and increments each, on one session.
@@ -402,7 +404,7 @@ async fn run(args: &[String]) {
                     continue;
                 }
                 redis.cli(&["flushall"]);
-                let instances = if *workload == "race" && contender.ends_with("redis") {
+                let instances = if *workload == "race" && contender.contains("redis") {
                     2
                 } else {
                     1
@@ -455,13 +457,13 @@ async fn run(args: &[String]) {
                     p999_ms: ms_at(&hist, 0.999),
                     errors,
                     redis_commands_per_request: contender
-                        .ends_with("redis")
+                        .contains("redis")
                         .then(|| commands as f64 / requests.max(1) as f64),
                     peak_rss_kb: rss,
                     lost_updates: lost,
                     server_cpu_us_per_request: cpu.map(|(s, _)| s as f64 / requests.max(1) as f64),
                     redis_cpu_us_per_request: cpu
-                        .filter(|_| contender.ends_with("redis"))
+                        .filter(|_| contender.contains("redis"))
                         .map(|(_, r)| r as f64 / requests.max(1) as f64),
                 };
                 let line = serde_json::to_string(&row).expect("json");
@@ -542,6 +544,7 @@ fn peer_of(contender: &str) -> Option<&'static str> {
     match contender {
         "sessile-memory" => Some("tower-sessions-memory"),
         "sessile-redis" => Some("tower-sessions-redis"),
+        "sessile-redis-cached" => Some("tower-sessions-redis-cached"),
         _ => None,
     }
 }
@@ -615,7 +618,9 @@ type Panel = (&'static str, fn(&Cell) -> f64);
 
 /// Two grouped bar charts: throughput and p99, one group per workload, one bar per contender.
 fn chart(cells: &BTreeMap<(String, String), Cell>) -> String {
-    let colors = ["#888888", "#1f77b4", "#0b3d91", "#ff7f0e", "#b35806"];
+    let colors = [
+        "#888888", "#1f77b4", "#0b3d91", "#6baed6", "#ff7f0e", "#b35806", "#fdae6b",
+    ];
     let workloads: Vec<&str> = WORKLOADS.iter().copied().filter(|w| *w != "race").collect();
     let (w, h, top) = (900.0, 260.0, 40.0);
     let group = (w - 80.0) / workloads.len() as f64;
