@@ -5,7 +5,7 @@
 //! `sessile-core` alone, implement [`SessionStore`], and run the `sessile-conformance` suite
 //! against it; see the [example](sessile_core::store#a-store-of-your-own).
 
-mod cached;
+pub mod cached;
 mod memory;
 
 use std::future::Future;
