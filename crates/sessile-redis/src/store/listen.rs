@@ -25,11 +25,21 @@ struct Stream {
     start: Instant,
     /// Milliseconds after `start` when this listener's heartbeat last came back.
     seen: AtomicU64,
+    /// Pauses so far. A heartbeat carries the count it was sent at, and only one sent since the
+    /// latest pause resumes: an older one, still queued when the connection dropped, proves
+    /// nothing about the new subscription.
+    pauses: AtomicU64,
 }
 
 impl Stream {
     fn pause(&self, cause: FlushCause) {
         let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        // A new pause, or a connection event while paused (the subscription changed again):
+        // heartbeats sent before it prove nothing. A watchdog tick while already paused changes
+        // nothing, so that a heartbeat on its way still counts.
+        if !*paused || cause == FlushCause::Reconnect {
+            self.pauses.fetch_add(1, Ordering::AcqRel);
+        }
         if !*paused {
             *paused = true;
             tracing::warn!(
@@ -40,9 +50,14 @@ impl Stream {
         }
     }
 
-    fn heard_own_heartbeat(&self) {
-        self.seen.store(self.now(), Ordering::Relaxed);
+    /// This listener's heartbeat sent when `sent_at` pauses had happened came back: if none
+    /// happened since, the subscription works.
+    fn heard_own_heartbeat(&self, sent_at: u64) {
         let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        if sent_at != self.pauses.load(Ordering::Acquire) {
+            return;
+        }
+        self.seen.store(self.now(), Ordering::Relaxed);
         if *paused {
             *paused = false;
             tracing::info!("session cache resumed: the invalidation stream works");
@@ -62,8 +77,12 @@ impl Stream {
                 tracing::warn!("session cache flushed: the database was emptied");
                 (self.sink)(Invalidation::Flush(FlushCause::Flushall));
             }
-            if from == nonce {
-                self.heard_own_heartbeat();
+            let sent_at = from
+                .strip_prefix(nonce)
+                .and_then(|rest| rest.strip_prefix('.'))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(sent_at) = sent_at {
+                self.heard_own_heartbeat(sent_at);
             }
             return;
         }
@@ -152,6 +171,7 @@ impl PublishesInvalidations for RedisStore {
             paused: Mutex::new(false),
             start: Instant::now(),
             seen: AtomicU64::new(0),
+            pauses: AtomicU64::new(0),
         });
         stream.pause(FlushCause::Reconnect);
         let mut nonce = String::new();
@@ -219,11 +239,8 @@ impl PublishesInvalidations for RedisStore {
             loop {
                 tick.tick().await;
                 let marker = store.keys.cache_marker();
-                let beat = store.run(
-                    &store.scripts.heartbeat,
-                    marker,
-                    vec![Value::from(nonce.as_str())],
-                );
+                let from = format!("{nonce}.{}", s.pauses.load(Ordering::Acquire));
+                let beat = store.run(&store.scripts.heartbeat, marker, vec![Value::from(from)]);
                 // A heartbeat that takes longer than a period is as good as lost.
                 let _ = tokio::time::timeout(period, beat).await;
                 if s.now().saturating_sub(s.seen.load(Ordering::Relaxed)) > late {

@@ -234,6 +234,30 @@ struct Stamp {
     paused: bool,
 }
 
+/// Ends a load's flight when its caller is done with it or dropped mid-call (so that a cancelled
+/// load leaves nothing behind); a newer flight of the same session is left alone.
+struct Flight<'a> {
+    flights: &'a Mutex<HashMap<SessionId, Arc<OnceCell<Loaded>>>>,
+    id: SessionId,
+    cell: &'a Arc<OnceCell<Loaded>>,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        // Done, or nobody else holds it (the map and this caller): a caller that gives up while
+        // others wait leaves the flight to them.
+        let over = self.cell.initialized() || Arc::strong_count(self.cell) <= 2;
+        if over
+            && flights
+                .get(&self.id)
+                .is_some_and(|c| Arc::ptr_eq(c, self.cell))
+        {
+            flights.remove(&self.id);
+        }
+    }
+}
+
 /// A finished load, with the stamp it began at.
 type Loaded = (Option<Record>, Stamp);
 
@@ -347,39 +371,43 @@ impl<S: PublishesInvalidations> Shared<S> {
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("sessile_cache_misses_total").increment(1);
-        let cell = self
-            .flights
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(id)
-            .or_default()
-            .clone();
-        let asked = self.stamp(&id);
-        let result = cell
-            .get_or_try_init(|| async {
-                let stamp = self.stamp(&id);
-                let loaded = self.store.load(id).await?;
-                if let Some(record) = &loaded {
-                    self.insert(record, stamp);
-                }
-                Ok::<_, StoreError>((loaded, stamp))
-            })
-            .await
-            .cloned();
-        {
-            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-            if flights.get(&id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                flights.remove(&id);
+        // A caller that joined a load begun before an invalidation it may have asked after
+        // starts a new one; after a few such rounds (a key invalidated all the time) it reads
+        // alone.
+        for _ in 0..3 {
+            let asked = self.stamp(&id);
+            let cell = self
+                .flights
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(id)
+                .or_default()
+                .clone();
+            let flight = Flight {
+                flights: &self.flights,
+                id,
+                cell: &cell,
+            };
+            let result = cell
+                .get_or_try_init(|| async {
+                    let stamp = self.stamp(&id);
+                    let loaded = self.store.load(id).await?;
+                    if let Some(record) = &loaded {
+                        self.insert(record, stamp);
+                    }
+                    Ok::<_, StoreError>((loaded, stamp))
+                })
+                .await
+                .cloned();
+            drop(flight);
+            let (loaded, began) = result?;
+            if (began.epoch, began.generation) == (asked.epoch, asked.generation) || began == asked
+            {
+                metrics::gauge!("sessile_cache_entries").set(self.cache.entry_count() as f64);
+                return Ok(loaded);
             }
         }
-        let (loaded, began) = result?;
-        // A load that began before this caller asked, and was overtaken by an invalidation
-        // since: this caller may have asked after the write it announces, so it reads again.
-        if began != asked && (began.epoch, began.generation) != (asked.epoch, asked.generation) {
-            return self.store.load(id).await;
-        }
-        metrics::gauge!("sessile_cache_entries").set(self.cache.entry_count() as f64);
-        Ok(loaded)
+        self.store.load(id).await
     }
 
     /// Runs a write of `ids`: every copy of them goes stale first, and the write's result is
