@@ -300,6 +300,9 @@ impl<S: SessionStore> SessionStore for ManualInvalidations<S> {
     fn clock(&self) -> Option<Arc<dyn Clock>> {
         self.inner.clock()
     }
+    fn system_name(&self) -> &'static str {
+        self.inner.system_name()
+    }
 }
 
 impl<S: SessionStore> PublishesInvalidations for ManualInvalidations<S> {

@@ -255,3 +255,52 @@ impl PublishesInvalidations for RedisStore {
 async fn stop_client(client: &SubscriberClient) {
     let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream() -> (Stream, Arc<Mutex<Vec<Invalidation>>>) {
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let h = heard.clone();
+        let stream = Stream {
+            sink: Arc::new(move |e| h.lock().expect("lock").push(e)),
+            paused: Mutex::new(false),
+            start: Instant::now(),
+            seen: AtomicU64::new(0),
+            pauses: AtomicU64::new(0),
+        };
+        (stream, heard)
+    }
+
+    /// A heartbeat sent before the subscriber's connection dropped, read after, does not resume
+    /// the cache; one sent after the drop does.
+    #[test]
+    fn only_a_heartbeat_sent_since_the_latest_pause_resumes() {
+        let (s, heard) = stream();
+        s.pause(FlushCause::Reconnect);
+        s.message("hb:n.1:1", "n");
+        s.pause(FlushCause::Reconnect);
+        s.message("hb:n.1:1", "n");
+        assert_eq!(
+            *heard.lock().expect("lock"),
+            [
+                Invalidation::Paused(FlushCause::Reconnect),
+                Invalidation::Resumed,
+                Invalidation::Paused(FlushCause::Reconnect),
+            ],
+            "the old heartbeat resumed the cache"
+        );
+        // A watchdog tick while paused does not outdate a heartbeat on its way.
+        s.pause(FlushCause::Lost);
+        s.message("hb:n.2:1", "n");
+        s.message("hb:other.2:0", "n");
+        assert_eq!(
+            heard.lock().expect("lock")[3..],
+            [
+                Invalidation::Resumed,
+                Invalidation::Flush(FlushCause::Flushall)
+            ]
+        );
+    }
+}

@@ -401,8 +401,7 @@ impl<S: PublishesInvalidations> Shared<S> {
                 .cloned();
             drop(flight);
             let (loaded, began) = result?;
-            if (began.epoch, began.generation) == (asked.epoch, asked.generation) || began == asked
-            {
+            if (began.epoch, began.generation) == (asked.epoch, asked.generation) {
                 metrics::gauge!("sessile_cache_entries").set(self.cache.entry_count() as f64);
                 return Ok(loaded);
             }
