@@ -234,3 +234,21 @@ pub fn routes(gate: Arc<Gate>) -> Router {
             }),
         )
 }
+
+/// How long `cache` went on serving its copy of `id`, polled without sleeping; fails after a
+/// second (far above the invalidation delays measured, far below the default max age).
+pub async fn until_dropped<S: sessile::store::invalidation::PublishesInvalidations>(
+    cache: &sessile::store::CachedStore<S>,
+    id: &sessile::SessionId,
+) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    while cache.serves(id) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(1),
+            "still served after {:?}",
+            start.elapsed()
+        );
+        tokio::task::yield_now().await;
+    }
+    start.elapsed()
+}

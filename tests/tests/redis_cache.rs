@@ -4,14 +4,16 @@
 //! Redis and a lagged stream flush them; and the usual promises hold with the cache on.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
+use sessile::store::invalidation::Invalidation;
 use sessile::store::{CachedStore, WriteId};
 use sessile::{Hint, KeyRing, SessionManagerLayer, SessionStore, StoreError};
 use sessile_redis::RedisStore;
 use sessile_tests::redis::{RedisServer, TestRedis, unique_prefix};
-use sessile_tests::{CountingStore, Gate, routes, send};
+use sessile_tests::{CountingStore, Gate, Hook, Hooked, routes, send, until_dropped};
 
 async fn redis(url: &str, prefix: &str) -> RedisStore {
     RedisStore::builder(url)
@@ -34,21 +36,6 @@ sessile_conformance::store_conformance!(|| async {
     let store = cached(&server.url(), &unique_prefix()).await;
     (store, server)
 });
-
-/// How long `b` went on serving its copy of `id`, polled without sleeping; fails after a second
-/// (far above the delays measured, far below the max age).
-async fn until_dropped(b: &CachedStore<RedisStore>, id: &sessile::SessionId) -> Duration {
-    let start = Instant::now();
-    while b.serves(id) {
-        assert!(
-            start.elapsed() < Duration::from_secs(1),
-            "still served after {:?}",
-            start.elapsed()
-        );
-        tokio::task::yield_now().await;
-    }
-    start.elapsed()
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -265,4 +252,135 @@ async fn sixteen_clients_over_two_cached_instances_end_at_exactly_3200() {
         "3200 increments with caches: {hits} hits, {misses} misses, {redis_loads} Redis loads"
     );
     assert!(redis_loads <= misses, "every Redis load is a miss");
+}
+
+/// Holds the invalidation stream's task on the first event after [`arm`](Stall::arm) until
+/// [`release`](Stall::release): a consumer that fell behind.
+#[derive(Clone, Default)]
+struct Stall {
+    armed: Arc<AtomicBool>,
+    held: Arc<tokio::sync::Notify>,
+    released: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl Stall {
+    fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+    fn release(&self) {
+        let (lock, wake) = &*self.released;
+        *lock.lock().expect("lock") = true;
+        wake.notify_all();
+    }
+}
+
+impl Hook for Stall {
+    async fn before(&self, _op: &'static str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn invalidation(&self, _event: &Invalidation) {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.held.notify_one();
+            // The worker's other tasks (the connection's reader among them) move to another
+            // thread meanwhile.
+            tokio::task::block_in_place(|| {
+                let (lock, wake) = &*self.released;
+                let released = lock.lock().expect("lock");
+                // Bounded: a test that fails before releasing does not hold the task for ever.
+                let _ = wake.wait_timeout_while(released, Duration::from_secs(10), |r| !*r);
+            });
+        }
+    }
+}
+
+/// B's stream falls behind (its task is held while 20 000 messages arrive, five times the room
+/// of its queue), and the change of a session B holds a copy of is among the messages lost: B
+/// flushes, and serves the new state, not its copy. The heartbeat and the max age are set long,
+/// so that only the lag can be what drops the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lagged_stream_flushes_the_cache() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix();
+    let a = cached(&server.url(), &prefix).await;
+    let stall = Stall::default();
+    let store = RedisStore::builder(server.url())
+        .prefix(&prefix)
+        .invalidation_heartbeat(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("connect");
+    let b = CachedStore::builder(Hooked::with_hook(store, stall.clone()))
+        .max_age(Duration::from_secs(60))
+        .build()
+        .await
+        .expect("cache");
+    assert!(!b.is_paused());
+
+    let (s, t) = (
+        sessile_conformance::record(None, 1),
+        sessile_conformance::record(None, 2),
+    );
+    for r in [&s, &t] {
+        a.create(r, WriteId::random()).await.expect("create");
+    }
+    assert_eq!(b.load(s.id).await.expect("load"), Some(s.clone()));
+    assert!(b.serves(&s.id));
+    let flushes = b.stats().flushes;
+
+    // B's stream task is held on T's change...
+    stall.arm();
+    let held = stall.held.notified();
+    let mut t2 = t.clone();
+    t2.version = 2;
+    a.save(&t2, 1, WriteId::random()).await.expect("save T");
+    tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("B's stream task is held");
+    // ...while S changes and 20 000 other messages follow.
+    let mut s2 = s.clone();
+    s2.version = 2;
+    s2.data.insert("theme".into(), b"light".to_vec());
+    a.save(&s2, 1, WriteId::random()).await.expect("save S");
+    let channel = format!("{prefix}:inv");
+    server.cli(&[
+        "EVAL",
+        "for i = 1, 20000 do redis.call('PUBLISH', KEYS[1], 'noise') end",
+        "1",
+        &channel,
+    ]);
+    // Released once Redis has sent them all (no pub/sub client has output queued) and the
+    // subscribers' connections have read them (nothing left in their sockets).
+    let start = Instant::now();
+    while !delivered(&server) {
+        assert!(start.elapsed() < Duration::from_secs(10), "never delivered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stall.release();
+
+    until_dropped(&b, &s.id).await;
+    assert!(b.stats().flushes > flushes, "the lag flushed the cache");
+    assert_eq!(b.load(s.id).await.expect("reload"), Some(s2));
+}
+
+/// Whether every pub/sub client of `server` has been sent all its output and has read it: Redis
+/// holds none for it, and its socket (found by its port in `/proc/net/tcp`) has nothing unread.
+fn delivered(server: &RedisServer) -> bool {
+    let clients = server.cli(&["CLIENT", "LIST", "TYPE", "pubsub"]);
+    let tcp = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    clients.lines().all(|client| {
+        let port = client
+            .split(' ')
+            .find_map(|f| f.strip_prefix("addr="))
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .expect("a client address");
+        let unread = tcp.lines().skip(1).find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = f.get(1)?.rsplit_once(':')?.1;
+            (u16::from_str_radix(local_port, 16).ok()? == port)
+                .then(|| u64::from_str_radix(f.get(4)?.rsplit_once(':')?.1, 16).ok())
+                .flatten()
+        });
+        client.contains(" omem=0 ") && unread == Some(0)
+    })
 }

@@ -33,3 +33,54 @@ async fn log_out_everywhere_ends_sessions_rotating_on_two_instances() {
     eprintln!("Redis Cluster: {race:?}");
     assert_eq!(race.survivors, 0, "{race:?}");
 }
+
+/// The cache tier on a Cluster: 30 sessions spread over the slots of the three primaries; a
+/// change and a logout of each on A stop B serving its copy, and B then reads what A wrote. The
+/// scripts publish from whichever node holds the key; the Cluster carries the message to B's
+/// subscriber, connected to one node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caches_on_a_cluster_stop_serving_what_another_instance_changed() {
+    use sessile::SessionStore as _;
+    use sessile::store::{CachedStore, WriteId};
+
+    let mut cluster = RedisCluster::start();
+    let prefix = unique_prefix();
+    let mut caches = Vec::new();
+    for _ in 0..2 {
+        let store = RedisStore::builder(cluster.url())
+            .prefix(&prefix)
+            .connect()
+            .await
+            .expect("connect to the cluster");
+        let cache = CachedStore::new(store).await.expect("cache");
+        assert!(!cache.is_paused(), "the stream works once built");
+        caches.push(cache);
+    }
+    let (a, b) = (&caches[0], &caches[1]);
+    let records: Vec<_> = (0..30)
+        .map(|n| sessile_conformance::record(None, n))
+        .collect();
+    for r in &records {
+        a.create(r, WriteId::random()).await.expect("create");
+        assert_eq!(b.load(r.id).await.expect("load"), Some(r.clone()));
+        assert!(b.serves(&r.id));
+    }
+    let holding = cluster
+        .nodes()
+        .iter()
+        .filter(|n| n.cli(&["info", "replication"]).contains("role:master"))
+        .filter(|n| n.cli(&["dbsize"]).trim().parse::<u64>().unwrap_or(0) > 0)
+        .count();
+    assert_eq!(holding, 3, "the sessions are spread over every primary");
+    for r in &records {
+        let mut next = r.clone();
+        next.version = 2;
+        next.data.insert("theme".into(), b"light".to_vec());
+        a.save(&next, 1, WriteId::random()).await.expect("save");
+        sessile_tests::until_dropped(b, &r.id).await;
+        assert_eq!(b.load(r.id).await.expect("reload"), Some(next));
+        a.destroy(r.id).await.expect("logout");
+        sessile_tests::until_dropped(b, &r.id).await;
+        assert_eq!(b.load(r.id).await.expect("after logout"), None);
+    }
+}

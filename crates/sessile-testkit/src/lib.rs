@@ -36,6 +36,10 @@ pub struct Hooked<S, H> {
 pub trait Hook: Send + Sync + 'static {
     /// Called with the operation's name; an error is returned instead of calling the store.
     fn before(&self, op: &'static str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Called with every event of the wrapped store's invalidation stream before the listener
+    /// hears it, on the stream's own task: a hook that blocks here is a consumer that fell behind.
+    fn invalidation(&self, _event: &Invalidation) {}
 }
 
 impl<S, H> Hooked<S, H> {
@@ -228,9 +232,15 @@ impl Hook for Faults {
     }
 }
 
-impl<S: PublishesInvalidations, H: Hook> PublishesInvalidations for Hooked<S, H> {
+impl<S: PublishesInvalidations, H: Hook + Clone> PublishesInvalidations for Hooked<S, H> {
     async fn listen(&self, sink: InvalidationSink) -> Result<Listening, StoreError> {
-        self.inner.listen(sink).await
+        let hook = self.hook.clone();
+        self.inner
+            .listen(Arc::new(move |event| {
+                hook.invalidation(&event);
+                sink(event);
+            }))
+            .await
     }
 }
 

@@ -4,7 +4,8 @@
 //!   theme, locale, time zone, CSRF token) and sets its cookie;
 //! * `GET /read` answers the session's user;
 //! * `POST /incr` increments the session's counter (sessile: `update`, an atomic read-modify-write;
-//!   tower-sessions: `get` then `insert`, its documented way) and answers the new value.
+//!   tower-sessions: `get` then `insert`, its documented way) and answers the new value;
+//! * `POST /logout` ends the session (sessile: `destroy`; tower-sessions: `flush`).
 //!
 //! Contenders, each with its documented defaults: `bare` (axum, no sessions: the ceiling),
 //! `sessile-memory`, `sessile-redis`, `tower-sessions-memory`, `tower-sessions-redis`.
@@ -59,6 +60,7 @@ fn bare() -> Router {
         )
         .route("/read", get(|| async { "user" }))
         .route("/incr", post(|| async { "1" }))
+        .route("/logout", post(|| async { "" }))
 }
 
 mod sessile_app {
@@ -99,6 +101,13 @@ mod sessile_app {
                 post(|s: Session| async move {
                     s.update("counter", |n: Option<u64>| n.unwrap_or(0) + 1)
                         .map(|n| n.to_string())
+                }),
+            )
+            .route(
+                "/logout",
+                post(|s: Session| async move {
+                    s.destroy();
+                    ""
                 }),
             )
             .layer(layer)
@@ -144,6 +153,13 @@ mod tower_sessions_app {
                     let n: u64 = s.get("counter").await.map_err(fail)?.unwrap_or(0) + 1;
                     s.insert("counter", n).await.map_err(fail)?;
                     Ok::<_, (StatusCode, String)>(n.to_string())
+                }),
+            )
+            .route(
+                "/logout",
+                post(|s: Session| async move {
+                    s.flush().await.map_err(fail)?;
+                    Ok::<_, (StatusCode, String)>("")
                 }),
             )
             .layer(SessionManagerLayer::new(store))

@@ -5,7 +5,9 @@
 //!   interleaved, in an order rotated per cell so drift hits all alike) starts a fresh
 //!   `bench-server`, logs its users in, measures, and prints one JSON line: req/s, p50/p99/p99.9,
 //!   errors, Redis commands per request (from `INFO commandstats`), the server's peak RSS, and for
-//!   the race workload the lost updates.
+//!   the race workload the lost updates. The `stale` workload (Redis contenders, two instances)
+//!   logs a session in on one, reads it on the other, logs it out on the first and reports how
+//!   long the second goes on serving it.
 //! * `bench report FILE [--md docs/benchmarks.md] [--svg docs/benchmarks.svg]` writes the tables
 //!   of medians and ratios and the chart.
 //! * `bench memory [--sessions 1000000]` measures bytes per stored session in `MemoryStore`.
@@ -33,7 +35,10 @@ const CONTENDERS: &[&str] = &[
     "tower-sessions-redis",
     "tower-sessions-redis-cached",
 ];
-const WORKLOADS: &[&str] = &["read", "incr", "login", "mixed", "race"];
+const WORKLOADS: &[&str] = &["read", "incr", "login", "mixed", "race", "stale"];
+/// Stale workload: sessions logged out, and how long a reader on the other instance is watched.
+const STALE_SESSIONS: usize = 20;
+const STALE_LIMIT: Duration = Duration::from_secs(2);
 /// Race workload: clients and increments each, on one session.
 const RACE_CLIENTS: usize = 16;
 const RACE_EACH: usize = 200;
@@ -59,6 +64,10 @@ struct Row {
     /// CPU time Redis used per measured request, in microseconds.
     #[serde(default)]
     redis_cpu_us_per_request: Option<f64>,
+    /// Stale workload: how long, after the logout's reply on one instance, the other instance
+    /// went on serving the session (ms; sessions still served at the limit count as the limit).
+    #[serde(default)]
+    stale_ms: Option<Vec<f64>>,
 }
 
 fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
@@ -367,6 +376,55 @@ async fn race(
     (hist.len(), elapsed, hist, errors, expected - final_value)
 }
 
+/// Logs `STALE_SESSIONS` sessions in on `bases[0]`, reads each on `bases[1]` (so a cache there
+/// holds it), logs it out on `bases[0]`, then reads it on `bases[1]` back to back until it is no
+/// longer served, or `STALE_LIMIT` passes. Returns the requests made, their latencies, errors,
+/// and per session the time it was served after the logout's reply.
+async fn staleness(
+    bases: &[String],
+    contender: &str,
+) -> (u64, f64, hdrhistogram::Histogram<u64>, u64, Vec<f64>) {
+    let shared = client();
+    let cookie = cookie_name(contender);
+    let (mut hist, mut errors, mut stale) = (histogram(), 0u64, Vec::new());
+    let start = Instant::now();
+    for i in 0..STALE_SESSIONS {
+        let user = format!("stale{i:03}");
+        let mut a = User::new(shared.clone(), &bases[0], cookie);
+        let r = a.send(Method::GET, &format!("/login?user={user}"), None).await;
+        assert_eq!(r.status, Some(StatusCode::OK), "login failed: {}", r.body);
+        let token = a.token.clone().expect("session cookie");
+        let mut b = User::new(shared.clone(), &bases[1], cookie);
+        b.token = Some(token.clone());
+        let r = b.send(Method::GET, "/read", None).await;
+        assert_eq!(r.body, user, "the other instance reads the session");
+        let r = a.send(Method::POST, "/logout", None).await;
+        assert_eq!(r.status, Some(StatusCode::OK), "logout failed: {}", r.body);
+        let out = Instant::now();
+        loop {
+            b.token = Some(token.clone());
+            let r = b.send(Method::GET, "/read", None).await;
+            errors += u64::from(r.status != Some(StatusCode::OK));
+            let _ = hist.record(
+                u64::try_from(r.latency.as_micros())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            );
+            let served = r.body == user;
+            if !served || out.elapsed() >= STALE_LIMIT {
+                let ms = if served {
+                    STALE_LIMIT.as_secs_f64() * 1e3
+                } else {
+                    out.elapsed().as_secs_f64() * 1e3
+                };
+                stale.push(ms);
+                break;
+            }
+        }
+    }
+    (hist.len(), start.elapsed().as_secs_f64(), hist, errors, stale)
+}
+
 async fn run(args: &[String]) {
     let repeats: usize = flag(args, "--repeats", 3);
     let seconds: f64 = flag(args, "--seconds", 5.0);
@@ -400,11 +458,14 @@ async fn run(args: &[String]) {
             // Rotate the order per cell: no contender always runs first or last.
             let order: Vec<&str> = (0..n).map(|i| contenders[(i + repeat + wi) % n]).collect();
             for contender in order {
-                if *workload == "race" && contender == "bare" {
+                let two = *workload == "race" || *workload == "stale";
+                if (*workload == "race" && contender == "bare")
+                    || (*workload == "stale" && !contender.contains("redis"))
+                {
                     continue;
                 }
                 redis.cli(&["flushall"]);
-                let instances = if *workload == "race" && contender.contains("redis") {
+                let instances = if two && contender.contains("redis") {
                     2
                 } else {
                     1
@@ -416,10 +477,16 @@ async fn run(args: &[String]) {
                     wait_ready(base, "/read", Duration::from_secs(30)).await;
                 }
                 let bases: Vec<String> = servers.iter().map(|(_, b)| b.clone()).collect();
+                let mut stale = None;
                 let (requests, secs, hist, errors, commands, lost, cpu) = if *workload == "race" {
                     redis.cli(&["config", "resetstat"]);
                     let (r, s, h, e, lost) = race(&bases, contender).await;
                     (r, s, h, e, redis_commands(&redis), Some(lost), None)
+                } else if *workload == "stale" {
+                    redis.cli(&["config", "resetstat"]);
+                    let (r, s, h, e, served) = staleness(&bases, contender).await;
+                    stale = Some(served);
+                    (r, s, h, e, redis_commands(&redis), None, None)
                 } else {
                     let logged = if *workload == "login" {
                         Vec::new()
@@ -465,6 +532,7 @@ async fn run(args: &[String]) {
                     redis_cpu_us_per_request: cpu
                         .filter(|_| contender.contains("redis"))
                         .map(|(_, r)| r as f64 / requests.max(1) as f64),
+                    stale_ms: stale,
                 };
                 let line = serde_json::to_string(&row).expect("json");
                 println!("{line}");
@@ -499,6 +567,8 @@ struct Cell {
     lost: Option<f64>,
     server_cpu: Option<f64>,
     redis_cpu: Option<f64>,
+    /// Stale workload: every session's time served after its logout, over all runs, sorted.
+    stale: Vec<f64>,
     runs: usize,
 }
 
@@ -533,6 +603,14 @@ fn cells(rows: &[Row]) -> BTreeMap<(String, String), Cell> {
                 redis_cpu: rs[0]
                     .redis_cpu_us_per_request
                     .map(|_| m(&|r| r.redis_cpu_us_per_request.unwrap_or(0.0))),
+                stale: {
+                    let mut all: Vec<f64> = rs
+                        .iter()
+                        .flat_map(|r| r.stale_ms.iter().flatten().copied())
+                        .collect();
+                    all.sort_by(f64::total_cmp);
+                    all
+                },
                 runs: rs.len(),
             };
             (k, cell)
@@ -567,6 +645,10 @@ fn report(args: &[String]) {
             continue;
         }
         out.push_str(&format!("\n### {workload}\n\n"));
+        if *workload == "stale" {
+            out.push_str(&stale_table(&cells));
+            continue;
+        }
         out.push_str("| contender | req/s | vs bare axum | vs tower-sessions | p50 ms | p99 ms | p99.9 ms | errors | Redis cmds/req | server CPU µs/req | Redis CPU µs/req | peak RSS MiB | lost updates | runs |\n");
         out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for contender in CONTENDERS {
@@ -603,6 +685,38 @@ fn report(args: &[String]) {
     println!("{out}");
 }
 
+/// The stale workload's table: how long the other instance served a logged-out session.
+fn stale_table(cells: &BTreeMap<(String, String), Cell>) -> String {
+    let limit = STALE_LIMIT.as_secs_f64() * 1e3;
+    let mut out = format!(
+        "Log out on instance A, then read on instance B (which read the session just before): \
+         how long B went on serving it after A's reply, watched for {limit:.0} ms.\n\n\
+         | contender | sessions | p50 ms | p99 ms | max ms | still served at {limit:.0} ms | runs |\n\
+         |---|---|---|---|---|---|---|\n"
+    );
+    for contender in CONTENDERS {
+        let Some(c) = cells.get(&("stale".to_owned(), (*contender).to_owned())) else {
+            continue;
+        };
+        let at = |q: f64| {
+            c.stale
+                .get(((c.stale.len().max(1) - 1) as f64 * q).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        out.push_str(&format!(
+            "| {contender} | {} | {:.3} | {:.3} | {:.3} | {} | {} |\n",
+            c.stale.len(),
+            at(0.5),
+            at(0.99),
+            at(1.0),
+            c.stale.iter().filter(|ms| **ms >= limit).count(),
+            c.runs,
+        ));
+    }
+    out
+}
+
 /// Replaces the text between the generated-results markers, keeping the hand-written rest.
 fn replace_generated(doc: &str, tables: &str) -> String {
     const BEGIN: &str = "<!-- results:begin -->";
@@ -621,7 +735,11 @@ fn chart(cells: &BTreeMap<(String, String), Cell>) -> String {
     let colors = [
         "#888888", "#1f77b4", "#0b3d91", "#6baed6", "#ff7f0e", "#b35806", "#fdae6b",
     ];
-    let workloads: Vec<&str> = WORKLOADS.iter().copied().filter(|w| *w != "race").collect();
+    let workloads: Vec<&str> = WORKLOADS
+        .iter()
+        .copied()
+        .filter(|w| *w != "race" && *w != "stale")
+        .collect();
     let (w, h, top) = (900.0, 260.0, 40.0);
     let group = (w - 80.0) / workloads.len() as f64;
     let bar = group / (CONTENDERS.len() as f64 + 1.0);
