@@ -876,3 +876,102 @@ async fn a_record_of_another_tenant_does_not_load_even_with_a_token_that_opens()
         assert_eq!(r.body, expected, "a record of tenant {tenant}");
     }
 }
+
+/// Two instances with affinity hints over one store, and the layer of each.
+fn pinned_pair(re_pin: bool) -> ([Router; 2], CountingStore<MemoryStore>) {
+    let store = CountingStore::new(MemoryStore::new());
+    let app = |node: &str| {
+        let layer = SessionManagerLayer::builder(store.clone(), keys())
+            .cookie_name(NAME)
+            .hint_source(sessile::AffinityHints::new(node).expect("node id"))
+            .re_pin(re_pin)
+            .build()
+            .expect("layer");
+        routes(Arc::new(Gate::default())).layer(layer)
+    };
+    ([app("node-a"), app("node-b")], store)
+}
+
+fn hint_node(token: &str) -> String {
+    sessile_affinity::RouteHint::from_cookie(token)
+        .expect("an affinity hint")
+        .node
+        .to_owned()
+}
+
+/// A session made on A, whose request the edge sent to B (A down, draining or full): B's
+/// response re-issues the cookie with B's hint, for the same session and route key, once; B's
+/// next requests carry it and re-issue nothing. Writes re-pin as well as reads.
+#[tokio::test]
+async fn a_rerouted_session_is_re_pinned_once() {
+    let (apps, store) = pinned_pair(true);
+    let a = send(&apps[0], Method::POST, "/incr", None, None).await;
+    let token_a = a.cookie_value(NAME).expect("a session");
+    assert_eq!(hint_node(&token_a), "node-a");
+    let key = sessile_affinity::RouteHint::from_cookie(&token_a)
+        .expect("hint")
+        .key;
+
+    // A read on B: the session is served, and its cookie now names B.
+    let b = send(
+        &apps[1],
+        Method::GET,
+        "/n",
+        Some(&format!("{NAME}={token_a}")),
+        None,
+    )
+    .await;
+    assert_eq!(b.body, "1");
+    let token_b = b.cookie_value(NAME).expect("re-pinned");
+    assert_eq!(hint_node(&token_b), "node-b");
+    assert_eq!(
+        sessile_affinity::RouteHint::from_cookie(&token_b).map(|h| h.key),
+        Some(key),
+        "the route key stays"
+    );
+    assert_eq!(store.count("touch"), 1, "the store confirmed the id first");
+    // Once: B's next requests carry B's hint.
+    let again = send(
+        &apps[1],
+        Method::GET,
+        "/n",
+        Some(&format!("{NAME}={token_b}")),
+        None,
+    )
+    .await;
+    assert_eq!((again.body.as_str(), again.set_cookie(NAME)), ("1", None));
+
+    // A write on A with B's cookie moves it back, with the write.
+    let w = send(
+        &apps[0],
+        Method::POST,
+        "/incr",
+        Some(&format!("{NAME}={token_b}")),
+        None,
+    )
+    .await;
+    assert_eq!(w.body, "2");
+    assert_eq!(
+        hint_node(&w.cookie_value(NAME).expect("re-pinned")),
+        "node-a"
+    );
+}
+
+#[tokio::test]
+async fn re_pinning_can_be_turned_off() {
+    let (apps, store) = pinned_pair(false);
+    let token = send(&apps[0], Method::POST, "/incr", None, None)
+        .await
+        .cookie_value(NAME)
+        .expect("a session");
+    let b = send(
+        &apps[1],
+        Method::GET,
+        "/n",
+        Some(&format!("{NAME}={token}")),
+        None,
+    )
+    .await;
+    assert_eq!((b.body.as_str(), b.set_cookie(NAME)), ("1", None));
+    assert_eq!(store.count("touch"), 0);
+}

@@ -1,5 +1,6 @@
 //! Where the routing hint of a new session comes from.
 
+use sessile_affinity::{RouteHint, route_key};
 use sessile_token::Hint;
 
 use crate::SessionId;
@@ -13,6 +14,43 @@ use crate::SessionId;
 pub trait HintSource: Send + Sync + 'static {
     /// The hint for a session about to be created or rotated to `id`.
     fn hint_for(&self, id: &SessionId) -> Hint;
+}
+
+/// Hints for a node that an affinity-aware edge routes on: `<route key>-<node id>` (see
+/// [`sessile_affinity::RouteHint`]), where the route key is a stable number derived from the
+/// session id, which the edge hashes when the node cannot take the request.
+///
+/// ```
+/// let hints = sessile::AffinityHints::new("node-a").unwrap();
+/// # let _ = sessile::SessionManagerLayer::builder(sessile::MemoryStore::new(), sessile::KeyRing::random(1))
+/// #     .hint_source(hints);
+/// ```
+#[derive(Debug, Clone)]
+pub struct AffinityHints {
+    node: Box<str>,
+}
+
+impl AffinityHints {
+    /// Hints naming `node`: 1 to 23 characters of `[A-Za-z0-9_-]`.
+    pub fn new(node: &str) -> Result<Self, sessile_token::TokenConfigError> {
+        let probe = RouteHint { key: 0, node };
+        if RouteHint::parse(&probe.to_string()) != Some(probe) {
+            return Err(sessile_token::TokenConfigError::BadHint {
+                max: sessile_token::MAX_HINT_LEN,
+            });
+        }
+        Ok(Self { node: node.into() })
+    }
+}
+
+impl HintSource for AffinityHints {
+    fn hint_for(&self, id: &SessionId) -> Hint {
+        let hint = RouteHint {
+            key: route_key(id.as_bytes()),
+            node: &self.node,
+        };
+        Hint::new(&hint.to_string()).unwrap_or_default()
+    }
 }
 
 impl HintSource for Hint {

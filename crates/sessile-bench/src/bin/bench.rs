@@ -68,6 +68,9 @@ struct Row {
     /// went on serving the session (ms; sessions still served at the limit count as the limit).
     #[serde(default)]
     stale_ms: Option<Vec<f64>>,
+    /// Stale workload: reads after the logout that still answered the logged-out user.
+    #[serde(default)]
+    stale_reads: Option<u64>,
 }
 
 fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
@@ -379,19 +382,22 @@ async fn race(
 /// Logs `STALE_SESSIONS` sessions in on `bases[0]`, reads each on `bases[1]` (so a cache there
 /// holds it), logs it out on `bases[0]`, then reads it on `bases[1]` back to back until it is no
 /// longer served, or `STALE_LIMIT` passes. Returns the requests made, their latencies, errors,
-/// and per session the time it was served after the logout's reply.
+/// per session the time until the first read that no longer served it (that read's round trip
+/// included), and the reads that still served it.
 async fn staleness(
     bases: &[String],
     contender: &str,
-) -> (u64, f64, hdrhistogram::Histogram<u64>, u64, Vec<f64>) {
+) -> (u64, f64, hdrhistogram::Histogram<u64>, u64, Vec<f64>, u64) {
     let shared = client();
     let cookie = cookie_name(contender);
-    let (mut hist, mut errors, mut stale) = (histogram(), 0u64, Vec::new());
+    let (mut hist, mut errors, mut stale, mut stale_reads) = (histogram(), 0u64, Vec::new(), 0u64);
     let start = Instant::now();
     for i in 0..STALE_SESSIONS {
         let user = format!("stale{i:03}");
         let mut a = User::new(shared.clone(), &bases[0], cookie);
-        let r = a.send(Method::GET, &format!("/login?user={user}"), None).await;
+        let r = a
+            .send(Method::GET, &format!("/login?user={user}"), None)
+            .await;
         assert_eq!(r.status, Some(StatusCode::OK), "login failed: {}", r.body);
         let token = a.token.clone().expect("session cookie");
         let mut b = User::new(shared.clone(), &bases[1], cookie);
@@ -411,6 +417,7 @@ async fn staleness(
                     .max(1),
             );
             let served = r.body == user;
+            stale_reads += u64::from(served);
             if !served || out.elapsed() >= STALE_LIMIT {
                 let ms = if served {
                     STALE_LIMIT.as_secs_f64() * 1e3
@@ -422,7 +429,14 @@ async fn staleness(
             }
         }
     }
-    (hist.len(), start.elapsed().as_secs_f64(), hist, errors, stale)
+    (
+        hist.len(),
+        start.elapsed().as_secs_f64(),
+        hist,
+        errors,
+        stale,
+        stale_reads,
+    )
 }
 
 async fn run(args: &[String]) {
@@ -477,15 +491,15 @@ async fn run(args: &[String]) {
                     wait_ready(base, "/read", Duration::from_secs(30)).await;
                 }
                 let bases: Vec<String> = servers.iter().map(|(_, b)| b.clone()).collect();
-                let mut stale = None;
+                let (mut stale, mut stale_reads) = (None, None);
                 let (requests, secs, hist, errors, commands, lost, cpu) = if *workload == "race" {
                     redis.cli(&["config", "resetstat"]);
                     let (r, s, h, e, lost) = race(&bases, contender).await;
                     (r, s, h, e, redis_commands(&redis), Some(lost), None)
                 } else if *workload == "stale" {
                     redis.cli(&["config", "resetstat"]);
-                    let (r, s, h, e, served) = staleness(&bases, contender).await;
-                    stale = Some(served);
+                    let (r, s, h, e, served, reads) = staleness(&bases, contender).await;
+                    (stale, stale_reads) = (Some(served), Some(reads));
                     (r, s, h, e, redis_commands(&redis), None, None)
                 } else {
                     let logged = if *workload == "login" {
@@ -533,6 +547,7 @@ async fn run(args: &[String]) {
                         .filter(|_| contender.contains("redis"))
                         .map(|(_, r)| r as f64 / requests.max(1) as f64),
                     stale_ms: stale,
+                    stale_reads,
                 };
                 let line = serde_json::to_string(&row).expect("json");
                 println!("{line}");
@@ -569,6 +584,8 @@ struct Cell {
     redis_cpu: Option<f64>,
     /// Stale workload: every session's time served after its logout, over all runs, sorted.
     stale: Vec<f64>,
+    /// Stale workload: reads that served a logged-out session, over all runs.
+    stale_reads: u64,
     runs: usize,
 }
 
@@ -611,6 +628,7 @@ fn cells(rows: &[Row]) -> BTreeMap<(String, String), Cell> {
                     all.sort_by(f64::total_cmp);
                     all
                 },
+                stale_reads: rs.iter().filter_map(|r| r.stale_reads).sum(),
                 runs: rs.len(),
             };
             (k, cell)
@@ -690,9 +708,10 @@ fn stale_table(cells: &BTreeMap<(String, String), Cell>) -> String {
     let limit = STALE_LIMIT.as_secs_f64() * 1e3;
     let mut out = format!(
         "Log out on instance A, then read on instance B (which read the session just before): \
-         how long B went on serving it after A's reply, watched for {limit:.0} ms.\n\n\
-         | contender | sessions | p50 ms | p99 ms | max ms | still served at {limit:.0} ms | runs |\n\
-         |---|---|---|---|---|---|---|\n"
+         the time from A's reply to B's first answer without it (that request's round trip \
+         included), watched for {limit:.0} ms, and the reads B answered with it meanwhile.\n\n\
+         | contender | sessions | p50 ms | p99 ms | max ms | still served at {limit:.0} ms | stale reads | runs |\n\
+         |---|---|---|---|---|---|---|---|\n"
     );
     for contender in CONTENDERS {
         let Some(c) = cells.get(&("stale".to_owned(), (*contender).to_owned())) else {
@@ -705,12 +724,13 @@ fn stale_table(cells: &BTreeMap<(String, String), Cell>) -> String {
                 .unwrap_or(f64::NAN)
         };
         out.push_str(&format!(
-            "| {contender} | {} | {:.3} | {:.3} | {:.3} | {} | {} |\n",
+            "| {contender} | {} | {:.3} | {:.3} | {:.3} | {} | {} | {} |\n",
             c.stale.len(),
             at(0.5),
             at(0.99),
             at(1.0),
             c.stale.iter().filter(|ms| **ms >= limit).count(),
+            c.stale_reads,
             c.runs,
         ));
     }

@@ -157,6 +157,9 @@ impl RequestSession {
         let cookie_due = self.cookie_due(&incoming, now);
         if !st.dirty && !st.cycle {
             self.touch_only(&base, now, cookie_due, out).await;
+            if incoming.re_pin && matches!(out.cookie, CookieAction::Set { .. }) {
+                metrics::counter!("sessile_affinity_repins_total").increment(1);
+            }
             return;
         }
         // Waiting here is bounded by the other writers' store deadlines, all of which finish.
@@ -170,14 +173,22 @@ impl RequestSession {
             return;
         };
         if writer.cycle || cookie_due {
-            out.cookie = self.issue_token(written.id, &written.hint, written.idle_deadline, now);
+            // A re-pin seals this node's hint; a rotation already has it.
+            let hint = if incoming.re_pin && !writer.cycle {
+                metrics::counter!("sessile_affinity_repins_total").increment(1);
+                self.shared.hints.hint_for(&written.id).as_str().to_owned()
+            } else {
+                written.hint
+            };
+            out.cookie = self.issue_token(written.id, &hint, written.idle_deadline, now);
         }
     }
 
     /// Whether the response must carry a fresh token: the cookie was sealed with an old key, or
     /// its own expiry (`Max-Age`) is due to move.
     fn cookie_due(&self, incoming: &Incoming, now: UnixMillis) -> bool {
-        !incoming.sealed_with_primary
+        incoming.re_pin
+            || !incoming.sealed_with_primary
             || (self.shared.config.cookie.persistent
                 && (now / 1000).saturating_sub(u64::from(incoming.issued_at)) * 1000
                     >= self.renew_after_ms())
@@ -220,7 +231,13 @@ impl RequestSession {
             }
         }
         if cookie_due {
-            out.cookie = self.issue_token(base.id, &base.meta.hint, deadline, now);
+            let hint = match self.incoming() {
+                Some(incoming) if incoming.re_pin => {
+                    self.shared.hints.hint_for(&base.id).as_str().to_owned()
+                }
+                _ => base.meta.hint.clone(),
+            };
+            out.cookie = self.issue_token(base.id, &hint, deadline, now);
         }
     }
 

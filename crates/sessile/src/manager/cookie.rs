@@ -115,10 +115,17 @@ pub(crate) fn read_token(shared: &Shared, cookies: &[HeaderValue]) -> Option<Inc
             }
             match opened {
                 Ok(opened) => {
+                    let id = SessionId::from_bytes(opened.claims.session_id);
                     return Some(Incoming {
-                        id: SessionId::from_bytes(opened.claims.session_id),
+                        id,
                         issued_at: opened.claims.issued_at,
                         sealed_with_primary: opened.sealed_with_primary,
+                        re_pin: shared.re_pin.as_ref().is_some_and(|decide| {
+                            let own = shared.hints.hint_for(&id);
+                            !own.is_empty()
+                                && own.as_str() != opened.hint
+                                && decide(opened.hint, own.as_str())
+                        }),
                     });
                 }
                 Err(e) => {

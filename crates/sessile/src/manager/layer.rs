@@ -8,7 +8,7 @@ use tower_layer::Layer;
 
 use sessile_breaker::SharedBreaker;
 
-use super::shared::commit_stripes;
+use super::shared::{RePinHook, commit_stripes};
 use super::{RecentCopies, SessionManager, Shared, StoreHandle};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{DegradedMode, SessionConfig};
@@ -42,6 +42,7 @@ impl SessionManagerLayer {
             keys,
             config: SessionConfig::default(),
             hints: Arc::new(Hint::empty()),
+            re_pin: Some(Arc::new(|_: &str, _: &str| true)),
             clock: None,
             breaker: BreakerChoice::Default,
             on_save_error: None,
@@ -94,6 +95,7 @@ pub struct SessionManagerBuilder {
     clock: Option<Arc<dyn Clock>>,
     breaker: BreakerChoice,
     on_save_error: Option<super::SaveErrorHook>,
+    re_pin: Option<RePinHook>,
 }
 
 impl fmt::Debug for SessionManagerBuilder {
@@ -209,9 +211,30 @@ impl SessionManagerBuilder {
         self
     }
 
-    /// Chooses routing hints per session (overrides [`node_hint`](Self::node_hint)).
+    /// Chooses routing hints per session (overrides [`node_hint`](Self::node_hint)); for an
+    /// edge that routes on hints, [`AffinityHints`](crate::AffinityHints).
     pub fn hint_source(mut self, source: impl HintSource) -> Self {
         self.hints = Arc::new(source);
+        self
+    }
+
+    /// Whether a session whose cookie names another node (the edge rerouted the request: that
+    /// node is down, draining away, or full) gets its cookie re-issued with this node's hint, so
+    /// that its next requests stay here, where it is now warm. Default: on. Each re-issue costs
+    /// one store touch, once per move; turn it off when nothing routes on the hint (round
+    /// robin would move sessions all the time). Counted in `sessile_affinity_repins_total`.
+    pub fn re_pin(mut self, on: bool) -> Self {
+        self.re_pin = on.then(|| -> RePinHook { Arc::new(|_: &str, _: &str| true) });
+        self
+    }
+
+    /// Re-pins only when `decide(token's hint, this node's hint)` says so (see
+    /// [`re_pin`](Self::re_pin)).
+    pub fn re_pin_when(
+        mut self,
+        decide: impl Fn(&str, &str) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.re_pin = Some(Arc::new(decide));
         self
     }
 
@@ -310,6 +333,7 @@ impl SessionManagerBuilder {
                 commit_locks: commit_stripes(),
                 recent_copies,
                 on_save_error: self.on_save_error,
+                re_pin: self.re_pin,
             }),
         })
     }

@@ -20,6 +20,9 @@ pub(crate) struct Incoming {
     pub(crate) id: SessionId,
     pub(crate) issued_at: u32,
     pub(crate) sealed_with_primary: bool,
+    /// The token's hint names another node than this one would give the session: re-issue it
+    /// with this node's hint (the request was rerouted here).
+    pub(crate) re_pin: bool,
 }
 
 /// What the loaded record looked like, minus its payload (which lives in [`State::data`]).

@@ -37,7 +37,14 @@ pub(crate) struct Shared {
     /// Recent copies, kept only for [`DegradedMode::RecentCopy`](crate::config::DegradedMode).
     pub(crate) recent_copies: Option<RecentCopies>,
     pub(crate) on_save_error: Option<SaveErrorHook>,
+    /// Decides whether a session whose token names another node is re-issued with this node's
+    /// hint (`None`: never).
+    pub(crate) re_pin: Option<RePinHook>,
 }
+
+/// Called with the token's hint and this node's hint for the session when they differ: whether
+/// to re-issue the cookie with this node's hint.
+pub type RePinHook = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
 
 pub(crate) fn commit_stripes() -> Box<[tokio::sync::Mutex<()>]> {
     (0..COMMIT_STRIPES)

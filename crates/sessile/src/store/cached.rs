@@ -83,6 +83,12 @@ impl<S: PublishesInvalidations> CachedStoreBuilder<S> {
             cache: moka::sync::Cache::builder()
                 .max_capacity(self.max_entries)
                 .time_to_live(self.max_age)
+                .eviction_listener(|_, _, cause| {
+                    if cause == moka::notification::RemovalCause::Expired {
+                        metrics::counter!("sessile_cache_invalidations_total", "cause" => "max_age")
+                            .increment(1);
+                    }
+                })
                 .build(),
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             epoch: AtomicU64::new(0),
@@ -282,10 +288,16 @@ impl<S: PublishesInvalidations> Shared<S> {
     fn cached(&self, id: &SessionId) -> Option<Arc<Entry>> {
         let entry = self.cache.get(id)?;
         let now = self.stamp(id);
+        if self.clock.instant().saturating_duration_since(entry.born) >= self.max_age {
+            // Before moka's own expiry (by another clock) drops it.
+            metrics::counter!("sessile_cache_invalidations_total", "cause" => "max_age")
+                .increment(1);
+            self.cache.invalidate(id);
+            return None;
+        }
         let fresh = !now.paused
             && entry.stamp.epoch == now.epoch
             && entry.stamp.generation == now.generation
-            && self.clock.instant().saturating_duration_since(entry.born) < self.max_age
             && !entry.record.is_expired(self.clock.now_ms());
         fresh.then_some(entry)
     }
