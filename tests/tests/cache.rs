@@ -13,10 +13,11 @@ use sessile::{MemoryStore, SessionStore, StoreError};
 use sessile_tests::{Hook, Hooked, ManualInvalidations};
 use tokio::sync::Notify;
 
-/// Holds the next load, once armed, until released; counts loads.
+/// Holds the next load (or save, `armed_save`), once armed, until released; counts loads.
 #[derive(Clone, Default)]
 struct HoldLoad {
     armed: Arc<AtomicBool>,
+    armed_save: Arc<AtomicBool>,
     reached: Arc<Notify>,
     release: Arc<Notify>,
     loads: Arc<std::sync::atomic::AtomicU64>,
@@ -30,6 +31,10 @@ impl Hook for HoldLoad {
                 self.reached.notify_one();
                 self.release.notified().await;
             }
+        }
+        if op == "save" && self.armed_save.swap(false, Ordering::SeqCst) {
+            self.reached.notify_one();
+            self.release.notified().await;
         }
         Ok(())
     }
@@ -210,4 +215,71 @@ async fn no_copy_is_served_after_the_max_age() {
     assert!(cache.serves(&r.id));
     clock.advance(Duration::from_millis(1));
     assert!(!cache.serves(&r.id), "served at the max age");
+}
+
+/// Redis sends a write's invalidation before the write's reply. This instance's own save, echoed
+/// while still in flight, is cached when its reply comes (no reload after every write); the same
+/// version made by another instance instead (this save then fails) leaves nothing cached.
+#[tokio::test]
+async fn an_own_save_echoed_before_its_reply_is_cached() {
+    let (cache, inner, hold) = cache().await;
+    let r = sessile_conformance::record(None, 1);
+    cache.create(&r, WriteId::random()).await.expect("create");
+    assert!(cache.serves(&r.id));
+    let mut next = r.clone();
+    next.version = 2;
+    next.data.insert("theme".into(), b"light".to_vec());
+
+    hold.armed_save.store(true, Ordering::SeqCst);
+    let saving = {
+        let (cache, next) = (cache.clone(), next.clone());
+        tokio::spawn(async move { cache.save(&next, 1, WriteId::random()).await })
+    };
+    hold.reached.notified().await;
+    inner.emit(Invalidation::Changed {
+        id: r.id,
+        version: Some(2),
+        at: None,
+    });
+    assert!(!cache.serves(&r.id), "the old copy went with the echo");
+    hold.release.notify_one();
+    saving.await.expect("task").expect("save");
+    assert!(cache.serves(&r.id), "the written copy is cached");
+    let loads = hold.loads.load(Ordering::SeqCst);
+    assert_eq!(cache.load(r.id).await.expect("hit"), Some(next.clone()));
+    assert_eq!(
+        hold.loads.load(Ordering::SeqCst),
+        loads,
+        "served from the cache"
+    );
+
+    // Version 3 is made elsewhere while this instance's save of version 3 is in flight.
+    let mut mine = next.clone();
+    mine.version = 3;
+    mine.data.insert("theme".into(), b"mine".to_vec());
+    let mut theirs = next.clone();
+    theirs.version = 3;
+    theirs.data.insert("theme".into(), b"theirs".to_vec());
+    hold.armed_save.store(true, Ordering::SeqCst);
+    let saving = {
+        let (cache, mine) = (cache.clone(), mine.clone());
+        tokio::spawn(async move { cache.save(&mine, 2, WriteId::random()).await })
+    };
+    hold.reached.notified().await;
+    inner
+        .save(&theirs, 2, WriteId::random())
+        .await
+        .expect("theirs");
+    inner.emit(Invalidation::Changed {
+        id: r.id,
+        version: Some(3),
+        at: None,
+    });
+    hold.release.notify_one();
+    assert!(matches!(
+        saving.await.expect("task"),
+        Err(StoreError::Conflict)
+    ));
+    assert!(!cache.serves(&r.id), "nothing cached after the conflict");
+    assert_eq!(cache.load(r.id).await.expect("load"), Some(theirs));
 }

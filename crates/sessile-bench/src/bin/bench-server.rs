@@ -199,6 +199,23 @@ async fn main() {
             let cache = sessile::store::CachedStore::new(store)
                 .await
                 .expect("cache");
+            // The cache's hits, misses and flushes, appended once a second to this file.
+            if let Some(path) = std::env::var_os("SESSILE_BENCH_CACHE_STATS") {
+                let c = cache.clone();
+                tokio::spawn(async move {
+                    use std::io::Write as _;
+                    loop {
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        if let Ok(mut f) = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(&path)
+                        {
+                            let _ = writeln!(f, "{:?}", c.stats());
+                        }
+                    }
+                });
+            }
             sessile_app::app(cache)
         }
         "tower-sessions-redis-cached" => {

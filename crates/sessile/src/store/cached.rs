@@ -49,8 +49,8 @@ pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3);
 pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
 
 /// Stripes of key generations: an invalidation of one key also fails the few other cached keys
-/// of its stripe (they reload once), for 32 KiB of counters.
-const STRIPES: usize = 4096;
+/// of its stripe (they reload once), for 128 KiB of counters.
+const STRIPES: usize = 16384;
 
 /// Configures a [`CachedStore`].
 #[derive(Debug)]
@@ -94,6 +94,7 @@ impl<S: PublishesInvalidations> CachedStoreBuilder<S> {
             epoch: AtomicU64::new(0),
             paused: AtomicBool::new(true),
             flights: Mutex::new(HashMap::new()),
+            writing: Mutex::new(HashMap::new()),
             max_age: self.max_age,
             clock,
             hits: AtomicU64::new(0),
@@ -216,6 +217,9 @@ struct Shared<S> {
     paused: AtomicBool,
     /// Loads in flight, one per session.
     flights: Mutex<HashMap<SessionId, Arc<OnceCell<Loaded>>>>,
+    /// This instance's writes in flight that leave a record: (id, version written) -> how many.
+    /// Their own invalidation, which Redis sends before the write's reply, is recognised by it.
+    writing: Mutex<HashMap<(SessionId, u64), u32>>,
     max_age: Duration,
     clock: Arc<dyn Clock>,
     hits: AtomicU64,
@@ -238,6 +242,35 @@ struct Stamp {
     generation: u64,
     epoch: u64,
     paused: bool,
+}
+
+/// Registers a write in flight for its own invalidation, until dropped (done or cancelled).
+struct Writing<'a> {
+    writing: &'a Mutex<HashMap<(SessionId, u64), u32>>,
+    key: (SessionId, u64),
+}
+
+impl<'a> Writing<'a> {
+    fn new(writing: &'a Mutex<HashMap<(SessionId, u64), u32>>, key: (SessionId, u64)) -> Self {
+        *writing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default() += 1;
+        Self { writing, key }
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        let mut writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = writing.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                writing.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// Ends a load's flight when its caller is done with it or dropped mid-call (so that a cancelled
@@ -354,7 +387,19 @@ impl<S: PublishesInvalidations> Shared<S> {
                         .get(&id)
                         .is_some_and(|e| e.stamp.epoch == current && e.record.version >= v)
                 });
-                if !up_to_date {
+                let own = version.is_some_and(|v| {
+                    self.writing
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains_key(&(id, v))
+                });
+                if own && !up_to_date {
+                    // This instance's write in flight made version `v` (only one write can:
+                    // compare-and-set): drop the older copy, but leave the generation the
+                    // write's result is stamped with, so that it is cached when the reply comes.
+                    // Had another instance made `v`, this write fails and drops the key then.
+                    self.cache.invalidate(&id);
+                } else if !up_to_date {
                     self.drop_key(&id);
                     metrics::counter!("sessile_cache_invalidations_total", "cause" => "key")
                         .increment(1);
@@ -429,10 +474,13 @@ impl<S: PublishesInvalidations> Shared<S> {
         keep: Option<&Record>,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        // Stale before the call: a load in flight, whatever it brings back, is not cached (even
+        // if the written copy is evicted meanwhile).
         for id in ids {
             self.drop_key(id);
         }
         let stamp = keep.map(|r| self.stamp(&r.id));
+        let _writing = keep.map(|r| Writing::new(&self.writing, (r.id, r.version)));
         let result = call.await;
         match (&result, keep, stamp) {
             (Ok(_), Some(record), Some(stamp)) => self.insert(record, stamp),
