@@ -221,8 +221,9 @@ pub async fn app(config: AppConfig) -> Result<Router, Box<dyn std::error::Error 
             config.keys,
         ),
     };
+    // Hints an edge can route on (`<route key>-<node>`): see docs/affinity.md.
     let sessions = builder
-        .node_hint(config.node.clone())
+        .hint_source(sessile::AffinityHints::new(config.node.as_str())?)
         .degraded_mode(config.degraded)
         .build()?;
     Ok(with_sessions(routes(config.node.as_str()), sessions))
@@ -297,6 +298,17 @@ pub fn routes(node: &str) -> Router {
         .route("/logout", post(logout))
         .route("/logout-everywhere", post(logout_everywhere))
         .route("/healthz", get(|| async { "ok" }))
+        .layer(axum::middleware::map_response_with_state(
+            Arc::<str>::from(node),
+            |axum::extract::State(node): axum::extract::State<Arc<str>>,
+             mut res: Response| async move {
+                // Which instance answered: for the affinity tests and for operators.
+                if let Ok(v) = axum::http::HeaderValue::from_str(&node) {
+                    res.headers_mut().insert("x-served-by", v);
+                }
+                res
+            },
+        ))
         .with_state(AppState {
             node: node.into(),
             throttle: Throttle::new(),
