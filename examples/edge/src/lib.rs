@@ -15,9 +15,11 @@
 //!   changes) or [`sources::watch_redis`] (a Redis key, re-read when a message is published on a
 //!   channel of the same name).
 //!
-//! A request that could not be sent (the connection was refused) is tried again on the next
-//! node if its body is empty, as GETs' are; one with a body gets a 502, and its node is marked
-//! down for the next. Upgrades (WebSockets) are not proxied.
+//! Retries: a request without a body whose connection was refused goes to the next node (it was
+//! not sent); an idempotent one (GET, HEAD, PUT, DELETE...) without a body is also sent again
+//! when the connection failed after sending (a pooled connection the instance had closed). Any
+//! other failure is a 502 (a 504 after the request timeout), and a refused node is marked down
+//! for the next requests. Upgrades (WebSockets) are not proxied.
 
 mod control;
 mod proxy;

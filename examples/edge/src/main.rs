@@ -63,7 +63,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             sources::watch_file(path, control.clone(), Duration::from_millis(500))
         }
         (_, Ok(url)) => {
-            let key = std::env::var("EDGE_NODES_KEY").unwrap_or_else(|_| "sessile:edge:nodes".into());
+            let key =
+                std::env::var("EDGE_NODES_KEY").unwrap_or_else(|_| "sessile:edge:nodes".into());
             sources::watch_redis(&url, key, control.clone(), Duration::from_secs(5)).await?
         }
         _ => return Err("set EDGE_NODES_FILE or EDGE_NODES_REDIS".into()),
@@ -82,18 +83,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             };
             let (metrics, control) = (metrics.clone(), control_for_admin.clone());
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let body = match req.uri().path() {
-                        "/metrics" => metrics.render(),
-                        "/nodes" => control.balancer().table().to_string(),
-                        _ => String::new(),
-                    };
-                    async move {
-                        Ok::<_, std::convert::Infallible>(http::Response::new(
-                            Full::new(Bytes::from(body)).map_err(|n| match n {}),
-                        ))
-                    }
-                });
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let body = match req.uri().path() {
+                            "/metrics" => metrics.render(),
+                            "/nodes" => control.balancer().table().to_string(),
+                            _ => String::new(),
+                        };
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                Full::new(Bytes::from(body)).map_err(|n| match n {}),
+                            ))
+                        }
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                     .await;

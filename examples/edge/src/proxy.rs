@@ -83,7 +83,9 @@ impl Edge {
         // A visitor without a session has nothing on any node yet: its requests are spread (a
         // fixed sequence, so placements are reproducible) until a response brings a hint.
         let key = {
-            let n = inner.visitors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let n = inner
+                .visitors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             route_key(&n.to_le_bytes())
         };
         let (mut parts, body) = req.into_parts();
@@ -95,14 +97,20 @@ impl Edge {
             .map_or("/", |pq| pq.as_str())
             .to_owned();
         let mut body = Some(body.boxed());
-        let mut tried: Vec<Arc<str>> = Vec::new();
+        // Safe to send again after it may have reached an instance: an idempotent method
+        // (RFC 9110, 9.2.2) without a body.
+        let replayable = bodiless && parts.method.is_idempotent();
+        let mut refused: Vec<Arc<str>> = Vec::new();
         for _ in 0..ATTEMPTS {
             let Some(lease) = inner.control.balancer().pick(hint, key) else {
                 metrics::counter!("sessile_edge_no_node_total").increment(1);
-                return error(StatusCode::SERVICE_UNAVAILABLE, "no instance can take this request");
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no instance can take this request",
+                );
             };
             let node = lease.node().clone();
-            if tried.contains(&node.id) {
+            if refused.contains(&node.id) {
                 break;
             }
             let this_body = match body.take() {
@@ -131,9 +139,16 @@ impl Edge {
                     return Response::from_parts(head, body.boxed());
                 }
                 Ok(Err(e)) if e.is_connect() => {
+                    // Not sent: any request may go to the next node.
                     tracing::warn!(node = %node.id, error = %e, "instance refused the connection");
                     inner.control.failed(&node.id, Failure::Connect);
-                    tried.push(node.id.clone());
+                    refused.push(node.id.clone());
+                }
+                Ok(Err(e)) if replayable => {
+                    // Perhaps sent on a connection the instance had closed (it restarted, or
+                    // died): sent again on a new connection, which tells.
+                    tracing::debug!(node = %node.id, error = %e, "request failed; sending it again");
+                    inner.control.failed(&node.id, Failure::Other);
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(node = %node.id, error = %e, "instance failed the request");
@@ -142,7 +157,10 @@ impl Edge {
                 }
                 Err(_) => {
                     inner.control.failed(&node.id, Failure::Timeout);
-                    return error(StatusCode::GATEWAY_TIMEOUT, "the instance did not answer in time");
+                    return error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the instance did not answer in time",
+                    );
                 }
             }
         }
@@ -253,10 +271,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 fn prepare_request(headers: &mut HeaderMap, peer: SocketAddr) {
     strip_hop_by_hop(headers);
     let ip = peer.ip().to_string();
-    let forwarded_for = match headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(before) if !before.trim().is_empty() => format!("{before}, {ip}"),
         _ => ip,
     };
@@ -336,16 +351,28 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_stripped_and_forwarding_headers_set() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert(header::HOST, HeaderValue::from_static("example.test"));
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.insert(header::COOKIE, HeaderValue::from_static("sid=abc"));
         prepare_request(&mut h, "127.0.0.9:5000".parse().expect("addr"));
-        for gone in ["connection", "x-secret", "keep-alive", "transfer-encoding", "upgrade"] {
+        for gone in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "transfer-encoding",
+            "upgrade",
+        ] {
             assert!(h.get(gone).is_none(), "{gone}");
         }
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
@@ -357,7 +384,10 @@ mod tests {
     #[test]
     fn the_session_cookie_with_a_hint_is_found_among_others() {
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("theme=dark; sid=garbage"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("theme=dark; sid=garbage"),
+        );
         h.append(
             header::COOKIE,
             HeaderValue::from_static("other=1; sid=0000abcd-node-b.sealed"),

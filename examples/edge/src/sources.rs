@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{ClientLike as _, EventInterface as _, KeysInterface as _, PubsubInterface as _};
+use fred::interfaces::{
+    ClientLike as _, EventInterface as _, KeysInterface as _, PubsubInterface as _,
+};
 use sessile_affinity::NodeTable;
 
 use crate::control::Control;
@@ -56,7 +58,9 @@ pub fn watch_file(
                     last = Some(text);
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "node table unreadable"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "node table unreadable")
+                }
             }
         }
     })

@@ -3,200 +3,18 @@
 //! instance gets no new sessions but keeps its own; instances added through the table file or the
 //! Redis key get new sessions without a restart; bodies go through whole.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::Router;
-use axum::extract::Path as UrlPath;
-use axum::routing::{get, post};
 use bytes::Bytes;
-use http::{Method, Request, StatusCode, header};
-use http_body_util::{BodyExt as _, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use sessile::{AffinityHints, KeyRing, Session, SessionError, SessionManagerLayer};
-use sessile_affinity::{NodeState, NodeTable, RouteHint};
+use http::{Method, StatusCode};
+use sessile_affinity::{NodeState, NodeTable};
 use sessile_edge_example::{Control, Edge, EdgeConfig, serve, sources, spawn_health_checks};
-use sessile_redis::RedisStore;
 use sessile_testkit::redis::{RedisServer, unique_prefix};
-
-/// One app instance, on a runtime of its own so that killing it closes its every connection.
-struct Instance {
-    node: String,
-    addr: SocketAddr,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl Instance {
-    fn start(node: &str, redis: &str, prefix: &str) -> Self {
-        let (node_owned, redis, prefix) = (node.to_owned(), redis.to_owned(), prefix.to_owned());
-        let (runtime, addr) = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            let addr = runtime.block_on(async move {
-                let store = RedisStore::builder(redis)
-                    .prefix(prefix)
-                    .connect()
-                    .await
-                    .expect("connect");
-                let layer = SessionManagerLayer::builder(store, KeyRing::new(1, &[9; 32]).expect("k"))
-                    .hint_source(AffinityHints::new(&node_owned).expect("node id"))
-                    .build()
-                    .expect("layer");
-                let app = app(&node_owned).layer(layer);
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind");
-                let addr = listener.local_addr().expect("addr");
-                tokio::spawn(async move { axum::serve(listener, app).await });
-                addr
-            });
-            (runtime, addr)
-        })
-        .join()
-        .expect("instance thread");
-        Self {
-            node: node.to_owned(),
-            addr,
-            runtime: Some(runtime),
-        }
-    }
-
-    /// Stops it at once: listener and connections close.
-    fn kill(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
-
-    fn line(&self, state: &str) -> String {
-        format!("{} {} {state}\n", self.node, self.addr)
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The app: log in, who am I, a counter, an echo, a health check; every answer says which node.
-fn app(node: &str) -> Router {
-    let node: Arc<str> = node.into();
-    Router::new()
-        .route(
-            "/login/{user}",
-            post(|s: Session, UrlPath(user): UrlPath<String>| async move {
-                s.log_in(&user);
-                "ok"
-            }),
-        )
-        .route(
-            "/whoami",
-            get(|s: Session| async move { s.user_id().unwrap_or_else(|| "-".into()) }),
-        )
-        .route(
-            "/incr",
-            post(|s: Session| async move {
-                s.update("n", |n: Option<u64>| n.unwrap_or(0) + 1)
-                    .map(|n| n.to_string())
-            }),
-        )
-        .route("/echo", post(|body: Bytes| async move { body }))
-        .route("/healthz", get(|| async { "ok" }))
-        .layer(axum::middleware::map_response(
-            move |mut res: axum::response::Response| {
-                let node = node.clone();
-                async move {
-                    res.headers_mut()
-                        .insert("x-node", node.parse().expect("header value"));
-                    res
-                }
-            },
-        ))
-}
-
-/// A browser: one cookie jar, requests through the edge.
-struct User {
-    client: Client<HttpConnector, Full<Bytes>>,
-    edge: SocketAddr,
-    cookie: Option<String>,
-}
-
-struct Answer {
-    status: StatusCode,
-    node: String,
-    body: Bytes,
-    set_cookie: Option<String>,
-}
-
-impl User {
-    fn new(edge: SocketAddr) -> Self {
-        Self {
-            client: Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
-            edge,
-            cookie: None,
-        }
-    }
-
-    async fn send(&mut self, method: Method, path: &str, body: Bytes) -> Answer {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("http://{}{path}", self.edge));
-        if let Some(c) = &self.cookie {
-            req = req.header(header::COOKIE, format!("sid={c}"));
-        }
-        let call = self
-            .client
-            .request(req.body(Full::new(body)).expect("request"));
-        let res = tokio::time::timeout(Duration::from_secs(10), call)
-            .await
-            .expect("the edge answers in time")
-            .expect("response");
-        let status = res.status();
-        let node = res
-            .headers()
-            .get("x-node")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let set_cookie = res
-            .headers()
-            .get_all(header::SET_COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(|v| v.strip_prefix("sid="))
-            .map(|v| v.split(';').next().unwrap_or("").to_owned());
-        if let Some(v) = &set_cookie {
-            self.cookie = (!v.is_empty()).then(|| v.clone());
-        }
-        let body = res.into_body().collect().await.expect("body").to_bytes();
-        Answer {
-            status,
-            node,
-            body,
-            set_cookie,
-        }
-    }
-
-    async fn get(&mut self, path: &str) -> Answer {
-        self.send(Method::GET, path, Bytes::new()).await
-    }
-
-    async fn post(&mut self, path: &str) -> Answer {
-        self.send(Method::POST, path, Bytes::new()).await
-    }
-
-    /// The node the cookie's hint names.
-    fn pinned(&self) -> String {
-        let c = self.cookie.as_deref().expect("a session");
-        RouteHint::from_cookie(c).expect("a hint").node.to_owned()
-    }
-}
+use support::{Instance, User, log_in, moved_and_re_pinned, sticky_share, table, until};
 
 /// Three instances on one Redis, an edge in front (health checks every 100 ms), its control.
 struct Rig {
@@ -245,40 +63,8 @@ impl Rig {
         }
     }
 
-    /// Logs `n` users in through the edge, named `<tag><i>`.
     async fn log_in(&self, tag: &str, n: usize) -> Vec<User> {
-        let mut users = Vec::new();
-        for i in 0..n {
-            let mut u = User::new(self.edge);
-            let r = u.post(&format!("/login/{tag}{i}")).await;
-            assert_eq!(r.status, StatusCode::OK);
-            assert_eq!(u.pinned(), r.node, "the session is pinned where it was made");
-            users.push(u);
-        }
-        users
-    }
-}
-
-/// The table text listing instances `listed`, those in `draining` as draining.
-fn table(instances: &[Instance], listed: &[usize], draining: &[usize]) -> String {
-    listed
-        .iter()
-        .map(|i| {
-            instances[*i].line(if draining.contains(i) {
-                "draining"
-            } else {
-                "healthy"
-            })
-        })
-        .collect()
-}
-
-/// Polls `cond` (no fixed sleep) until it holds, for at most 10 s.
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(10), "never: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        log_in(self.edge, tag, n).await
     }
 }
 
@@ -287,16 +73,10 @@ async fn sessions_stay_on_their_instance() {
     let rig = Rig::start(&[0, 1, 2]).await;
     let mut users = rig.log_in("u", 30).await;
     let mut per_node = std::collections::BTreeMap::new();
-    let (mut sticky, mut total) = (0, 0);
-    for u in &mut users {
+    for u in &users {
         *per_node.entry(u.pinned()).or_insert(0) += 1;
-        for _ in 0..20 {
-            let r = u.post("/incr").await;
-            assert_eq!(r.status, StatusCode::OK);
-            total += 1;
-            sticky += usize::from(r.node == u.pinned());
-        }
     }
+    let (sticky, total) = sticky_share(&mut users).await;
     eprintln!("sessions per node {per_node:?}; {sticky} of {total} requests on the hinted node");
     assert_eq!(per_node.len(), 3, "new sessions spread over the nodes");
     assert!(sticky * 100 >= total * 99, "{sticky} of {total}");
@@ -307,28 +87,13 @@ async fn a_killed_instances_users_move_stay_logged_in_and_are_re_pinned() {
     let mut rig = Rig::start(&[0, 1, 2]).await;
     let mut users = rig.log_in("u", 30).await;
     rig.instances[1].kill();
-    let mut moved_to = std::collections::BTreeMap::new();
-    for (i, u) in users.iter_mut().enumerate() {
-        let before = u.pinned();
-        let r = u.get("/whoami").await;
-        assert_eq!(r.status, StatusCode::OK);
-        assert_eq!(r.body, format!("u{i}"), "still logged in");
-        assert_ne!(r.node, "node-b");
-        if before == "node-b" {
-            assert!(r.set_cookie.is_some(), "re-pinned");
-            assert_eq!(u.pinned(), r.node, "the new hint names the node that served");
-            *moved_to.entry(r.node.clone()).or_insert(0) += 1;
-        } else {
-            assert_eq!(r.node, before, "the others' users stay where they were");
-            assert!(r.set_cookie.is_none());
-        }
-        // And it stays there.
-        let again = u.get("/whoami").await;
-        assert_eq!((again.node.as_str(), again.set_cookie), (r.node.as_str(), None));
-    }
+    let moved_to = moved_and_re_pinned(&mut users, "node-b").await;
     eprintln!("node-b's users moved to {moved_to:?}");
     assert!(!rig.control.is_up("node-b"));
-    assert!(moved_to.values().sum::<usize>() >= 3, "node-b held sessions");
+    assert!(
+        moved_to.values().sum::<usize>() >= 3,
+        "node-b held sessions"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,7 +188,10 @@ async fn bodies_go_through_whole_and_a_bad_table_changes_nothing() {
 
     let before = rig.control.configured();
     for bad in ["node-a 127.0.0.1:1 sick\n", "node-a\n", "a 1:1\na 1:2\n"] {
-        assert!(sources::apply(&rig.control, bad, "test").is_err(), "{bad:?}");
+        assert!(
+            sources::apply(&rig.control, bad, "test").is_err(),
+            "{bad:?}"
+        );
         assert_eq!(rig.control.configured(), before, "the old table stays");
     }
 }
