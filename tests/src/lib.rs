@@ -90,9 +90,14 @@ pub async fn send(
         }
         None => Body::empty(),
     };
+    send_request(app, req.body(body).expect("request")).await
+}
+
+/// Sends a request built by the test.
+pub async fn send_request(app: &Router, req: Request<Body>) -> Reply {
     let res = app
         .clone()
-        .oneshot(req.body(body).expect("request"))
+        .oneshot(req)
         .await
         .expect("router is infallible");
     let status = res.status();

@@ -975,3 +975,29 @@ async fn re_pinning_can_be_turned_off() {
     assert_eq!((b.body.as_str(), b.set_cookie(NAME)), ("1", None));
     assert_eq!(store.count("touch"), 0);
 }
+
+/// The edge says why a request is not on its hinted node: `down` re-pins the session here;
+/// `overload` (its node was only at its load bound) leaves the cookie as it is, so that the
+/// session goes back when the burst passes.
+#[tokio::test]
+async fn a_session_rerouted_only_for_overload_is_not_re_pinned() {
+    let (apps, _store) = pinned_pair(true);
+    let token = send(&apps[0], Method::POST, "/incr", None, None)
+        .await
+        .cookie_value(NAME)
+        .expect("a session");
+    let on_b = |why: &'static str| {
+        http::Request::get("/n")
+            .header(header::COOKIE, format!("{NAME}={token}"))
+            .header(sessile::REROUTE_HEADER, why)
+            .body(axum::body::Body::empty())
+            .expect("request")
+    };
+    let r = sessile_tests::send_request(&apps[1], on_b("overload")).await;
+    assert_eq!((r.body.as_str(), r.set_cookie(NAME)), ("1", None));
+    let r = sessile_tests::send_request(&apps[1], on_b("down")).await;
+    assert_eq!(
+        hint_node(&r.cookie_value(NAME).expect("re-pinned")),
+        "node-b"
+    );
+}

@@ -19,8 +19,12 @@ pub const DEFAULT_BALANCE_FACTOR: f64 = 1.25;
 pub enum Pick {
     /// The node the hint names.
     Sticky,
-    /// The hint named a node that is down, unknown, or at its bound: chosen by hashing instead.
+    /// The hint named a node that is down or unknown: chosen by hashing instead. The session
+    /// should move (its instance re-pins it).
     Rerouted,
+    /// The hint named a node at its load bound: chosen by hashing for this request only. The
+    /// session should stay where it is (a burst passes).
+    Overflow,
     /// No usable hint: chosen by hashing.
     Hashed,
 }
@@ -31,6 +35,7 @@ impl Pick {
         match self {
             Self::Sticky => "sticky",
             Self::Rerouted => "rerouted",
+            Self::Overflow => "overflow",
             Self::Hashed => "hashed",
         }
     }
@@ -194,19 +199,20 @@ impl Balancer {
         let total = self.total.load(Ordering::Acquire);
         let bound = |slot: &Slot| self.bound(slot, total, state.serving_weight);
         let key = hint.map_or(key, |h| h.key);
+        let mut pick = if hint.is_some() {
+            Pick::Rerouted
+        } else {
+            Pick::Hashed
+        };
         if let Some(hint) = hint {
             let named = state.slots.iter().find(|s| &*s.node.id == hint.node);
             if let Some(slot) = named.filter(|s| s.node.state != NodeState::Down) {
                 if let Some(lease) = self.take(slot, bound(slot), Pick::Sticky) {
                     return Some(lease);
                 }
+                pick = Pick::Overflow;
             }
         }
-        let pick = if hint.is_some() {
-            Pick::Rerouted
-        } else {
-            Pick::Hashed
-        };
         let mut ranked: Vec<(f64, &Arc<Slot>)> = state
             .slots
             .iter()

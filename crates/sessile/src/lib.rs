@@ -51,8 +51,8 @@ pub use config::DegradedMode;
 pub use error::{ConfigError, SaveError, SaveFailed, SessionError, SessionRejection};
 pub use hint::{AffinityHints, HintSource};
 pub use manager::{
-    MAX_SESSION_COOKIES, RePinHook, ResponseFuture, STORE_BREAKER_NAME, SaveErrorHook,
-    SessionManager, SessionManagerBuilder, SessionManagerLayer,
+    MAX_SESSION_COOKIES, REROUTE_HEADER, RePin, RePinHook, ResponseFuture, STORE_BREAKER_NAME,
+    SaveErrorHook, SessionManager, SessionManagerBuilder, SessionManagerLayer,
 };
 pub use sessile_breaker as breaker;
 pub use sessile_core::SessionId;

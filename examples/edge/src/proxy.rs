@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use sessile_affinity::{Lease, RouteHint, route_key};
+use sessile_affinity::{Lease, Pick, RouteHint, route_key};
 use tokio::net::TcpListener;
 
 use crate::control::{Control, EdgeConfig, Failure};
@@ -29,6 +29,9 @@ pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// Nodes a request is tried on at most (only requests without a body are tried again).
 const ATTEMPTS: usize = 3;
+
+/// sessile's `REROUTE_HEADER`: why a request is not on its hinted node (`down` or `overload`).
+const REROUTE_HEADER: &str = "x-sessile-reroute";
 
 /// The router: share it (it is an `Arc` inside) between connections.
 #[derive(Clone)]
@@ -123,6 +126,21 @@ impl Edge {
             };
             let mut up = Request::from_parts(parts.clone(), this_body);
             *up.uri_mut() = uri;
+            // Tells the instance why the session is not on its node (only this router says so).
+            let reroute = match lease.pick() {
+                Pick::Rerouted => Some("down"),
+                Pick::Overflow => Some("overload"),
+                Pick::Sticky | Pick::Hashed => None,
+            };
+            match reroute {
+                Some(why) => {
+                    up.headers_mut()
+                        .insert(REROUTE_HEADER, HeaderValue::from_static(why));
+                }
+                None => {
+                    up.headers_mut().remove(REROUTE_HEADER);
+                }
+            }
             metrics::counter!("sessile_edge_requests_total", "node" => node.id.to_string(), "route" => lease.pick().as_str())
                 .increment(1);
             let tracked = Tracked::new(lease);

@@ -10,6 +10,10 @@
 //! Contenders, each with its documented defaults: `bare` (axum, no sessions: the ceiling),
 //! `sessile-memory`, `sessile-redis`, `tower-sessions-memory`, `tower-sessions-redis`.
 //!
+//! Every contender also answers `GET /healthz`. With `SESSILE_NODE_ID` set, sessile's contenders
+//! stamp affinity hints naming that node (for the edge benchmark); `sessile-redis-cached` answers
+//! `GET /cache-stats` with its hits and misses.
+//!
 //! Usage: `bench-server <contender> <127.0.0.1:port> [redis URL]`. Prints `ready` once listening.
 
 use std::net::SocketAddr;
@@ -70,9 +74,11 @@ mod sessile_app {
 
     pub(super) fn app(store: impl SessionStore) -> Router {
         let keys = KeyRing::new(1, &[42; 32]).expect("32-byte key");
-        let layer = SessionManagerLayer::builder(store, keys)
-            .build()
-            .expect("defaults are valid");
+        let mut builder = SessionManagerLayer::builder(store, keys);
+        if let Ok(node) = std::env::var("SESSILE_NODE_ID") {
+            builder = builder.hint_source(sessile::AffinityHints::new(&node).expect("node id"));
+        }
+        let layer = builder.build().expect("defaults are valid");
         Router::new()
             .route(
                 "/login",
@@ -200,6 +206,14 @@ async fn main() {
                 .await
                 .expect("cache");
             // The cache's hits, misses and flushes, appended once a second to this file.
+            let stats = cache.clone();
+            let cache_stats = Router::new().route(
+                "/cache-stats",
+                get(move || {
+                    let s = stats.stats();
+                    async move { format!("{} {}", s.hits, s.misses) }
+                }),
+            );
             if let Some(path) = std::env::var_os("SESSILE_BENCH_CACHE_STATS") {
                 let c = cache.clone();
                 tokio::spawn(async move {
@@ -216,7 +230,7 @@ async fn main() {
                     }
                 });
             }
-            sessile_app::app(cache)
+            sessile_app::app(cache).merge(cache_stats)
         }
         "tower-sessions-redis-cached" => {
             use fred::prelude::*;
@@ -242,6 +256,7 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    let app = app.route("/healthz", get(|| async { "ok" }));
     let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
     println!("ready");
     axum::serve(listener, app)

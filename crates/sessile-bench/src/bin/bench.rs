@@ -11,6 +11,10 @@
 //! * `bench report FILE [--md docs/benchmarks.md] [--svg docs/benchmarks.svg]` writes the tables
 //!   of medians and ratios and the chart.
 //! * `bench memory [--sessions 1000000]` measures bytes per stored session in `MemoryStore`.
+//! * `bench edge [--repeats 3] [--seconds 5] [--out FILE]` puts three `sessile-redis-cached`
+//!   instances on one Redis behind each front in turn: the edge router (`examples/edge`), nginx
+//!   with the affinity recipe, and nginx round robin; runs `read` and `mixed` through each, and
+//!   reports req/s, p99, the front's CPU per request and the instances' cache hit rate.
 //!
 //! All traffic goes to 127.0.0.1; every process it starts it stops, by pid.
 
@@ -71,6 +75,9 @@ struct Row {
     /// Stale workload: reads after the logout that still answered the logged-out user.
     #[serde(default)]
     stale_reads: Option<u64>,
+    /// Edge benchmark: loads the instances' caches served, of all their loads.
+    #[serde(default)]
+    cache_hit_rate: Option<f64>,
 }
 
 fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
@@ -88,6 +95,7 @@ async fn main() {
         Some("run") => run(&args).await,
         Some("report") => report(&args),
         Some("memory") => memory(flag(&args, "--sessions", 1_000_000usize)).await,
+        Some("edge") => edge(&args).await,
         _ => {
             eprintln!("usage: bench run|report|memory (see the file's docs)");
             std::process::exit(2);
@@ -548,6 +556,7 @@ async fn run(args: &[String]) {
                         .map(|(_, r)| r as f64 / requests.max(1) as f64),
                     stale_ms: stale,
                     stale_reads,
+                    cache_hit_rate: None,
                 };
                 let line = serde_json::to_string(&row).expect("json");
                 println!("{line}");
@@ -656,7 +665,7 @@ fn report(args: &[String]) {
         .map(|l| serde_json::from_str(l).expect("a result row"))
         .collect();
     let cells = cells(&rows);
-    let mut out = String::new();
+    let mut out = edge_table(&rows);
     let get = |w: &str, c: &str| cells.get(&(w.to_owned(), c.to_owned()));
     for workload in WORKLOADS {
         if !cells.keys().any(|(w, _)| w == workload) {
@@ -894,4 +903,244 @@ mod erased {
             rmp_serde::to_vec(self).expect("encodable")
         }
     }
+}
+
+/// The app instances behind the fronts of `bench edge`.
+const EDGE_NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
+const FRONTS: [&str; 3] = ["edge", "nginx", "nginx-round-robin"];
+
+fn edge_binary() -> PathBuf {
+    std::env::current_exe()
+        .expect("current exe")
+        .with_file_name("sessile-edge-example")
+}
+
+/// nginx's binary: on `PATH` or where Debian puts it.
+fn nginx_binary() -> String {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .iter()
+        .find(|p| Path::new(p).exists())
+        .map_or_else(|| "nginx".to_owned(), |p| (*p).to_owned())
+}
+
+/// Starts `front` before `nodes` (addresses); returns it and its base URL.
+fn start_front(front: &str, nodes: &[String], dir: &Path) -> (Spawned, String) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let log = dir.join(format!("{front}-{port}.log"));
+    let cmd = match front {
+        "edge" => {
+            let table: String = EDGE_NODES
+                .iter()
+                .zip(nodes)
+                .map(|(n, a)| format!("{n} {a}\n"))
+                .collect();
+            let file = dir.join(format!("nodes-{port}"));
+            std::fs::write(&file, table).expect("node table");
+            let mut cmd = Command::new(edge_binary());
+            cmd.env("EDGE_ADDR", &listen)
+                .env("EDGE_NODES_FILE", &file)
+                .env("EDGE_ADMIN_ADDR", format!("127.0.0.1:{}", free_port()))
+                .env("RUST_LOG", "warn");
+            cmd
+        }
+        _ => {
+            let conf_dir = dir.join(format!("nginx-{port}"));
+            std::fs::create_dir_all(&conf_dir).expect("nginx dir");
+            let conf = if front == "nginx" {
+                let recipe = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../examples/edge/recipes/nginx.conf");
+                std::fs::read_to_string(recipe).expect("the nginx recipe")
+            } else {
+                ROUND_ROBIN.to_owned()
+            };
+            let conf = conf
+                .replace("{{DIR}}", &conf_dir.display().to_string())
+                .replace("{{LISTEN}}", &listen)
+                .replace("{{NODE_A}}", &nodes[0])
+                .replace("{{NODE_B}}", &nodes[1])
+                .replace("{{NODE_C}}", &nodes[2]);
+            let path = conf_dir.join("nginx.conf");
+            std::fs::write(&path, conf).expect("nginx config");
+            let mut cmd = Command::new(nginx_binary());
+            // One process, so that its CPU time is the front's.
+            cmd.arg("-p")
+                .arg(&conf_dir)
+                .arg("-c")
+                .arg(&path)
+                .args(["-g", "daemon off; master_process off;"]);
+            cmd
+        }
+    };
+    (Spawned::start(cmd, &log), format!("http://{listen}"))
+}
+
+/// nginx round robin over the three instances, otherwise as the recipe.
+const ROUND_ROBIN: &str = "worker_processes 1;
+pid {{DIR}}/nginx.pid;
+error_log {{DIR}}/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path {{DIR}}/body;
+    proxy_temp_path {{DIR}}/proxy;
+    fastcgi_temp_path {{DIR}}/fastcgi;
+    uwsgi_temp_path {{DIR}}/uwsgi;
+    scgi_temp_path {{DIR}}/scgi;
+    upstream app {
+        server {{NODE_A}};
+        server {{NODE_B}};
+        server {{NODE_C}};
+        keepalive 16;
+    }
+    server {
+        listen {{LISTEN}};
+        proxy_http_version 1.1;
+        proxy_set_header Connection \"\";
+        proxy_set_header Host $host;
+        location / { proxy_pass http://app; }
+    }
+}
+";
+
+/// The instances' cache hits and misses so far, summed.
+async fn cache_stats(nodes: &[String]) -> (u64, u64) {
+    let mut total = (0, 0);
+    for addr in nodes {
+        let mut probe = User::new(client(), &format!("http://{addr}"), "unused");
+        let r = probe.send(Method::GET, "/cache-stats", None).await;
+        let mut parts = r
+            .body
+            .split_whitespace()
+            .map(|n| n.parse::<u64>().unwrap_or(0));
+        total.0 += parts.next().unwrap_or(0);
+        total.1 += parts.next().unwrap_or(0);
+    }
+    total
+}
+
+async fn edge(args: &[String]) {
+    let repeats: usize = flag(args, "--repeats", 3);
+    let seconds: f64 = flag(args, "--seconds", 5.0);
+    let connections: usize = flag(args, "--connections", 64);
+    let users: usize = flag(args, "--users", 2048);
+    let out: PathBuf = flag(args, "--out", PathBuf::from("target/bench/edge.jsonl"));
+    assert!(
+        repeats <= 20 && seconds <= 120.0 && connections <= 512,
+        "bounded runs only"
+    );
+    std::fs::create_dir_all(out.parent().unwrap_or(Path::new("."))).expect("output dir");
+    let mut file = std::fs::File::create(&out).expect("output file");
+    let redis = RedisServer::start_with(&["--maxmemory", "2gb"]);
+    let logs = redis.dir().to_owned();
+    let contender = "sessile-redis-cached";
+    for repeat in 0..repeats {
+        for (wi, workload) in ["read", "mixed"].iter().enumerate() {
+            for k in 0..FRONTS.len() {
+                let front = FRONTS[(k + repeat + wi) % FRONTS.len()];
+                redis.cli(&["flushall"]);
+                let instances: Vec<(Spawned, String)> = EDGE_NODES
+                    .iter()
+                    .map(|node| {
+                        let addr = format!("127.0.0.1:{}", free_port());
+                        let mut cmd = Command::new(server_binary());
+                        cmd.arg(contender)
+                            .arg(&addr)
+                            .arg(redis.url())
+                            .env("SESSILE_NODE_ID", node);
+                        let log = logs.join(format!("{node}-{}.log", addr.replace(':', "-")));
+                        (Spawned::start(cmd, &log), addr)
+                    })
+                    .collect();
+                let nodes: Vec<String> = instances.iter().map(|(_, a)| a.clone()).collect();
+                for a in &nodes {
+                    wait_ready(&format!("http://{a}"), "/healthz", Duration::from_secs(30)).await;
+                }
+                let (proxy, base) = start_front(front, &nodes, &logs);
+                wait_ready(&base, "/healthz", Duration::from_secs(30)).await;
+                let logged = log_in(&base, contender, users).await;
+                let before = cache_stats(&nodes).await;
+                let (requests, secs, hist, errors, _, proxy_us, _) = measure(
+                    &base,
+                    contender,
+                    workload,
+                    logged,
+                    connections,
+                    seconds,
+                    &redis,
+                    proxy.0.id(),
+                )
+                .await;
+                let after = cache_stats(&nodes).await;
+                let (hits, misses) = (after.0 - before.0, after.1 - before.1);
+                let row = Row {
+                    repeat,
+                    workload: format!("edge-{workload}"),
+                    contender: front.to_owned(),
+                    requests,
+                    seconds: secs,
+                    rps: requests as f64 / secs,
+                    p50_ms: ms_at(&hist, 0.5),
+                    p99_ms: ms_at(&hist, 0.99),
+                    p999_ms: ms_at(&hist, 0.999),
+                    errors,
+                    redis_commands_per_request: None,
+                    peak_rss_kb: peak_rss_kb(proxy.0.id()),
+                    lost_updates: None,
+                    server_cpu_us_per_request: Some(proxy_us as f64 / requests.max(1) as f64),
+                    redis_cpu_us_per_request: None,
+                    stale_ms: None,
+                    stale_reads: None,
+                    cache_hit_rate: Some(hits as f64 / (hits + misses).max(1) as f64),
+                };
+                let line = serde_json::to_string(&row).expect("json");
+                println!("{line}");
+                writeln!(file, "{line}").expect("write results");
+                drop(proxy);
+                drop(instances);
+            }
+        }
+    }
+}
+
+/// The edge benchmark's table, if the rows have one.
+fn edge_table(rows: &[Row]) -> String {
+    let cells = cells(rows);
+    let mut out = String::new();
+    for workload in ["edge-read", "edge-mixed"] {
+        let get = |c: &str| cells.get(&(workload.to_owned(), c.to_owned()));
+        if FRONTS.iter().all(|f| get(f).is_none()) {
+            continue;
+        }
+        out.push_str(&format!(
+            "\n### {workload}\n\nThree `sessile-redis-cached` instances behind each front.\n\n\
+             | front | req/s | vs nginx | p50 ms | p99 ms | p99.9 ms | errors | front CPU µs/req | front peak RSS MiB | cache hit rate | runs |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|\n"
+        ));
+        for front in FRONTS {
+            let Some(c) = get(front) else {
+                continue;
+            };
+            let vs = get("nginx").map_or("-".into(), |n| format!("{:.2}x", c.rps / n.rps));
+            let hit = median(
+                rows.iter()
+                    .filter(|r| r.workload == workload && r.contender == front)
+                    .filter_map(|r| r.cache_hit_rate)
+                    .collect(),
+            );
+            out.push_str(&format!(
+                "| {front} | {:.0} | {vs} | {:.2} | {:.2} | {:.2} | {} | {} | {:.1} | {:.2}% | {} |\n",
+                c.rps,
+                c.p50,
+                c.p99,
+                c.p999,
+                c.errors,
+                c.server_cpu.map_or("-".into(), |x| format!("{x:.1}")),
+                c.rss_mb,
+                hit * 100.0,
+                c.runs,
+            ));
+        }
+    }
+    out
 }

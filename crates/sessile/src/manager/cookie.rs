@@ -93,7 +93,11 @@ pub(crate) enum CookieAction {
 
 /// The first of the request's session cookies whose token opens, among the first
 /// [`MAX_SESSION_COOKIES`] that reach the AEAD.
-pub(crate) fn read_token(shared: &Shared, cookies: &[HeaderValue]) -> Option<Incoming> {
+pub(crate) fn read_token(
+    shared: &Shared,
+    cookies: &[HeaderValue],
+    reroute: Option<&str>,
+) -> Option<Incoming> {
     let name = shared.codec.cookie_name();
     let mut tried = 0;
     for header in cookies {
@@ -124,7 +128,11 @@ pub(crate) fn read_token(shared: &Shared, cookies: &[HeaderValue]) -> Option<Inc
                             let own = shared.hints.hint_for(&id);
                             !own.is_empty()
                                 && own.as_str() != opened.hint
-                                && decide(opened.hint, own.as_str())
+                                && decide(&super::RePin {
+                                    from: opened.hint,
+                                    to: own.as_str(),
+                                    reroute,
+                                })
                         }),
                     });
                 }

@@ -42,7 +42,7 @@ impl SessionManagerLayer {
             keys,
             config: SessionConfig::default(),
             hints: Arc::new(Hint::empty()),
-            re_pin: Some(Arc::new(|_: &str, _: &str| true)),
+            re_pin: Some(Arc::new(|p: &super::RePin<'_>| p.by_default())),
             clock: None,
             breaker: BreakerChoice::Default,
             on_save_error: None,
@@ -219,20 +219,22 @@ impl SessionManagerBuilder {
     }
 
     /// Whether a session whose cookie names another node (the edge rerouted the request: that
-    /// node is down, draining away, or full) gets its cookie re-issued with this node's hint, so
-    /// that its next requests stay here, where it is now warm. Default: on. Each re-issue costs
-    /// one store touch, once per move; turn it off when nothing routes on the hint (round
-    /// robin would move sessions all the time). Counted in `sessile_affinity_repins_total`.
+    /// node is down or gone) gets its cookie re-issued with this node's hint, so that its next
+    /// requests stay here, where it is now warm. Default: on, except when the edge says (in
+    /// [`REROUTE_HEADER`](crate::REROUTE_HEADER)) that the hinted node was only at its load bound.
+    /// Each re-issue costs one store touch, once per move; turn it off when nothing routes on the
+    /// hint (round robin would move sessions all the time). Counted in
+    /// `sessile_affinity_repins_total`.
     pub fn re_pin(mut self, on: bool) -> Self {
-        self.re_pin = on.then(|| -> RePinHook { Arc::new(|_: &str, _: &str| true) });
+        self.re_pin = on.then(|| -> RePinHook { Arc::new(|p: &super::RePin<'_>| p.by_default()) });
         self
     }
 
-    /// Re-pins only when `decide(token's hint, this node's hint)` says so (see
-    /// [`re_pin`](Self::re_pin)).
+    /// Re-pins only when `decide` says so (see [`re_pin`](Self::re_pin) and
+    /// [`RePin::by_default`](crate::RePin::by_default)).
     pub fn re_pin_when(
         mut self,
-        decide: impl Fn(&str, &str) -> bool + Send + Sync + 'static,
+        decide: impl Fn(&super::RePin<'_>) -> bool + Send + Sync + 'static,
     ) -> Self {
         self.re_pin = Some(Arc::new(decide));
         self

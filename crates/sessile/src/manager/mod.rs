@@ -30,6 +30,6 @@ pub use layer::{STORE_BREAKER_NAME, SessionManagerBuilder, SessionManagerLayer};
 pub(crate) use recent::RecentCopies;
 pub(crate) use service::SessionHandle;
 pub use service::{ResponseFuture, SessionManager};
-pub use shared::{RePinHook, SaveErrorHook};
+pub use shared::{REROUTE_HEADER, RePin, RePinHook, SaveErrorHook};
 pub(crate) use shared::{Shared, detached};
 pub(crate) use store_handle::{StoreHandle, WriteError};

@@ -129,6 +129,8 @@ pub(crate) struct RequestSession {
     /// The request's `Cookie` headers, kept unparsed: the token is only opened when the handler
     /// asks for the session, so requests that never do (assets, health checks) pay nothing.
     cookies: Vec<http::HeaderValue>,
+    /// The edge's [`REROUTE_HEADER`](super::REROUTE_HEADER), if any.
+    reroute: Option<http::HeaderValue>,
     incoming: std::sync::OnceLock<Option<Incoming>>,
     /// Set once the handler first asks for the session; holds the load error, if any.
     pub(crate) loaded: OnceCell<Result<(), Arc<StoreError>>>,
@@ -136,10 +138,15 @@ pub(crate) struct RequestSession {
 }
 
 impl RequestSession {
-    pub(crate) fn new(shared: Arc<Shared>, cookies: Vec<http::HeaderValue>) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        cookies: Vec<http::HeaderValue>,
+        reroute: Option<http::HeaderValue>,
+    ) -> Self {
         Self {
             shared,
             cookies,
+            reroute,
             incoming: std::sync::OnceLock::new(),
             loaded: OnceCell::new(),
             state: Mutex::default(),
@@ -203,9 +210,10 @@ impl RequestSession {
 impl RequestSession {
     /// The valid token the request carried, opened on first use.
     pub(crate) fn incoming(&self) -> Option<Incoming> {
-        *self
-            .incoming
-            .get_or_init(|| super::cookie::read_token(&self.shared, &self.cookies))
+        *self.incoming.get_or_init(|| {
+            let reroute = self.reroute.as_ref().and_then(|v| v.to_str().ok());
+            super::cookie::read_token(&self.shared, &self.cookies, reroute)
+        })
     }
 
     /// Makes `r` the request's session.

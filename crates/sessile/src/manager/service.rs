@@ -80,7 +80,12 @@ where
         // Only the headers are kept (a reference-count bump each); parsing and opening the token
         // wait until a handler asks for the session.
         let cookies = req.headers().get_all(COOKIE).iter().cloned().collect();
-        let session = Arc::new(RequestSession::new(Arc::clone(&self.shared), cookies));
+        let reroute = req.headers().get(super::REROUTE_HEADER).cloned();
+        let session = Arc::new(RequestSession::new(
+            Arc::clone(&self.shared),
+            cookies,
+            reroute,
+        ));
         req.extensions_mut()
             .insert(SessionHandle(Arc::clone(&session)));
         // The clone that was polled ready is the one that must be called.

@@ -42,9 +42,33 @@ pub(crate) struct Shared {
     pub(crate) re_pin: Option<RePinHook>,
 }
 
-/// Called with the token's hint and this node's hint for the session when they differ: whether
-/// to re-issue the cookie with this node's hint.
-pub type RePinHook = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+/// Decides whether to re-issue a cookie whose hint names another node with this node's hint.
+pub type RePinHook = Arc<dyn Fn(&RePin<'_>) -> bool + Send + Sync>;
+
+/// The request header an edge sets on a request it did not send to the hinted node, saying why:
+/// `down` (that node is down or unknown: the session should move) or `overload` (that node is
+/// at its load bound: this request only). The edge router in `examples/edge` sets it.
+pub const REROUTE_HEADER: &str = "x-sessile-reroute";
+
+/// A session served away from the node its cookie names.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct RePin<'a> {
+    /// The hint in the request's cookie.
+    pub from: &'a str,
+    /// This node's hint for the session.
+    pub to: &'a str,
+    /// The request's [`REROUTE_HEADER`], if any.
+    pub reroute: Option<&'a str>,
+}
+
+impl RePin<'_> {
+    /// The default decision: re-pin, unless the edge said the hinted node was only at its load
+    /// bound (the session should go back when the burst passes).
+    pub fn by_default(&self) -> bool {
+        self.reroute != Some("overload")
+    }
+}
 
 pub(crate) fn commit_stripes() -> Box<[tokio::sync::Mutex<()>]> {
     (0..COMMIT_STRIPES)
@@ -68,7 +92,7 @@ pub(crate) fn detached(store: impl crate::SessionStore) -> Arc<RequestSession> {
         .without_circuit_breaker()
         .build()
         .expect("the default settings are valid");
-    let session = RequestSession::new(layer.shared(), Vec::new());
+    let session = RequestSession::new(layer.shared(), Vec::new(), None);
     let _ = session.loaded.set(Ok(()));
     Arc::new(session)
 }
