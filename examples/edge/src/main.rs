@@ -10,7 +10,8 @@
 //! * `EDGE_ADMIN_ADDR`: where `GET /metrics` and `GET /nodes` are served (default
 //!   `127.0.0.1:9400`; keep it off the public network);
 //! * `EDGE_HEALTH_INTERVAL_MS` (default 1000), `EDGE_CONNECT_TIMEOUT_MS` (default 1000),
-//!   `EDGE_REQUEST_TIMEOUT_MS` (default 30000).
+//!   `EDGE_REQUEST_TIMEOUT_MS` (default 30000);
+//! * `EDGE_BALANCE_FACTOR`: the load bound's `c` (default 1.25; at least 1).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -49,6 +50,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         health_interval: env_ms("EDGE_HEALTH_INTERVAL_MS", 1000)?,
         connect_timeout: env_ms("EDGE_CONNECT_TIMEOUT_MS", 1000)?,
         request_timeout: env_ms("EDGE_REQUEST_TIMEOUT_MS", 30_000)?,
+        balance_factor: match std::env::var("EDGE_BALANCE_FACTOR") {
+            Ok(v) => v
+                .parse()
+                .ok()
+                .filter(|c: &f64| *c >= 1.0)
+                .ok_or(format!("EDGE_BALANCE_FACTOR={v:?}: a number of at least 1"))?,
+            Err(_) => sessile_affinity::DEFAULT_BALANCE_FACTOR,
+        },
         ..EdgeConfig::default()
     };
     let control = Control::new(NodeTable::default(), &config);

@@ -195,3 +195,81 @@ async fn bodies_go_through_whole_and_a_bad_table_changes_nothing() {
         assert_eq!(rig.control.configured(), before, "the old table stays");
     }
 }
+
+/// 30 requests held in flight at once, 9 of them (30%) from one hot user whose session is on
+/// node-a: no node holds more than ceil(1.25 x 30 / 3) = 13, so some of the hot user's requests
+/// go elsewhere (as overflow, which does not re-pin: its session stays on node-a).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_user_does_not_push_its_node_over_the_bound() {
+    let redis = RedisServer::start();
+    let prefix = unique_prefix();
+    let hold = Arc::new(tokio::sync::Semaphore::new(0));
+    let instances: Vec<Instance> = ["node-a", "node-b", "node-c"]
+        .iter()
+        .map(|n| Instance::start_holding(n, &redis.url(), &prefix, hold.clone()))
+        .collect();
+    let config = config();
+    let control = Control::new(
+        NodeTable::parse(&table(&instances, &[0, 1, 2], &[])).expect("table"),
+        &config,
+    );
+    let edge = Edge::new(control.clone(), config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let _server = tokio::spawn(serve(listener, edge, std::future::pending()));
+
+    // The hot user, on node-a, and 21 others.
+    let mut users = log_in(addr, "u", 60).await;
+    let hot = users
+        .iter()
+        .position(|u| u.pinned() == "node-a")
+        .expect("a session on node-a");
+    let hot_cookie = users[hot].cookie.clone();
+    let others: Vec<User> = users
+        .drain(..)
+        .enumerate()
+        .filter(|(i, _)| *i != hot)
+        .map(|(_, u)| u)
+        .take(21)
+        .collect();
+    let mut tasks = Vec::new();
+    for _ in 0..9 {
+        let mut u = User::new(addr);
+        u.cookie = hot_cookie.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = u.get("/hold").await;
+            (true, r.status, r.node, r.set_cookie)
+        }));
+    }
+    for mut u in others {
+        tasks.push(tokio::spawn(async move {
+            let r = u.get("/hold").await;
+            (false, r.status, r.node, r.set_cookie)
+        }));
+    }
+    let nodes = ["node-a", "node-b", "node-c"];
+    let in_flight =
+        |c: &Control| -> Vec<u64> { nodes.iter().map(|n| c.balancer().in_flight(n)).collect() };
+    until("all 30 requests in flight", || {
+        in_flight(&control).iter().sum::<u64>() == 30
+    })
+    .await;
+    let loads = in_flight(&control);
+    hold.add_permits(30);
+    let mut hot_on = std::collections::BTreeMap::new();
+    for t in tasks {
+        let (is_hot, status, node, set_cookie) = t.await.expect("request");
+        assert_eq!(status, StatusCode::OK);
+        if is_hot {
+            *hot_on.entry(node).or_insert(0) += 1;
+            assert_eq!(set_cookie, None, "an overflow does not re-pin");
+        }
+    }
+    eprintln!(
+        "30 held requests: in flight per node {loads:?}; the hot user's 9 went to {hot_on:?}"
+    );
+    assert!(loads.iter().all(|l| *l <= 13), "{loads:?}");
+    assert!(hot_on.len() > 1, "the hot user overflowed: {hot_on:?}");
+}

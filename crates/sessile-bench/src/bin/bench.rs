@@ -12,8 +12,8 @@
 //!   of medians and ratios and the chart.
 //! * `bench memory [--sessions 1000000]` measures bytes per stored session in `MemoryStore`.
 //! * `bench edge [--repeats 3] [--seconds 5] [--out FILE]` puts three `sessile-redis-cached`
-//!   instances on one Redis behind each front in turn: the edge router (`examples/edge`), nginx
-//!   with the affinity recipe, and nginx round robin; runs `read` and `mixed` through each, and
+//!   instances on one Redis behind each front in turn: the edge router (`examples/edge`; also
+//!   with a load bound of c = 1.5), nginx with the affinity recipe, and nginx round robin; runs `read` and `mixed` through each, and
 //!   reports req/s, p99, the front's CPU per request and the instances' cache hit rate.
 //!
 //! All traffic goes to 127.0.0.1; every process it starts it stops, by pid.
@@ -907,7 +907,7 @@ mod erased {
 
 /// The app instances behind the fronts of `bench edge`.
 const EDGE_NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
-const FRONTS: [&str; 3] = ["edge", "nginx", "nginx-round-robin"];
+const FRONTS: [&str; 4] = ["edge", "edge-c1.5", "nginx", "nginx-round-robin"];
 
 fn edge_binary() -> PathBuf {
     std::env::current_exe()
@@ -929,7 +929,7 @@ fn start_front(front: &str, nodes: &[String], dir: &Path) -> (Spawned, String) {
     let listen = format!("127.0.0.1:{port}");
     let log = dir.join(format!("{front}-{port}.log"));
     let cmd = match front {
-        "edge" => {
+        "edge" | "edge-c1.5" => {
             let table: String = EDGE_NODES
                 .iter()
                 .zip(nodes)
@@ -942,6 +942,9 @@ fn start_front(front: &str, nodes: &[String], dir: &Path) -> (Spawned, String) {
                 .env("EDGE_NODES_FILE", &file)
                 .env("EDGE_ADMIN_ADDR", format!("127.0.0.1:{}", free_port()))
                 .env("RUST_LOG", "warn");
+            if front == "edge-c1.5" {
+                cmd.env("EDGE_BALANCE_FACTOR", "1.5");
+            }
             cmd
         }
         _ => {

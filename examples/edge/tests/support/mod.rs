@@ -27,6 +27,22 @@ pub struct Instance {
 
 impl Instance {
     pub fn start(node: &str, redis: &str, prefix: &str) -> Self {
+        Self::start_holding(
+            node,
+            redis,
+            prefix,
+            Arc::new(tokio::sync::Semaphore::new(0)),
+        )
+    }
+
+    /// As [`start`](Self::start), with `GET /hold` waiting for a permit of `hold` (shared by the
+    /// instances, added by the test) before it answers.
+    pub fn start_holding(
+        node: &str,
+        redis: &str,
+        prefix: &str,
+        hold: Arc<tokio::sync::Semaphore>,
+    ) -> Self {
         let (node_owned, redis, prefix) = (node.to_owned(), redis.to_owned(), prefix.to_owned());
         let (runtime, addr) = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -45,7 +61,7 @@ impl Instance {
                         .hint_source(AffinityHints::new(&node_owned).expect("node id"))
                         .build()
                         .expect("layer");
-                let app = app(&node_owned).layer(layer);
+                let app = app(&node_owned, hold).layer(layer);
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                     .await
                     .expect("bind");
@@ -82,10 +98,26 @@ impl Drop for Instance {
     }
 }
 
-/// The app: log in, who am I, a counter, an echo, a health check; every answer says which node.
-pub fn app(node: &str) -> Router {
+/// The app: log in, who am I, a counter, an echo, a health check, and `GET /hold` (waits for a
+/// permit of `hold`, at most 10 s, then answers who am I); every answer says which node.
+pub fn app(node: &str, hold: Arc<tokio::sync::Semaphore>) -> Router {
     let node: Arc<str> = node.into();
     Router::new()
+        .route(
+            "/hold",
+            get(move |s: Session| {
+                let hold = hold.clone();
+                async move {
+                    // Bounded: a failing test does not hold the instance for ever.
+                    let permit =
+                        tokio::time::timeout(Duration::from_secs(10), hold.acquire_owned()).await;
+                    if let Ok(Ok(permit)) = permit {
+                        permit.forget();
+                    }
+                    s.user_id().unwrap_or_else(|| "-".into())
+                }
+            }),
+        )
         .route(
             "/login/{user}",
             post(|s: Session, UrlPath(user): UrlPath<String>| async move {
