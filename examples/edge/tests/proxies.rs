@@ -1,7 +1,9 @@
 //! The nginx and HAProxy recipes (`examples/edge/recipes/`, quoted in `docs/affinity.md`), each
 //! run for real (Debian's packages, started here on loopback) in front of three app instances on
-//! one Redis: sessions stay on their instance, and a killed instance's users move, stay logged in
-//! and are re-pinned.
+//! one Redis: sessions stay on their instance; a killed instance's users move, stay logged in and
+//! are re-pinned; a drained instance (nginx: marked `down` in the hashed pool and reloaded;
+//! HAProxy: `set server ... state drain` on the runtime API) gets no new sessions and keeps its
+//! own.
 
 mod support;
 
@@ -17,7 +19,8 @@ use support::{Instance, log_in, moved_and_re_pinned, sticky_share};
 struct Proxy {
     child: Child,
     addr: SocketAddr,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
 }
 
 impl Drop for Proxy {
@@ -94,7 +97,8 @@ fn start(program: &str, recipe_name: &str, instances: &[Instance]) -> Proxy {
     let mut proxy = Proxy {
         child,
         addr,
-        _dir: dir,
+        dir,
+        config: config.into(),
     };
     let start = Instant::now();
     while std::net::TcpStream::connect(addr).is_err() {
@@ -174,4 +178,115 @@ fn the_documented_recipes_are_the_tested_ones() {
             "docs/affinity.md does not quote {name}"
         );
     }
+}
+
+/// The processes whose parent is `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: the comm may hold spaces, so read after its ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            if let Some(child) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                out.push(child);
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// nginx: node-c marked `down` in the hashed pool, the config reloaded (SIGHUP to the master this
+/// test started), and the new worker waited for (its pid differs).
+fn drain_nginx(proxy: &Proxy) {
+    let config = std::fs::read_to_string(&proxy.config).expect("config");
+    let node_c = config
+        .lines()
+        .filter(|l| l.trim_start().starts_with("server ") && l.contains("max_fails"))
+        .nth(2)
+        .expect("node-c in the hashed pool")
+        .to_owned();
+    let drained = config.replace(&node_c, "        server NODE_C down;");
+    let addr = node_c
+        .split_whitespace()
+        .nth(1)
+        .expect("an address")
+        .to_owned();
+    std::fs::write(&proxy.config, drained.replace("NODE_C", &addr)).expect("config");
+    let before = children(proxy.child.id());
+    let hup = Command::new("kill")
+        .args(["-HUP", &proxy.child.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success());
+    let start = Instant::now();
+    loop {
+        let now = children(proxy.child.id());
+        if !now.is_empty() && now.iter().all(|p| !before.contains(p)) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "nginx never reloaded"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// HAProxy: `set server app/node-c state drain` on the runtime API.
+fn drain_haproxy(proxy: &Proxy) {
+    use std::io::{Read as _, Write as _};
+    let mut socket = std::os::unix::net::UnixStream::connect(proxy.dir.path().join("admin.sock"))
+        .expect("the runtime API");
+    socket
+        .write_all(b"set server app/node-c state drain\n")
+        .expect("command");
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).expect("answer");
+    assert!(answer.trim().is_empty(), "HAProxy said: {answer}");
+}
+
+async fn drain(program: &str, recipe_name: &str) {
+    let redis = RedisServer::start();
+    let instances = instances(&redis);
+    let proxy = start(program, recipe_name, &instances);
+    let mut old = log_in(proxy.addr, "old", 30).await;
+    assert!(old.iter().any(|u| u.pinned() == "node-c"));
+    match program {
+        "nginx" => drain_nginx(&proxy),
+        _ => drain_haproxy(&proxy),
+    }
+    let new = log_in(proxy.addr, "new", 30).await;
+    let mut per_node = std::collections::BTreeMap::new();
+    for u in &new {
+        *per_node.entry(u.pinned()).or_insert(0) += 1;
+    }
+    eprintln!("{program}, node-c draining: new sessions per node {per_node:?}");
+    assert!(
+        !per_node.contains_key("node-c"),
+        "a new session on the draining node"
+    );
+    let mut kept = 0;
+    for u in old.iter_mut().filter(|u| u.pinned() == "node-c") {
+        let r = u.post("/incr").await;
+        assert_eq!((r.status.as_u16(), r.node.as_str()), (200, "node-c"));
+        kept += 1;
+    }
+    eprintln!("{program}: {kept} sessions kept on the draining node");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_drains_a_node() {
+    drain("nginx", "nginx.conf").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_drains_a_node() {
+    drain("haproxy", "haproxy.cfg").await;
 }
