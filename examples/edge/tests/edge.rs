@@ -38,11 +38,16 @@ fn config() -> EdgeConfig {
 impl Rig {
     /// Starts three instances; the edge's table lists those `listed` says (by index).
     async fn start(listed: &[usize]) -> Self {
+        Self::start_holding(listed, Arc::new(tokio::sync::Semaphore::new(0))).await
+    }
+
+    /// As [`start`](Self::start), the instances' `GET /hold` waiting for permits of `hold`.
+    async fn start_holding(listed: &[usize], hold: Arc<tokio::sync::Semaphore>) -> Self {
         let redis = RedisServer::start();
         let prefix = unique_prefix();
         let instances: Vec<Instance> = ["node-a", "node-b", "node-c"]
             .iter()
-            .map(|n| Instance::start(n, &redis.url(), &prefix))
+            .map(|n| Instance::start_holding(n, &redis.url(), &prefix, hold.clone()))
             .collect();
         let table = table(&instances, listed, &[]);
         let config = config();
@@ -201,24 +206,9 @@ async fn bodies_go_through_whole_and_a_bad_table_changes_nothing() {
 /// go elsewhere (as overflow, which does not re-pin: its session stays on node-a).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_user_does_not_push_its_node_over_the_bound() {
-    let redis = RedisServer::start();
-    let prefix = unique_prefix();
     let hold = Arc::new(tokio::sync::Semaphore::new(0));
-    let instances: Vec<Instance> = ["node-a", "node-b", "node-c"]
-        .iter()
-        .map(|n| Instance::start_holding(n, &redis.url(), &prefix, hold.clone()))
-        .collect();
-    let config = config();
-    let control = Control::new(
-        NodeTable::parse(&table(&instances, &[0, 1, 2], &[])).expect("table"),
-        &config,
-    );
-    let edge = Edge::new(control.clone(), config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let _server = tokio::spawn(serve(listener, edge, std::future::pending()));
+    let rig = Rig::start_holding(&[0, 1, 2], hold.clone()).await;
+    let (addr, control) = (rig.edge, rig.control.clone());
 
     // The hot user, on node-a, and 21 others.
     let mut users = log_in(addr, "u", 60).await;

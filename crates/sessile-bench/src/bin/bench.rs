@@ -465,13 +465,7 @@ async fn run(args: &[String]) {
         .copied()
         .filter(|c| picked.split(',').any(|p| p == *c))
         .collect();
-    assert!(
-        repeats <= 20 && seconds <= 120.0 && connections <= 512,
-        "bounded runs only"
-    );
-    std::fs::create_dir_all(out.parent().unwrap_or(Path::new("."))).expect("output dir");
-    let mut file = std::fs::File::create(&out).expect("output file");
-    let redis = RedisServer::start_with(&["--maxmemory", "2gb"]);
+    let (mut file, redis) = setup(repeats, seconds, connections, &out);
     let logs = redis.dir().to_owned();
 
     for repeat in 0..repeats {
@@ -565,6 +559,22 @@ async fn run(args: &[String]) {
             }
         }
     }
+}
+
+/// Checks that the run is bounded, opens the results file, and starts the private Redis.
+fn setup(
+    repeats: usize,
+    seconds: f64,
+    connections: usize,
+    out: &Path,
+) -> (std::fs::File, RedisServer) {
+    assert!(
+        repeats <= 20 && seconds <= 120.0 && connections <= 512,
+        "bounded runs only"
+    );
+    std::fs::create_dir_all(out.parent().unwrap_or(Path::new("."))).expect("output dir");
+    let file = std::fs::File::create(out).expect("output file");
+    (file, RedisServer::start_with(&["--maxmemory", "2gb"]))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -1028,13 +1038,7 @@ async fn edge(args: &[String]) {
     let connections: usize = flag(args, "--connections", 64);
     let users: usize = flag(args, "--users", 2048);
     let out: PathBuf = flag(args, "--out", PathBuf::from("target/bench/edge.jsonl"));
-    assert!(
-        repeats <= 20 && seconds <= 120.0 && connections <= 512,
-        "bounded runs only"
-    );
-    std::fs::create_dir_all(out.parent().unwrap_or(Path::new("."))).expect("output dir");
-    let mut file = std::fs::File::create(&out).expect("output file");
-    let redis = RedisServer::start_with(&["--maxmemory", "2gb"]);
+    let (mut file, redis) = setup(repeats, seconds, connections, &out);
     let logs = redis.dir().to_owned();
     let contender = "sessile-redis-cached";
     for repeat in 0..repeats {
