@@ -13,11 +13,18 @@ use sessile::{MemoryStore, SessionStore, StoreError};
 use sessile_tests::{Hook, Hooked, ManualInvalidations};
 use tokio::sync::Notify;
 
-/// Holds the next load (or save, `armed_save`), once armed, until released; counts loads.
+/// Holds the next load (or save, `armed_save`), once armed, until released; or the next load's
+/// reply after the store read (`armed_reply`, with `reply_reached` and `reply_release`); counts
+/// loads.
 #[derive(Clone, Default)]
 struct HoldLoad {
     armed: Arc<AtomicBool>,
     armed_save: Arc<AtomicBool>,
+    armed_reply: Arc<AtomicBool>,
+    reply_reached: Arc<Notify>,
+    reply_release: Arc<Notify>,
+    /// Holds the next save after it was applied (with `reply_reached` and `reply_release`).
+    armed_saved: Arc<AtomicBool>,
     reached: Arc<Notify>,
     release: Arc<Notify>,
     loads: Arc<std::sync::atomic::AtomicU64>,
@@ -37,6 +44,18 @@ impl Hook for HoldLoad {
             self.release.notified().await;
         }
         Ok(())
+    }
+
+    async fn after(&self, op: &'static str) {
+        let armed = match op {
+            "load" => &self.armed_reply,
+            "save" => &self.armed_saved,
+            _ => return,
+        };
+        if armed.swap(false, Ordering::SeqCst) {
+            self.reply_reached.notify_one();
+            self.reply_release.notified().await;
+        }
     }
 }
 
@@ -282,4 +301,135 @@ async fn an_own_save_echoed_before_its_reply_is_cached() {
     ));
     assert!(!cache.serves(&r.id), "nothing cached after the conflict");
     assert_eq!(cache.load(r.id).await.expect("load"), Some(theirs));
+}
+
+/// From the adversarial review: this instance's save of version 2 is in flight when the epoch
+/// moves (a local "log out everywhere"); a load reads version 1 from the store, and its reply is
+/// late; the save's own invalidation comes, then its reply, then the load's reply. Version 1
+/// must not be served. (The first version of the own-write rule dropped the old copy without
+/// moving the generation, and the late reply was served.)
+#[tokio::test]
+async fn a_late_load_reply_after_an_own_save_is_not_served() {
+    let (cache, inner, hold) = cache().await;
+    let r = sessile_conformance::record(None, 1);
+    cache.create(&r, WriteId::random()).await.expect("create");
+    let mut next = r.clone();
+    next.version = 2;
+    next.data.insert("theme".into(), b"light".to_vec());
+
+    hold.armed_save.store(true, Ordering::SeqCst);
+    let saving = {
+        let (cache, next) = (cache.clone(), next.clone());
+        tokio::spawn(async move { cache.save(&next, 1, WriteId::random()).await })
+    };
+    hold.reached.notified().await;
+    cache
+        .destroy_user(None, "nobody")
+        .await
+        .expect("log out everywhere");
+
+    hold.armed_reply.store(true, Ordering::SeqCst);
+    let loading = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.load(r.id).await })
+    };
+    hold.reply_reached.notified().await;
+    inner.emit(Invalidation::Changed {
+        id: r.id,
+        version: Some(2),
+        at: None,
+    });
+    hold.release.notify_one();
+    saving.await.expect("task").expect("save");
+    hold.reply_release.notify_one();
+    assert_eq!(
+        loading
+            .await
+            .expect("task")
+            .expect("load")
+            .map(|r| r.version),
+        Some(1),
+        "the late reply goes to its caller"
+    );
+    assert_eq!(
+        cache.load(r.id).await.expect("load").map(|r| r.version),
+        Some(2),
+        "version 1 served from the cache"
+    );
+}
+
+/// From the adversarial review: a request re-pinned here (its cookie names node-a) queues behind
+/// another writer of its session, reloads it from this instance's cache, and finds its change
+/// already there (nothing to write), while another instance has rotated the id (a login) and
+/// the invalidation has not come yet. It must not issue a cookie for the rotated id on a cached
+/// copy's word: the store confirms the id first (and says it was rotated).
+#[tokio::test]
+async fn a_re_pin_after_an_unchanged_reload_asks_the_store() {
+    use http::Method;
+    use sessile::{AffinityHints, KeyRing, SessionManagerLayer};
+
+    let (cache, inner, hold) = cache().await;
+    let keys = || KeyRing::new(1, &[7; 32]).expect("keys");
+    fn node(store: impl SessionStore, name: &str, keys: KeyRing) -> axum::Router {
+        let layer = SessionManagerLayer::builder(store, keys)
+            .hint_source(AffinityHints::new(name).expect("node id"))
+            .build()
+            .expect("layer");
+        sessile_tests::routes(Arc::new(sessile_tests::Gate::default())).layer(layer)
+    }
+    let (a, b) = (
+        node(inner.clone(), "node-a", keys()),
+        node(cache.clone(), "node-b", keys()),
+    );
+    let made = sessile_tests::send(&a, Method::POST, "/set/x", None, None).await;
+    let cookie = format!("sid={}", made.cookie_value("sid").expect("a session"));
+    let id = {
+        let token = made.cookie_value("sid").expect("token");
+        let codec = sessile_token::TokenCodec::new(keys(), "sid").expect("codec");
+        sessile::SessionId::from_bytes(codec.open(&token).expect("opens").claims.session_id)
+    };
+
+    // Request 1 on B writes `y`; its save is held before it is applied, holding B's commit lock.
+    hold.armed_save.store(true, Ordering::SeqCst);
+    let first = {
+        let (b, cookie) = (b.clone(), cookie.clone());
+        tokio::spawn(async move {
+            sessile_tests::send(&b, Method::POST, "/set/y", Some(&cookie), None).await
+        })
+    };
+    hold.reached.notified().await;
+    // Request 2 on B writes `y` too: it loads, then queues behind request 1 (this runtime has
+    // one thread: it runs until it waits for the lock).
+    let second = {
+        let (b, cookie) = (b.clone(), cookie.clone());
+        tokio::spawn(async move {
+            sessile_tests::send(&b, Method::POST, "/set/y", Some(&cookie), None).await
+        })
+    };
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    // Request 1's save is applied; before its reply, another instance logs the session in (a
+    // rotation), and its invalidation does not reach B in time.
+    hold.armed_saved.store(true, Ordering::SeqCst);
+    hold.release.notify_one();
+    hold.reply_reached.notified().await;
+    let mut rotated = inner.load(id).await.expect("load").expect("the session");
+    let expected = rotated.version;
+    rotated.id = sessile::SessionId::random_for_user(Some("ann"));
+    rotated.version += 1;
+    rotated.meta.user_id = Some("ann".into());
+    inner
+        .rotate(id, &rotated, expected, WriteId::random())
+        .await
+        .expect("rotate");
+    hold.reply_release.notify_one();
+    first.await.expect("request 1");
+    let second = second.await.expect("request 2");
+    assert_eq!(second.status, http::StatusCode::OK);
+    assert_eq!(
+        second.set_cookie("sid"),
+        None,
+        "a cookie for the rotated id, on the cache's word"
+    );
 }

@@ -37,6 +37,11 @@ pub trait Hook: Send + Sync + 'static {
     /// Called with the operation's name; an error is returned instead of calling the store.
     fn before(&self, op: &'static str) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Runs after each store operation, before its result is returned (a reply on its way).
+    fn after(&self, _op: &'static str) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// Called with every event of the wrapped store's invalidation stream before the listener
     /// hears it, on the stream's own task: a hook that blocks here is a consumer that fell behind.
     fn invalidation(&self, _event: &Invalidation) {}
@@ -64,7 +69,9 @@ impl<S, H> std::ops::Deref for Hooked<S, H> {
 impl<S: SessionStore, H: Hook> SessionStore for Hooked<S, H> {
     async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
         self.hook.before("load").await?;
-        self.inner.load(id).await
+        let loaded = self.inner.load(id).await;
+        self.hook.after("load").await;
+        loaded
     }
     async fn create(&self, record: &Record, write: WriteId) -> Result<(), StoreError> {
         self.hook.before("create").await?;
@@ -72,7 +79,9 @@ impl<S: SessionStore, H: Hook> SessionStore for Hooked<S, H> {
     }
     async fn save(&self, record: &Record, expected: u64, write: WriteId) -> Result<(), StoreError> {
         self.hook.before("save").await?;
-        self.inner.save(record, expected, write).await
+        let saved = self.inner.save(record, expected, write).await;
+        self.hook.after("save").await;
+        saved
     }
     async fn touch(&self, id: SessionId, deadline: UnixMillis) -> Result<(), StoreError> {
         self.hook.before("touch").await?;

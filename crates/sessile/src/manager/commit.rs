@@ -155,11 +155,9 @@ impl RequestSession {
             return;
         };
         let cookie_due = self.cookie_due(&incoming, now);
+        let re_pin = incoming.re_pin;
         if !st.dirty && !st.cycle {
-            self.touch_only(&base, now, cookie_due, out).await;
-            if incoming.re_pin && matches!(out.cookie, CookieAction::Set { .. }) {
-                metrics::counter!("sessile_affinity_repins_total").increment(1);
-            }
+            self.touch_only(&base, now, cookie_due, re_pin, out).await;
             return;
         }
         // Waiting here is bounded by the other writers' store deadlines, all of which finish.
@@ -172,9 +170,16 @@ impl RequestSession {
         let Some(written) = writer.run(st, base.meta.clone(), waited, out).await else {
             return;
         };
-        if writer.cycle || cookie_due {
+        if !written.stored && (cookie_due || re_pin) {
+            // Nothing was written, and the id was confirmed only by a load, which a cache tier
+            // may have answered from a copy: as on a read, the store confirms the id before a
+            // cookie is issued for it.
+            self.touch_only(&base, now, cookie_due, re_pin, out).await;
+            return;
+        }
+        if writer.cycle || cookie_due || re_pin {
             // A re-pin seals this node's hint; a rotation already has it.
-            let hint = if incoming.re_pin && !writer.cycle {
+            let hint = if re_pin && !writer.cycle {
                 metrics::counter!("sessile_affinity_repins_total").increment(1);
                 self.shared.hints.hint_for(&written.id).as_str().to_owned()
             } else {
@@ -187,16 +192,23 @@ impl RequestSession {
     /// Whether the response must carry a fresh token: the cookie was sealed with an old key, or
     /// its own expiry (`Max-Age`) is due to move.
     fn cookie_due(&self, incoming: &Incoming, now: UnixMillis) -> bool {
-        incoming.re_pin
-            || !incoming.sealed_with_primary
+        !incoming.sealed_with_primary
             || (self.shared.config.cookie.persistent
                 && (now / 1000).saturating_sub(u64::from(incoming.issued_at)) * 1000
                     >= self.renew_after_ms())
     }
 
     /// A read-only request: extend the idle deadline if enough of it has passed, and re-issue the
-    /// cookie if its own expiry must move or it was sealed with an old key.
-    async fn touch_only(&self, base: &Base, now: UnixMillis, cookie_due: bool, out: &mut Commit) {
+    /// cookie if its own expiry must move, it was sealed with an old key, or it is to be re-pinned
+    /// to this node.
+    async fn touch_only(
+        &self,
+        base: &Base,
+        now: UnixMillis,
+        cookie_due: bool,
+        re_pin: bool,
+        out: &mut Commit,
+    ) {
         let new_deadline = (now + self.idle_ms()).min(base.meta.absolute_deadline);
         let last_extended = base.idle_deadline.saturating_sub(self.idle_ms());
         let touch_due = now.saturating_sub(last_extended) >= self.renew_after_ms()
@@ -205,7 +217,7 @@ impl RequestSession {
         // A cookie is only re-issued for an id the store has just confirmed: the session may have
         // been rotated (a login) since this request loaded it, and a fresh token for the dead id,
         // arriving after the login's response, would log the user out.
-        if touch_due || cookie_due {
+        if touch_due || cookie_due || re_pin {
             let new_deadline = new_deadline.max(base.idle_deadline);
             match self.shared.store.touch(base.id, new_deadline).await {
                 Ok(()) => {
@@ -216,7 +228,11 @@ impl RequestSession {
                 }
                 Err(StoreError::NotFound) => {
                     self.forget(&base.id);
-                    out.cookie = CookieAction::Remove;
+                    // Ended meanwhile. A touch made only to re-pin leaves the cookie alone: this
+                    // response may arrive after a new login's and must not remove its cookie.
+                    if touch_due || cookie_due {
+                        out.cookie = CookieAction::Remove;
+                    }
                     return;
                 }
                 Err(StoreError::Rotated) => {
@@ -230,12 +246,12 @@ impl RequestSession {
                 }
             }
         }
-        if cookie_due {
-            let hint = match self.incoming() {
-                Some(incoming) if incoming.re_pin => {
-                    self.shared.hints.hint_for(&base.id).as_str().to_owned()
-                }
-                _ => base.meta.hint.clone(),
+        if cookie_due || re_pin {
+            let hint = if re_pin {
+                metrics::counter!("sessile_affinity_repins_total").increment(1);
+                self.shared.hints.hint_for(&base.id).as_str().to_owned()
+            } else {
+                base.meta.hint.clone()
             };
             out.cookie = self.issue_token(base.id, &hint, deadline, now);
         }

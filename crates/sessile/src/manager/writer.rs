@@ -29,6 +29,9 @@ pub(crate) struct Written {
     pub(crate) id: SessionId,
     pub(crate) hint: String,
     pub(crate) idle_deadline: UnixMillis,
+    /// Whether this request wrote the record (`false`: its changes were already stored, and the
+    /// id was confirmed only by a load).
+    pub(crate) stored: bool,
 }
 
 /// What a reload gave the next attempt.
@@ -105,6 +108,7 @@ impl<'r> Writer<'r> {
                             id: self.old,
                             hint,
                             idle_deadline,
+                            stored: false,
                         });
                     }
                 }
@@ -116,6 +120,7 @@ impl<'r> Writer<'r> {
                         id: record.id,
                         hint: record.meta.hint,
                         idle_deadline: record.idle_deadline,
+                        stored: true,
                     });
                 }
                 Attempt::Stop => return None,

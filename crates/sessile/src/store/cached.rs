@@ -217,9 +217,11 @@ struct Shared<S> {
     paused: AtomicBool,
     /// Loads in flight, one per session.
     flights: Mutex<HashMap<SessionId, Arc<OnceCell<Loaded>>>>,
-    /// This instance's writes in flight that leave a record: (id, version written) -> how many.
-    /// Their own invalidation, which Redis sends before the write's reply, is recognised by it.
-    writing: Mutex<HashMap<(SessionId, u64), u32>>,
+    /// This instance's writes in flight that leave a record, by (id, version written). Their own
+    /// invalidation, which Redis sends before the write's reply, is recognised by it. Also held
+    /// while a write's result is inserted, so that an invalidation is handled wholly before or
+    /// wholly after.
+    writing: Mutex<HashMap<(SessionId, u64), Pending>>,
     max_age: Duration,
     clock: Arc<dyn Clock>,
     hits: AtomicU64,
@@ -244,31 +246,57 @@ struct Stamp {
     paused: bool,
 }
 
-/// Registers a write in flight for its own invalidation, until dropped (done or cancelled).
-struct Writing<'a> {
-    writing: &'a Mutex<HashMap<(SessionId, u64), u32>>,
-    key: (SessionId, u64),
+/// Writes of one (id, version) in flight on this instance.
+#[derive(Debug, Default)]
+struct Pending {
+    count: u32,
+    /// The stripe generation the write's own invalidation moved to, if it came: the write's
+    /// result is cached at that generation (every load begun before it is refused, and none begun
+    /// after it can read an older version).
+    generation: Option<u64>,
 }
 
-impl<'a> Writing<'a> {
-    fn new(writing: &'a Mutex<HashMap<(SessionId, u64), u32>>, key: (SessionId, u64)) -> Self {
-        *writing
+/// Registers a write in flight for its own invalidation, until dropped. Dropped before it was
+/// marked done (the caller gave up mid-call), the outcome is unknown: the key goes stale.
+struct Writing<'a, S> {
+    shared: &'a Shared<S>,
+    key: (SessionId, u64),
+    done: bool,
+}
+
+impl<'a, S: PublishesInvalidations> Writing<'a, S> {
+    fn new(shared: &'a Shared<S>, key: (SessionId, u64)) -> Self {
+        shared
+            .writing
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(key)
-            .or_default() += 1;
-        Self { writing, key }
+            .or_default()
+            .count += 1;
+        Self {
+            shared,
+            key,
+            done: false,
+        }
     }
 }
 
-impl Drop for Writing<'_> {
+impl<S> Drop for Writing<'_, S> {
     fn drop(&mut self) {
-        let mut writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = writing.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
+        let mut writing = self
+            .shared
+            .writing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = writing.get_mut(&self.key) {
+            p.count -= 1;
+            if p.count == 0 {
                 writing.remove(&self.key);
             }
+        }
+        drop(writing);
+        if !self.done {
+            self.shared.drop_key(&self.key.0);
         }
     }
 }
@@ -300,13 +328,21 @@ impl Drop for Flight<'_> {
 /// A finished load, with the stamp it began at.
 type Loaded = (Option<Record>, Stamp);
 
-impl<S: PublishesInvalidations> Shared<S> {
+impl<S> Shared<S> {
     fn stripe(&self, id: &SessionId) -> &AtomicU64 {
         let b = id.as_bytes();
         let n = usize::from(u16::from_le_bytes([b[14], b[15]]));
         &self.stripes[n % STRIPES]
     }
 
+    /// Makes every copy of `id` (cached or on its way into the cache) stale.
+    fn drop_key(&self, id: &SessionId) {
+        self.stripe(id).fetch_add(1, Ordering::AcqRel);
+        self.cache.invalidate(id);
+    }
+}
+
+impl<S: PublishesInvalidations> Shared<S> {
     fn stamp(&self, id: &SessionId) -> Stamp {
         Stamp {
             // The pause flag first: a resume bumps the epoch before it clears the flag, so a
@@ -359,12 +395,6 @@ impl<S: PublishesInvalidations> Shared<S> {
             });
     }
 
-    /// Makes every copy of `id` (cached or on its way into the cache) stale.
-    fn drop_key(&self, id: &SessionId) {
-        self.stripe(id).fetch_add(1, Ordering::AcqRel);
-        self.cache.invalidate(id);
-    }
-
     fn flush(&self, cause: FlushCause) {
         self.flushes.fetch_add(1, Ordering::Relaxed);
         self.epoch.fetch_add(1, Ordering::AcqRel);
@@ -381,28 +411,41 @@ impl<S: PublishesInvalidations> Shared<S> {
                     metrics::histogram!("sessile_cache_invalidation_delay_seconds")
                         .record(delay as f64 / 1000.0);
                 }
-                let current = self.epoch.load(Ordering::Acquire);
-                let up_to_date = version.is_some_and(|v| {
-                    self.cache
-                        .get(&id)
-                        .is_some_and(|e| e.stamp.epoch == current && e.record.version >= v)
-                });
-                let own = version.is_some_and(|v| {
-                    self.writing
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .contains_key(&(id, v))
-                });
-                if own && !up_to_date {
-                    // This instance's write in flight made version `v` (only one write can:
-                    // compare-and-set): drop the older copy, but leave the generation the
-                    // write's result is stamped with, so that it is cached when the reply comes.
-                    // Had another instance made `v`, this write fails and drops the key then.
-                    self.cache.invalidate(&id);
-                } else if !up_to_date {
+                metrics::counter!("sessile_cache_invalidations_total", "cause" => "key")
+                    .increment(1);
+                let Some(v) = version else {
                     self.drop_key(&id);
-                    metrics::counter!("sessile_cache_invalidations_total", "cause" => "key")
-                        .increment(1);
+                    return self.entries_gauge();
+                };
+                // Every load of the key begun before this point is refused from here on.
+                let mut writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+                let generation = self.stripe(&id).fetch_add(1, Ordering::AcqRel) + 1;
+                let current = self.epoch.load(Ordering::Acquire);
+                // A copy at version `v` or newer is this instance's own write, answered already:
+                // it stays, at the new generation. Any other copy goes.
+                self.cache.entry(id).and_compute_with(|old| match old {
+                    Some(old)
+                        if old.value().stamp.epoch == current
+                            && old.value().record.version >= v =>
+                    {
+                        let e = old.value();
+                        Op::Put(Arc::new(Entry {
+                            record: e.record.clone(),
+                            stamp: Stamp {
+                                generation,
+                                ..e.stamp
+                            },
+                            born: e.born,
+                        }))
+                    }
+                    Some(_) => Op::Remove,
+                    None => Op::Nop,
+                });
+                // This instance's write of `v` still in flight (only one write can make a given
+                // version: compare-and-set; had another instance made it, this write fails and
+                // drops the key): its result is cached at the new generation when it comes.
+                if let Some(p) = writing.get_mut(&(id, v)) {
+                    p.generation = Some(generation);
                 }
             }
             Invalidation::Flush(cause) => self.flush(cause),
@@ -417,6 +460,10 @@ impl<S: PublishesInvalidations> Shared<S> {
                 self.resumed.notify_waiters();
             }
         }
+        self.entries_gauge();
+    }
+
+    fn entries_gauge(&self) {
         metrics::gauge!("sessile_cache_entries").set(self.cache.entry_count() as f64);
     }
 
@@ -480,12 +527,28 @@ impl<S: PublishesInvalidations> Shared<S> {
             self.drop_key(id);
         }
         let stamp = keep.map(|r| self.stamp(&r.id));
-        let _writing = keep.map(|r| Writing::new(&self.writing, (r.id, r.version)));
+        let mut writing = keep.map(|r| Writing::new(self, (r.id, r.version)));
         let result = call.await;
         match (&result, keep, stamp) {
-            (Ok(_), Some(record), Some(stamp)) => self.insert(record, stamp),
+            (Ok(_), Some(record), Some(stamp)) => {
+                // Under the lock invalidations take: the write's own invalidation was handled
+                // wholly before (stamp with the generation it moved to) or will be wholly after
+                // (it finds this copy and keeps it).
+                let pending = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+                let moved = pending
+                    .get(&(record.id, record.version))
+                    .and_then(|p| p.generation);
+                let stamp = moved.map_or(stamp, |generation| Stamp {
+                    generation,
+                    ..stamp
+                });
+                self.insert(record, stamp);
+            }
             (Ok(_), _, _) => {}
             (Err(_), _, _) => ids.iter().for_each(|id| self.drop_key(id)),
+        }
+        if let Some(w) = &mut writing {
+            w.done = true;
         }
         result
     }
