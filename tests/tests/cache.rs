@@ -25,6 +25,8 @@ struct HoldLoad {
     reply_release: Arc<Notify>,
     /// Holds the next save after it was applied (with `reply_reached` and `reply_release`).
     armed_saved: Arc<AtomicBool>,
+    /// Holds the next destroy before it is applied (with `reached` and `release`).
+    armed_destroy: Arc<AtomicBool>,
     reached: Arc<Notify>,
     release: Arc<Notify>,
     loads: Arc<std::sync::atomic::AtomicU64>,
@@ -39,7 +41,12 @@ impl Hook for HoldLoad {
                 self.release.notified().await;
             }
         }
-        if op == "save" && self.armed_save.swap(false, Ordering::SeqCst) {
+        let held = match op {
+            "save" => &self.armed_save,
+            "destroy" => &self.armed_destroy,
+            _ => return Ok(()),
+        };
+        if held.swap(false, Ordering::SeqCst) {
             self.reached.notify_one();
             self.release.notified().await;
         }
@@ -432,4 +439,30 @@ async fn a_re_pin_after_an_unchanged_reload_asks_the_store() {
         None,
         "a cookie for the rotated id, on the cache's word"
     );
+}
+
+/// From the second review: a load made while this instance's logout of the session is in
+/// flight reads the session (the logout has not landed) and caches it; the logout returns. From
+/// then on this instance must not serve the session, whether or not the logout's own
+/// invalidation has come yet (here it never comes).
+#[tokio::test]
+async fn a_copy_cached_during_an_own_logout_is_gone_when_it_returns() {
+    let (cache, _inner, hold) = cache().await;
+    let r = sessile_conformance::record(None, 1);
+    cache.create(&r, WriteId::random()).await.expect("create");
+    hold.armed_destroy.store(true, Ordering::SeqCst);
+    let logout = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.destroy(r.id).await })
+    };
+    hold.reached.notified().await;
+    assert_eq!(cache.load(r.id).await.expect("load"), Some(r.clone()));
+    assert!(cache.serves(&r.id), "cached while the logout is in flight");
+    hold.release.notify_one();
+    logout.await.expect("task").expect("logout");
+    assert!(
+        !cache.serves(&r.id),
+        "served after this instance's logout returned"
+    );
+    assert_eq!(cache.load(r.id).await.expect("load"), None);
 }

@@ -12,10 +12,13 @@
 //! - **Misses** of one session at once make one store call (single flight); a caller that was
 //!   waiting on it does its own call if an invalidation came in meanwhile.
 //! - **Writes** go through to the store (its compare-and-set decides), then the written record
-//!   replaces the cached copy unless a newer version is there already; a write that fails, or
-//!   whose outcome is unknown, drops the copy.
-//! - **Other instances' writes** arrive as [`Invalidation`]s and drop the copy, unless it is
-//!   already at that version (this instance's own write coming back).
+//!   replaces the cached copy unless a newer version is there already; a write that fails, whose
+//!   outcome is unknown, or that is dropped mid-call, makes its keys stale, and so does a destroy
+//!   or a rotation (for the old id) that succeeds.
+//! - **Invalidations** (every write, from any instance) move their key's generation and drop the
+//!   copy, unless it is already at that version (this instance's own write, answered): that one
+//!   is carried to the new generation. A write of this instance still in flight when its own
+//!   invalidation comes (Redis sends it before the reply) is cached at the new generation.
 //! - **Touches** (the idle deadline only) update the local copy and send no invalidation: another
 //!   instance's copy with the earlier deadline only expires early and reloads.
 //! - **Flushes**: on a reconnect, a lagged or silent stream, an emptied database or a cluster
@@ -421,11 +424,13 @@ impl<S: PublishesInvalidations> Shared<S> {
                 let mut writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
                 let generation = self.stripe(&id).fetch_add(1, Ordering::AcqRel) + 1;
                 let current = self.epoch.load(Ordering::Acquire);
-                // A copy at version `v` or newer is this instance's own write, answered already:
-                // it stays, at the new generation. Any other copy goes.
+                // A copy at version `v` or newer that could be served until now (this instance's
+                // own write, answered already) stays, at the new generation. Any other copy goes:
+                // one already out of date must not be brought back.
                 self.cache.entry(id).and_compute_with(|old| match old {
                     Some(old)
                         if old.value().stamp.epoch == current
+                            && old.value().stamp.generation + 1 == generation
                             && old.value().record.version >= v =>
                     {
                         let e = old.value();
@@ -529,6 +534,13 @@ impl<S: PublishesInvalidations> Shared<S> {
         let stamp = keep.map(|r| self.stamp(&r.id));
         let mut writing = keep.map(|r| Writing::new(self, (r.id, r.version)));
         let result = call.await;
+        if result.is_ok() {
+            // The other ids (a destroy's, a rotation's old one) are gone: a load that read them
+            // before the write landed and was cached meanwhile must not outlive the reply.
+            for id in ids.iter().filter(|id| keep.is_none_or(|r| r.id != **id)) {
+                self.drop_key(id);
+            }
+        }
         match (&result, keep, stamp) {
             (Ok(_), Some(record), Some(stamp)) => {
                 // Under the lock invalidations take: the write's own invalidation was handled
