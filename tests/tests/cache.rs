@@ -83,6 +83,15 @@ async fn cache_with(clock: Option<Arc<ManualClock>>) -> (CachedStore<Inner>, Inn
     (cache, inner, hold)
 }
 
+/// Another instance's write (or this one's, echoed) of `version` of `id`.
+fn changed(id: sessile::SessionId, version: u64) -> Invalidation {
+    Invalidation::Changed {
+        id,
+        version: Some(version),
+        at: None,
+    }
+}
+
 async fn cache() -> (CachedStore<Inner>, Inner, HoldLoad) {
     cache_with(None).await
 }
@@ -102,11 +111,7 @@ async fn a_load_that_raced_an_invalidation_is_not_cached() {
     };
     hold.reached.notified().await;
     // Another instance wrote version 2, and its invalidation overtakes the reply on its way.
-    inner.emit(Invalidation::Changed {
-        id: r.id,
-        version: Some(2),
-        at: None,
-    });
+    inner.emit(changed(r.id, 2));
     hold.release.notify_one();
     let got = loading.await.expect("task").expect("load");
     assert_eq!(got.map(|r| r.version), Some(1));
@@ -151,12 +156,7 @@ async fn an_own_write_coming_back_keeps_the_copy_and_a_newer_one_drops_it() {
     next.version = 2;
     cache.save(&next, 1, WriteId::random()).await.expect("save");
     assert!(cache.serves(&r.id));
-    let changed = |v| Invalidation::Changed {
-        id: r.id,
-        version: Some(v),
-        at: None,
-    };
-    inner.emit(changed(2));
+    inner.emit(changed(r.id, 2));
     assert!(cache.serves(&r.id), "its own write dropped the copy");
     assert_eq!(cache.load(r.id).await.expect("hit"), Some(next.clone()));
     assert_eq!(
@@ -164,7 +164,7 @@ async fn an_own_write_coming_back_keeps_the_copy_and_a_newer_one_drops_it() {
         0,
         "served from the cache"
     );
-    inner.emit(changed(3));
+    inner.emit(changed(r.id, 3));
     assert!(!cache.serves(&r.id));
 }
 
@@ -262,11 +262,7 @@ async fn an_own_save_echoed_before_its_reply_is_cached() {
         tokio::spawn(async move { cache.save(&next, 1, WriteId::random()).await })
     };
     hold.reached.notified().await;
-    inner.emit(Invalidation::Changed {
-        id: r.id,
-        version: Some(2),
-        at: None,
-    });
+    inner.emit(changed(r.id, 2));
     assert!(!cache.serves(&r.id), "the old copy went with the echo");
     hold.release.notify_one();
     saving.await.expect("task").expect("save");
@@ -296,11 +292,7 @@ async fn an_own_save_echoed_before_its_reply_is_cached() {
         .save(&theirs, 2, WriteId::random())
         .await
         .expect("theirs");
-    inner.emit(Invalidation::Changed {
-        id: r.id,
-        version: Some(3),
-        at: None,
-    });
+    inner.emit(changed(r.id, 3));
     hold.release.notify_one();
     assert!(matches!(
         saving.await.expect("task"),
@@ -341,11 +333,7 @@ async fn a_late_load_reply_after_an_own_save_is_not_served() {
         tokio::spawn(async move { cache.load(r.id).await })
     };
     hold.reply_reached.notified().await;
-    inner.emit(Invalidation::Changed {
-        id: r.id,
-        version: Some(2),
-        at: None,
-    });
+    inner.emit(changed(r.id, 2));
     hold.release.notify_one();
     saving.await.expect("task").expect("save");
     hold.reply_release.notify_one();

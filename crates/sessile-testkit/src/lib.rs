@@ -66,26 +66,34 @@ impl<S, H> std::ops::Deref for Hooked<S, H> {
     }
 }
 
+impl<S, H: Hook> Hooked<S, H> {
+    /// Runs `call` between the hook's `before` (which may fail it) and `after`.
+    async fn around<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.hook.before(op).await?;
+        let result = call.await;
+        self.hook.after(op).await;
+        result
+    }
+}
+
 impl<S: SessionStore, H: Hook> SessionStore for Hooked<S, H> {
     async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
-        self.hook.before("load").await?;
-        let loaded = self.inner.load(id).await;
-        self.hook.after("load").await;
-        loaded
+        self.around("load", self.inner.load(id)).await
     }
     async fn create(&self, record: &Record, write: WriteId) -> Result<(), StoreError> {
-        self.hook.before("create").await?;
-        self.inner.create(record, write).await
+        self.around("create", self.inner.create(record, write))
+            .await
     }
     async fn save(&self, record: &Record, expected: u64, write: WriteId) -> Result<(), StoreError> {
-        self.hook.before("save").await?;
-        let saved = self.inner.save(record, expected, write).await;
-        self.hook.after("save").await;
-        saved
+        self.around("save", self.inner.save(record, expected, write))
+            .await
     }
     async fn touch(&self, id: SessionId, deadline: UnixMillis) -> Result<(), StoreError> {
-        self.hook.before("touch").await?;
-        self.inner.touch(id, deadline).await
+        self.around("touch", self.inner.touch(id, deadline)).await
     }
     async fn rotate(
         &self,
@@ -94,8 +102,8 @@ impl<S: SessionStore, H: Hook> SessionStore for Hooked<S, H> {
         expected: u64,
         write: WriteId,
     ) -> Result<(), StoreError> {
-        self.hook.before("rotate").await?;
-        self.inner.rotate(old, record, expected, write).await
+        self.around("rotate", self.inner.rotate(old, record, expected, write))
+            .await
     }
     async fn settle(
         &self,
@@ -104,16 +112,15 @@ impl<S: SessionStore, H: Hook> SessionStore for Hooked<S, H> {
         expected: u64,
         write: WriteId,
     ) -> Result<Settled, StoreError> {
-        self.hook.before("settle").await?;
-        self.inner.settle(old, new, expected, write).await
+        self.around("settle", self.inner.settle(old, new, expected, write))
+            .await
     }
     async fn destroy(&self, id: SessionId) -> Result<(), StoreError> {
-        self.hook.before("destroy").await?;
-        self.inner.destroy(id).await
+        self.around("destroy", self.inner.destroy(id)).await
     }
     async fn destroy_user(&self, tenant: Option<&str>, user: &str) -> Result<u64, StoreError> {
-        self.hook.before("destroy_user").await?;
-        self.inner.destroy_user(tenant, user).await
+        self.around("destroy_user", self.inner.destroy_user(tenant, user))
+            .await
     }
     fn clock(&self) -> Option<Arc<dyn Clock>> {
         self.inner.clock()

@@ -14,6 +14,14 @@ use crate::SessionId;
 pub trait HintSource: Send + Sync + 'static {
     /// The hint for a session about to be created or rotated to `id`.
     fn hint_for(&self, id: &SessionId) -> Hint;
+
+    /// Whether a token's `hint` is what this source gives `id`, or this source gives no hint
+    /// (then nothing is re-pinned). Asked on every request with a session cookie: override it
+    /// where [`hint_for`](Self::hint_for) allocates.
+    fn matches(&self, id: &SessionId, hint: &str) -> bool {
+        let own = self.hint_for(id);
+        own.is_empty() || own.as_str() == hint
+    }
 }
 
 /// Hints for a node that an affinity-aware edge routes on: `<route key>-<node id>` (see
@@ -51,11 +59,20 @@ impl HintSource for AffinityHints {
         };
         Hint::new(&hint.to_string()).unwrap_or_default()
     }
+
+    fn matches(&self, id: &SessionId, hint: &str) -> bool {
+        RouteHint::parse(hint)
+            .is_some_and(|h| h.node == &*self.node && h.key == route_key(id.as_bytes()))
+    }
 }
 
 impl HintSource for Hint {
     fn hint_for(&self, _: &SessionId) -> Hint {
         self.clone()
+    }
+
+    fn matches(&self, _: &SessionId, hint: &str) -> bool {
+        self.is_empty() || self.as_str() == hint
     }
 }
 
@@ -65,5 +82,32 @@ where
 {
     fn hint_for(&self, id: &SessionId) -> Hint {
         self(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `matches` (asked on every request, without allocating) agrees with `hint_for`.
+    #[test]
+    fn affinity_hints_match_exactly_their_own_hint() {
+        let a = AffinityHints::new("node-a").expect("node id");
+        let (id, other) = (SessionId::random(), SessionId::random());
+        let own = a.hint_for(&id);
+        assert!(a.matches(&id, own.as_str()));
+        assert!(
+            !a.matches(&other, own.as_str()),
+            "another session's route key"
+        );
+        let b = AffinityHints::new("node-b").expect("node id");
+        assert!(!a.matches(&id, b.hint_for(&id).as_str()), "another node");
+        for garbage in ["", "node-a", "zzzzzzzz-node-a"] {
+            assert!(!a.matches(&id, garbage), "{garbage:?}");
+        }
+        // A fixed hint; the empty hint re-pins nothing.
+        let fixed = Hint::new("node-a").expect("hint");
+        assert!(fixed.matches(&id, "node-a") && !fixed.matches(&id, "node-b"));
+        assert!(Hint::empty().matches(&id, "node-b"));
     }
 }

@@ -47,7 +47,7 @@ const STALE_LIMIT: Duration = Duration::from_secs(2);
 const RACE_CLIENTS: usize = 16;
 const RACE_EACH: usize = 200;
 
-#[derive(Debug, Serialize, Deserialize, Clone)]
+#[derive(Debug, Serialize, Deserialize, Clone, Default)]
 struct Row {
     repeat: usize,
     workload: String,
@@ -78,6 +78,41 @@ struct Row {
     /// Edge benchmark: loads the instances' caches served, of all their loads.
     #[serde(default)]
     cache_hit_rate: Option<f64>,
+}
+
+impl Row {
+    /// A row of the figures every cell has; the others are left empty.
+    fn measured(
+        repeat: usize,
+        workload: String,
+        contender: &str,
+        (requests, seconds): (u64, f64),
+        hist: &hdrhistogram::Histogram<u64>,
+        errors: u64,
+        peak_rss_kb: u64,
+    ) -> Self {
+        Self {
+            repeat,
+            workload,
+            contender: contender.to_owned(),
+            requests,
+            seconds,
+            rps: requests as f64 / seconds,
+            p50_ms: ms_at(hist, 0.5),
+            p99_ms: ms_at(hist, 0.99),
+            p999_ms: ms_at(hist, 0.999),
+            errors,
+            peak_rss_kb,
+            ..Self::default()
+        }
+    }
+
+    /// Prints the row and appends it to the results file.
+    fn emit(&self, file: &mut std::fs::File) {
+        let line = serde_json::to_string(self).expect("json");
+        println!("{line}");
+        writeln!(file, "{line}").expect("write results");
+    }
 }
 
 fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
@@ -528,21 +563,10 @@ async fn run(args: &[String]) {
                     .map(|(p, _)| peak_rss_kb(p.0.id()))
                     .max()
                     .unwrap_or(0);
-                let row = Row {
-                    repeat,
-                    workload: (*workload).to_owned(),
-                    contender: contender.to_owned(),
-                    requests,
-                    seconds: secs,
-                    rps: requests as f64 / secs,
-                    p50_ms: ms_at(&hist, 0.5),
-                    p99_ms: ms_at(&hist, 0.99),
-                    p999_ms: ms_at(&hist, 0.999),
-                    errors,
+                Row {
                     redis_commands_per_request: contender
                         .contains("redis")
                         .then(|| commands as f64 / requests.max(1) as f64),
-                    peak_rss_kb: rss,
                     lost_updates: lost,
                     server_cpu_us_per_request: cpu.map(|(s, _)| s as f64 / requests.max(1) as f64),
                     redis_cpu_us_per_request: cpu
@@ -550,11 +574,17 @@ async fn run(args: &[String]) {
                         .map(|(_, r)| r as f64 / requests.max(1) as f64),
                     stale_ms: stale,
                     stale_reads,
-                    cache_hit_rate: None,
-                };
-                let line = serde_json::to_string(&row).expect("json");
-                println!("{line}");
-                writeln!(file, "{line}").expect("write results");
+                    ..Row::measured(
+                        repeat,
+                        (*workload).to_owned(),
+                        contender,
+                        (requests, secs),
+                        &hist,
+                        errors,
+                        rss,
+                    )
+                }
+                .emit(&mut file);
                 drop(servers);
             }
         }
@@ -1080,29 +1110,20 @@ async fn edge(args: &[String]) {
                 .await;
                 let after = cache_stats(&nodes).await;
                 let (hits, misses) = (after.0 - before.0, after.1 - before.1);
-                let row = Row {
-                    repeat,
-                    workload: format!("edge-{workload}"),
-                    contender: front.to_owned(),
-                    requests,
-                    seconds: secs,
-                    rps: requests as f64 / secs,
-                    p50_ms: ms_at(&hist, 0.5),
-                    p99_ms: ms_at(&hist, 0.99),
-                    p999_ms: ms_at(&hist, 0.999),
-                    errors,
-                    redis_commands_per_request: None,
-                    peak_rss_kb: peak_rss_kb(proxy.0.id()),
-                    lost_updates: None,
+                Row {
                     server_cpu_us_per_request: Some(proxy_us as f64 / requests.max(1) as f64),
-                    redis_cpu_us_per_request: None,
-                    stale_ms: None,
-                    stale_reads: None,
                     cache_hit_rate: Some(hits as f64 / (hits + misses).max(1) as f64),
-                };
-                let line = serde_json::to_string(&row).expect("json");
-                println!("{line}");
-                writeln!(file, "{line}").expect("write results");
+                    ..Row::measured(
+                        repeat,
+                        format!("edge-{workload}"),
+                        front,
+                        (requests, secs),
+                        &hist,
+                        errors,
+                        peak_rss_kb(proxy.0.id()),
+                    )
+                }
+                .emit(&mut file);
                 drop(proxy);
                 drop(instances);
             }

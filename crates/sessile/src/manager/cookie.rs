@@ -125,12 +125,10 @@ pub(crate) fn read_token(
                         issued_at: opened.claims.issued_at,
                         sealed_with_primary: opened.sealed_with_primary,
                         re_pin: shared.re_pin.as_ref().is_some_and(|decide| {
-                            let own = shared.hints.hint_for(&id);
-                            !own.is_empty()
-                                && own.as_str() != opened.hint
+                            !shared.hints.matches(&id, opened.hint)
                                 && decide(&super::RePin {
                                     from: opened.hint,
-                                    to: own.as_str(),
+                                    to: shared.hints.hint_for(&id).as_str(),
                                     reroute,
                                 })
                         }),
