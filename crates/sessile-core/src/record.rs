@@ -181,6 +181,10 @@ pub enum CodecError {
     /// A field a store keeps beside the body (the version, the deadline) is not a number.
     #[error("record field {0:?} is not a valid number")]
     Field(&'static str),
+    /// What a store holds under a record's key is not in a layout this build writes (a key of
+    /// another type, a value cut short, a foreign value).
+    #[error("stored record has an unknown layout")]
+    Layout,
 }
 
 #[cfg(test)]

@@ -90,6 +90,7 @@
 
 mod builder;
 mod keys;
+mod layout;
 mod scripts;
 mod store;
 

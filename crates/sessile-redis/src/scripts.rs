@@ -2,30 +2,36 @@
 //!
 //! # Record layout
 //!
-//! A record is a hash whose expiry is its idle deadline (`PEXPIREAT`), so Redis forgets a
-//! session exactly when it would have expired anyway:
+//! A record is one string whose expiry is its idle deadline (`PXAT`), so Redis forgets a session
+//! exactly when it would have expired anyway. A fixed header comes first, so that a script reads
+//! what it compares with one `GETRANGE` and writes the record with one `SET`:
 //!
-//! | field | what |
+//! | bytes | what |
 //! |---|---|
-//! | `v` | version (compare-and-set) |
-//! | `e` | idle deadline, ms since the epoch |
-//! | `d` | the encoded body |
-//! | `u` | user id, when there is one |
-//! | `g` | the user's generation when the record was last given to that user (see below) |
+//! | 1 | `R` |
+//! | 8 | version, big-endian (compare-and-set compares these bytes) |
+//! | 8 | idle deadline, ms since the epoch, big-endian (`touch` rewrites it with `SETRANGE`) |
+//! | 8 | the user's generation when the record was last given to that user (see below) |
+//! | 2 | length of the user key, big-endian |
+//! | n | the user key (`<tenant>:<user>`), empty without a user |
+//! | rest | the encoded body |
 //!
-//! A rotated-away id holds a marker instead: `m` (the new id, hex) and `w` (the rotating write's
-//! id), for `sessile_core::store::ROTATED_MARKER_TTL_MS`.
+//! A rotated-away id holds a marker instead, `M`, the new id (hex) and the rotating write's id
+//! (hex), for `sessile_core::store::ROTATED_MARKER_TTL_MS`.
 //!
 //! # Exactly once
 //!
-//! Every write carries a write id, and a write that lands sets `<..>{<partition>}:w:<write id hex>`
-//! to `1` in the record's slot, for [`WRITE_ID_TTL_MS`]. Each compare-and-set script first reads
-//! that key: `1` means this very write already ran (a re-sent command: answer "done" without
-//! running it again), `0` means `SETTLE` fenced it off (answer "fenced"). When a reply is lost,
-//! `SETTLE` reads the key: `1` is "applied"; otherwise it sets it to `0` and answers "not
-//! applied", and the write can never land after that. fred re-sends a command after a reconnect
-//! even when told to try once (its retry path resets the attempt count), so recognising a re-send
-//! cannot be left to the client; with the key it is exact however many writes came between.
+//! Every write carries a write id, and a write that lands leaves `<..>{<partition>}:w:<write id
+//! hex>` set to `1` in the record's slot, for [`WRITE_ID_TTL_MS`]. Each compare-and-set script
+//! first reads what it will compare (a read cannot leave a half-run script behind), then claims
+//! the key with `SET NX GET`: `1` already there means this very write already ran (a re-sent
+//! command: answer "done" without running it again), `0` means `SETTLE` fenced it off (answer
+//! "fenced"). A write that claims the key and then does not land (a version conflict, a missing
+//! record) deletes it again, so a re-send finds the same answer. When a reply is lost, `SETTLE`
+//! reads the key: `1` is "applied"; otherwise it sets it to `0` and answers "not applied", and the
+//! write can never land after that. fred re-sends a command after a reconnect even when told to
+//! try once (its retry path resets the attempt count), so recognising a re-send cannot be left to
+//! the client; with the key it is exact however many writes came between.
 //!
 //! # User index and generation
 //!
@@ -35,16 +41,18 @@
 //! to continue with `PRUNE`, one chunk per call. A rotation within one user, and a logout, remove
 //! the old id.
 //! "Log out everywhere" first bumps the generation, then deletes the listed sessions in batches;
-//! a same-slot rotation of a session whose `g` is not the current generation fails, so no
+//! a same-slot rotation of a session whose generation is not the current one fails, so no
 //! session escapes the logout by rotating while the batches run.
 //!
 //! # Invalidations
 //!
-//! Every script that changes a record's data or removes it publishes `<id hex>:<new version>:<ms>` (or
-//! `<id hex>:-:<ms>` when it is gone; `<ms>` is Redis's clock) on the store's invalidation channel, `<prefix>:[<tenant>:]inv`,
-//! inside the script, so it is sent exactly when the write is applied, and by every sessile
-//! instance whether or not it caches. `TOUCH` does not: a cached copy with an earlier idle deadline
-//! only expires early. Classic `PUBLISH` reaches subscribers on every node of a Cluster.
+//! Every script that changes a record's data or removes it publishes `<id hex>:<new version>:<ms>`
+//! (or `<id hex>:-:<ms>` when it is gone; `<ms>` is the writer's clock when it sent the write) on
+//! the store's invalidation channel, `<prefix>:[<tenant>:]inv`, inside the script, so it is sent
+//! exactly when the write is applied, and by every sessile instance whether or not it caches. The
+//! writer builds the message, so the script only sends it. `TOUCH` does not publish: a cached
+//! copy with an earlier idle deadline only expires early. Classic `PUBLISH` reaches subscribers on
+//! every node of a Cluster.
 //!
 //! Return codes: `1` done (now, or by an earlier run of the same write), `2` done and more of the
 //! index is to be pruned, `0` version conflict (or id taken), `-1` not found, `-2` rotated away,
@@ -61,36 +69,46 @@ pub(crate) const PRUNE_CHUNK: i64 = 1000;
 
 /// Shared helpers, prepended to every script.
 const HELPERS: &str = r#"
-local function seen(wk)
-  local st = redis.call('GET', wk)
+local ZERO = '\0\0\0\0\0\0\0\0'
+-- The first bytes of record `k`: the header and, for a user key of up to 255 bytes, the user.
+local function head(k)
+  return redis.call('GETRANGE', k, 0, 281)
+end
+-- Why a record with header `h` cannot be written at version `expected` (-1 not found, -2 rotated
+-- away, 0 at another version), or nil when it can.
+local function refused(h, expected)
+  if h == '' then return -1 end
+  if string.byte(h, 1) ~= 82 then return -2 end
+  if string.sub(h, 2, 9) ~= expected then return 0 end
+  return nil
+end
+local function user(k, h)
+  local n = string.byte(h, 26) * 256 + string.byte(h, 27)
+  if n == 0 then return '' end
+  if 27 + n <= #h then return string.sub(h, 28, 27 + n) end
+  return redis.call('GETRANGE', k, 27, 26 + n)
+end
+local function generation(h)
+  return string.sub(h, 18, 25)
+end
+local function gen(gk)
+  return struct.pack('>I8', tonumber(redis.call('GET', gk) or '0'))
+end
+-- Claims the write's id key: nil when the write is new, else the reply (1 it already ran, -3 it
+-- was fenced off).
+local function claim(wk)
+  local st = redis.call('SET', wk, '1', 'NX', 'GET', 'PX', WRITE_ID_TTL_MS)
   if st == '1' then return 1 end
   if st == '0' then return -3 end
   return nil
 end
--- A record's fields v, u, m, g when it is at version `expected`; otherwise nil and the reply:
--- -2 rotated away, -1 not found, 0 at another version.
-local function current(k, expected)
-  local f = redis.call('HMGET', k, 'v', 'u', 'm', 'g')
-  if not f[1] then
-    if f[3] then return nil, -2 end
-    return nil, -1
-  end
-  if f[1] ~= expected then return nil, 0 end
-  return f
+-- A claimed write that does not land: the claim goes, and a re-send finds the same answer.
+local function release(wk, code)
+  redis.call('DEL', wk)
+  return code
 end
-local function landed(wk)
-  redis.call('SET', wk, '1', 'PX', WRITE_ID_TTL_MS)
-end
-local function write(k, v, e, d, u, g)
-  if u == '' then
-    redis.call('HSET', k, 'v', v, 'e', e, 'd', d)
-  else
-    redis.call('HSET', k, 'v', v, 'e', e, 'd', d, 'u', u, 'g', g)
-  end
-  redis.call('PEXPIREAT', k, e)
-end
-local function gen(gk)
-  return tonumber(redis.call('GET', gk) or '0')
+local function store(k, h, g, tail, e)
+  redis.call('SET', k, h .. g .. tail, 'PXAT', e)
 end
 local function prune(k)
   local t = redis.call('TIME')
@@ -109,131 +127,129 @@ local function index(k, gk, id, a)
   if pruned >= PRUNE_CHUNK then return 2 end
   return 1
 end
--- Tells the caches in front of Redis that record `k` changed to version `v` ('-': gone), and
--- when (ms on Redis's clock, for the invalidation delay).
-local function published(k, v)
-  local t = redis.call('TIME')
-  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('PUBLISH', CHANNEL, string.sub(k, -32) .. ':' .. v .. ':' .. ms)
-end
-local function marker(k, new, w, ttl)
-  redis.call('DEL', k)
-  redis.call('HSET', k, 'm', new, 'w', w)
-  redis.call('PEXPIRE', k, ttl)
+-- Tells the caches in front of Redis that a record changed or went (the writer built the message).
+local function published(msg)
+  redis.call('PUBLISH', CHANNEL, msg)
 end
 "#;
 
-/// KEYS: record, write id [, index, generation]. ARGV: version, idle deadline, body, user, id
-/// hex, absolute deadline.
+/// KEYS: record, write id [, index, generation]. ARGV: record head (`R`, version, idle deadline),
+/// record tail (user length, user, body), expiry (ms), user, id hex, absolute deadline.
+///
+/// Every script reads before it writes anything: a read that fails (a key of another type)
+/// leaves no claimed write id behind.
 const CREATE: &str = r#"
-local done = seen(KEYS[2])
-if done then return done end
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local g = 0
+local taken = redis.call('EXISTS', KEYS[1])
+local g = ZERO
 if KEYS[3] then g = gen(KEYS[4]) end
-write(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], g)
-landed(KEYS[2])
+local done = claim(KEYS[2])
+if done then return done end
+if taken == 1 then return release(KEYS[2], 0) end
+store(KEYS[1], ARGV[1], g, ARGV[2], ARGV[3])
 if KEYS[3] then return index(KEYS[3], KEYS[4], ARGV[5], ARGV[6]) end
 return 1
 "#;
 
-/// KEYS: record, write id [, index, generation]. ARGV: expected version, new version, idle
-/// deadline, body, user, id hex, absolute deadline.
+/// KEYS: record, write id [, index, generation]. ARGV: expected version (8 bytes), then as
+/// `CREATE`, then the invalidation message.
 ///
 /// The index is only touched when the user changes: its expiry already covers the record's
 /// absolute deadline, which only a rotation (which always indexes) moves.
 const SAVE: &str = r#"
-local done = seen(KEYS[2])
-if done then return done end
-local f, code = current(KEYS[1], ARGV[1])
-if not f then return code end
-local changed = (f[2] or '') ~= ARGV[5]
-local g = f[4] or 0
-if changed then
-  -- A new user: its generation, or none when its index lives in another slot (then the record
-  -- is never taken for one made after a log-out-everywhere began).
-  g = 0
-  if KEYS[3] then g = gen(KEYS[4]) end
+local h = head(KEYS[1])
+local code = refused(h, ARGV[1])
+local changed, g = false, ZERO
+if not code then
+  changed = user(KEYS[1], h) ~= ARGV[5]
+  g = generation(h)
+  if changed then
+    -- A new user: its generation, or none when its index lives in another slot (then the record
+    -- is never taken for one made after a log-out-everywhere began).
+    g = ZERO
+    if KEYS[3] then g = gen(KEYS[4]) end
+  end
 end
-write(KEYS[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], g)
-landed(KEYS[2])
-if ARGV[5] == '' and f[2] then redis.call('HDEL', KEYS[1], 'u', 'g') end
-published(KEYS[1], ARGV[2])
+local done = claim(KEYS[2])
+if done then return done end
+if code then return release(KEYS[2], code) end
+store(KEYS[1], ARGV[2], g, ARGV[3], ARGV[4])
+published(ARGV[8])
 if changed and KEYS[3] then return index(KEYS[3], KEYS[4], ARGV[6], ARGV[7]) end
 return 1
 "#;
 
-/// KEYS: old record, new record, write id [, index, generation]. ARGV: as `SAVE`, then the
-/// marker's time to live (ms), the old id (hex) and the write id.
+/// KEYS: old record, new record, write id [, index, generation]. ARGV: as `SAVE` (its message
+/// says the old id is gone), then the marker's time to live (ms), the old id (hex) and the marker.
 const ROTATE: &str = r#"
-local done = seen(KEYS[3])
-if done then return done end
-local f, code = current(KEYS[1], ARGV[1])
-if not f then return code end
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-local g = 0
-if KEYS[4] then
-  g = gen(KEYS[5])
-  if f[2] == ARGV[5] and tonumber(f[4] or '0') ~= g then
-    -- The user was logged out everywhere since this session was written: it is ending, and
-    -- must not escape to a new id.
-    redis.call('DEL', KEYS[1])
-    published(KEYS[1], '-')
-    return -1
-  end
+local h = head(KEYS[1])
+local code = refused(h, ARGV[1])
+local taken = redis.call('EXISTS', KEYS[2])
+local was, g = nil, ZERO
+if not code then
+  was = user(KEYS[1], h)
+  if KEYS[4] then g = gen(KEYS[5]) end
 end
-marker(KEYS[1], ARGV[6], ARGV[10], ARGV[8])
-published(KEYS[1], '-')
-write(KEYS[2], ARGV[2], ARGV[3], ARGV[4], ARGV[5], g)
-landed(KEYS[3])
+local done = claim(KEYS[3])
+if done then return done end
+if code then return release(KEYS[3], code) end
+if taken == 1 then return release(KEYS[3], 0) end
+if KEYS[4] and was == ARGV[5] and generation(h) ~= g then
+  -- The user was logged out everywhere since this session was written: it is ending, and must
+  -- not escape to a new id.
+  redis.call('DEL', KEYS[1])
+  published(ARGV[8])
+  return release(KEYS[3], -1)
+end
+redis.call('SET', KEYS[1], ARGV[11], 'PX', ARGV[9])
+published(ARGV[8])
+store(KEYS[2], ARGV[2], g, ARGV[3], ARGV[4])
 if KEYS[4] then
-  if f[2] == ARGV[5] then redis.call('ZREM', KEYS[4], ARGV[9]) end
+  if was == ARGV[5] then redis.call('ZREM', KEYS[4], ARGV[10]) end
   return index(KEYS[4], KEYS[5], ARGV[6], ARGV[7])
 end
 return 1
 "#;
 
-/// KEYS: old record, write id. ARGV: expected version, new id hex, marker TTL (ms), write id
-/// (hex). The second half of a rotation whose old and new ids live in different Cluster slots:
-/// replaces the record with a marker, only at that version.
+/// KEYS: old record, write id. ARGV: expected version (8 bytes), marker TTL (ms), the marker, the
+/// invalidation message. The second half of a rotation whose old and new ids live in different
+/// Cluster slots: replaces the record with a marker, only at that version.
 const DELETE_AT: &str = r#"
-local done = seen(KEYS[2])
+local code = refused(head(KEYS[1]), ARGV[1])
+local done = claim(KEYS[2])
 if done then return done end
-local f, code = current(KEYS[1], ARGV[1])
-if not f then return code end
-marker(KEYS[1], ARGV[2], ARGV[4], ARGV[3])
-landed(KEYS[2])
-published(KEYS[1], '-')
+if code then return release(KEYS[2], code) end
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2])
+published(ARGV[4])
 return 1
 "#;
 
 /// KEYS: write id. Settles a write whose reply was lost: `1` applied; otherwise fences it off and
 /// answers `0`, not applied.
 const SETTLE: &str = r#"
-local done = seen(KEYS[1])
-if done == 1 then return 1 end
+if redis.call('GET', KEYS[1]) == '1' then return 1 end
 redis.call('SET', KEYS[1], '0', 'PX', WRITE_ID_TTL_MS)
 return 0
 "#;
 
-/// KEYS: record. Deletes it and answers its user key (empty without one); a rotated-away id is
-/// left alone and answers `-2`.
+/// KEYS: record. ARGV: the invalidation message. Deletes it and answers its user key (empty
+/// without one); a rotated-away id is left alone and answers `-2`.
 const DESTROY: &str = r#"
-local f = redis.call('HMGET', KEYS[1], 'v', 'm', 'u')
-if not f[1] and f[2] then return -2 end
-if redis.call('DEL', KEYS[1]) == 1 then published(KEYS[1], '-') end
-return f[3] or ''
+local h = head(KEYS[1])
+if h == '' then return '' end
+if string.byte(h, 1) ~= 82 then return -2 end
+local u = user(KEYS[1], h)
+redis.call('DEL', KEYS[1])
+published(ARGV[1])
+return u
 "#;
 
-/// KEYS: record. ARGV: idle deadline.
+/// KEYS: record. ARGV: idle deadline (8 bytes), the same in ms.
 const TOUCH: &str = r#"
-local f = redis.call('HMGET', KEYS[1], 'v', 'm')
-if not f[1] then
-  if f[2] then return -2 end
-  return -1
-end
-redis.call('HSET', KEYS[1], 'e', ARGV[1])
-redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+local t = redis.call('GETRANGE', KEYS[1], 0, 0)
+if t == '' then return -1 end
+if t ~= 'R' then return -2 end
+redis.call('SETRANGE', KEYS[1], 9, ARGV[1])
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 return 1
 "#;
 
@@ -259,24 +275,25 @@ if t > 0 then redis.call('PEXPIREAT', KEYS[2], t) end
 return g
 "#;
 
-/// KEYS: [index,] records (all in one slot). ARGV: user, generation, `1` if KEYS[1] is the index,
-/// then the records' ids (hex). Deletes those records that are still the user's and older than the
-/// generation, and removes from the index every member it handled; a member made at the current
-/// generation (a login after the logout began) stays. Returns how many records it deleted.
+/// KEYS: [index,] records (all in one slot). ARGV: user, generation (8 bytes), `1` if KEYS[1] is
+/// the index, the writer's clock (ms, for the invalidations), then the records' ids (hex). Deletes
+/// those records that are still the user's and older than the generation, and removes from the
+/// index every member it handled; a member made at the current generation (a login after the
+/// logout began) stays. Returns how many records it deleted.
 const DESTROY_BATCH: &str = r#"
 local first = 1
 if ARGV[3] == '1' then first = 2 end
 local n = 0
 for i = first, #KEYS do
-  local f = redis.call('HMGET', KEYS[i], 'u', 'g')
-  local fresh = f[1] == ARGV[1] and tonumber(f[2] or '0') == tonumber(ARGV[2])
-  if not fresh then
-    if f[1] == ARGV[1] then
+  local h = head(KEYS[i])
+  local mine = h ~= '' and string.byte(h, 1) == 82 and user(KEYS[i], h) == ARGV[1]
+  if not (mine and generation(h) == ARGV[2]) then
+    if mine then
       redis.call('DEL', KEYS[i])
-      published(KEYS[i], '-')
+      published(string.sub(KEYS[i], -32) .. ':-:' .. ARGV[4])
       n = n + 1
     end
-    if first == 2 then redis.call('ZREM', KEYS[1], ARGV[3 + i - first + 1]) end
+    if first == 2 then redis.call('ZREM', KEYS[1], ARGV[4 + i - first + 1]) end
   end
 end
 return n

@@ -121,24 +121,43 @@ async fn scripts_are_reloaded_after_a_script_flush() {
 async fn a_corrupt_record_is_a_typed_error() {
     let server = RedisServer::start();
     let store = store_on(&server.url()).await;
-    // A body that does not decode; a version or deadline that is not a number (those were
-    // "unavailable", which counts against the breaker).
-    for (field, value) in [("d", "not a record"), ("v", "twelve"), ("e", "twelve")] {
-        let r = sessile_conformance::record(None, 1);
+    // A body that does not decode, a value cut inside its header or its user, a foreign value,
+    // and a key of another type (that one was "unavailable", which counts against the breaker).
+    let cuts: [fn(&[u8]) -> Vec<u8>; 4] = [
+        |raw| [&raw[..27 + 6], b"not a record"].concat(),
+        |raw| raw[..20].to_vec(),
+        |raw| raw[..29].to_vec(),
+        |_| b"{\"user\":\"alice\"}".to_vec(),
+    ];
+    for (n, cut) in cuts.iter().enumerate() {
+        let r = sessile_conformance::record(Some("alice"), 1);
         store.create(&r, WriteId::random()).await.expect("create");
         let key = store.record_key(&r.id);
+        let raw: Vec<u8> = store.pool().next().get(&key).await.expect("get");
         let _: () = store
             .pool()
             .next()
-            .hset(&key, (field, value))
+            .set(&key, cut(&raw), None, None, false)
             .await
-            .expect("hset");
+            .expect("set");
         let loaded = store.load(r.id).await;
         assert!(
             matches!(loaded, Err(StoreError::Corrupt(_))),
-            "{field}: {loaded:?}"
+            "{n}: {loaded:?}"
         );
     }
+    let r = sessile_conformance::record(None, 1);
+    let key = store.record_key(&r.id);
+    let _: () = store
+        .pool()
+        .next()
+        .hset(&key, ("v", "1"))
+        .await
+        .expect("hset");
+    let loaded = store.load(r.id).await;
+    assert!(matches!(loaded, Err(StoreError::Corrupt(_))), "{loaded:?}");
+    let saved = store.save(&r, 1, WriteId::random()).await;
+    assert!(matches!(saved, Err(StoreError::Corrupt(_))), "{saved:?}");
     assert!(
         store
             .load(SessionId::random())

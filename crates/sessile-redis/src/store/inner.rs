@@ -7,6 +7,9 @@ impl Inner {
     pub(super) fn fail(&self, e: FredError) -> StoreError {
         match e.kind() {
             ErrorKind::Timeout => StoreError::Timeout(self.command_timeout),
+            // A key of another type where a record belongs: what is stored is wrong, not the
+            // store (and a corrupt record never opens the breaker).
+            _ if e.details().contains("WRONGTYPE") => StoreError::Corrupt(CodecError::Layout),
             _ => StoreError::Unavailable(Box::new(e)),
         }
     }
@@ -76,17 +79,22 @@ impl Inner {
         Some(([index, self.keys.generation(tenant, user)], together))
     }
 
-    /// `ARGV` of `CREATE`, or of `SAVE`/`ROTATE` after the expected version.
-    pub(super) fn write_args(record: &Record, body: Bytes) -> Vec<Value> {
-        vec![
-            int(record.version),
-            int(record.idle_deadline.min(record.meta.absolute_deadline)),
-            Value::Bytes(body),
-            // The user within its tenant: what the record's `u` field and the index compare.
-            Value::from(record.user_key().unwrap_or_default()),
+    /// `ARGV` of `CREATE`, or of `SAVE`/`ROTATE` after the expected version: the record's head
+    /// and tail (the script puts the user's generation between them), its expiry, its user, its
+    /// id and its absolute deadline.
+    pub(super) fn write_args(record: &Record, body: &[u8]) -> Result<Vec<Value>, StoreError> {
+        // The user within its tenant: what the stored user and the index compare.
+        let user = record.user_key().unwrap_or_default();
+        let expires = record.expires_at();
+        Ok(vec![
+            Value::Bytes(layout::head(record.version, expires)),
+            Value::Bytes(layout::tail(&user, body).map_err(StoreError::Corrupt)?),
+            // `SET .. PXAT` refuses 0; 1 is as past as 0, so the record is gone at once either way.
+            int(expires.max(1)),
+            Value::from(user),
             Value::from(record.id.to_hex()),
             int(record.meta.absolute_deadline),
-        ]
+        ])
     }
 
     /// Writes a record with `script`: keys `leading` then the record, the write's id key (in the
@@ -101,7 +109,7 @@ impl Inner {
         pre: Option<u64>,
         post: Vec<Value>,
     ) -> Result<(), StoreError> {
-        let body = Bytes::from(encode_record(record, self.max_record_bytes)?);
+        let body = encode_record(record, self.max_record_bytes)?;
         let key = self.keys.record(&record.id);
         let first = leading.as_ref().map_or(record.id, |(id, _)| *id);
         let write_key = self.keys.write(&first, write);
@@ -116,8 +124,11 @@ impl Inner {
             Some((user_keys, false)) => apart = Some(user_keys),
             None => {}
         }
-        let mut args: Vec<Value> = pre.map(int).into_iter().collect();
-        args.extend(Self::write_args(record, body));
+        let mut args: Vec<Value> = pre
+            .map(|v| Value::Bytes(layout::word(v)))
+            .into_iter()
+            .collect();
+        args.extend(Self::write_args(record, &body)?);
         args.extend(post);
         let code = self.run_once(script, keys, args).await?;
         Self::outcome(code)?;
@@ -214,8 +225,9 @@ impl Inner {
             }
             let mut args = vec![
                 Value::from(user),
-                Value::Integer(g),
+                Value::Bytes(layout::word(u64::try_from(g).unwrap_or(0))),
                 Value::from(if with_index { "1" } else { "0" }),
+                int(layout::now_ms()),
             ];
             let mut handled = Vec::with_capacity(records.len());
             for (key, member) in records {

@@ -25,6 +25,7 @@ use crate::builder::{
     RedisStoreError,
 };
 use crate::keys::KeySpace;
+use crate::layout::{self, Stored};
 use crate::scripts::Scripts;
 
 mod inner;
@@ -123,12 +124,6 @@ impl RedisStore {
 
 fn int(n: u64) -> Value {
     Value::Integer(i64::try_from(n).unwrap_or(i64::MAX))
-}
-
-fn wid(w: WriteId) -> Value {
-    let mut hex = String::with_capacity(16);
-    sessile_core::push_hex(&mut hex, w.as_bytes());
-    Value::from(hex)
 }
 
 fn slot(key: &str) -> u16 {

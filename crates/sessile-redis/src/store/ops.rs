@@ -9,36 +9,28 @@ impl SessionStore for RedisStore {
 
     async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
         let key = self.inner.keys.record(&id);
-        // Read as bytes and parsed here: a field that is not a number is a corrupt record (which
-        // never opens the breaker), not a failing store.
-        let (version, idle, body, moved): (
-            Option<Bytes>,
-            Option<Bytes>,
-            Option<Bytes>,
-            Option<Bytes>,
-        ) = self
+        let raw: Option<Bytes> = self
             .inner
             .pool
             .next_connected()
-            .hmget(key, vec!["v", "e", "d", "m"])
+            .get(key)
             .await
             .map_err(|e| self.inner.fail(e))?;
-        let (Some(version), Some(idle), Some(body)) = (version, idle, body) else {
-            return match moved {
-                Some(_) => Err(StoreError::Rotated),
-                None => Ok(None),
-            };
+        let Some(raw) = raw else {
+            return Ok(None);
         };
-        let number = |field: &'static str, raw: &[u8]| {
-            std::str::from_utf8(raw)
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or(StoreError::Corrupt(CodecError::Field(field)))
-        };
-        let (version, idle) = (number("v", &version)?, number("e", &idle)?);
-        Record::decode_shared(id, version, idle, body)
-            .map(Some)
-            .map_err(StoreError::Corrupt)
+        // A value this build cannot read is a corrupt record (which never opens the breaker), not
+        // a failing store.
+        match layout::parse(raw).map_err(StoreError::Corrupt)? {
+            Stored::Marker => Err(StoreError::Rotated),
+            Stored::Record {
+                version,
+                idle_deadline,
+                body,
+            } => Record::decode_shared(id, version, idle_deadline, body)
+                .map(Some)
+                .map_err(StoreError::Corrupt),
+        }
     }
 
     async fn create(&self, record: &Record, write: WriteId) -> Result<(), StoreError> {
@@ -62,7 +54,10 @@ impl SessionStore for RedisStore {
                 record,
                 write,
                 Some(expected_version),
-                vec![],
+                vec![Value::Bytes(layout::invalidation(
+                    &record.id,
+                    Some(record.version),
+                ))],
             )
             .await
     }
@@ -71,7 +66,14 @@ impl SessionStore for RedisStore {
         let key = self.inner.keys.record(&id);
         let code = self
             .inner
-            .run(&self.inner.scripts.touch, key, vec![int(idle_deadline)])
+            .run(
+                &self.inner.scripts.touch,
+                key,
+                vec![
+                    Value::Bytes(layout::word(idle_deadline)),
+                    int(idle_deadline),
+                ],
+            )
             .await?;
         Inner::outcome(code)
     }
@@ -88,9 +90,10 @@ impl SessionStore for RedisStore {
         let new_key = inner.keys.record(&record.id);
         if !inner.clustered || slot(&old_key) == slot(&new_key) {
             let post = vec![
+                Value::Bytes(layout::invalidation(&old, None)),
                 int(ROTATED_MARKER_TTL_MS),
                 Value::from(old.to_hex()),
-                wid(write),
+                Value::Bytes(layout::marker(&record.id, write)),
             ];
             return inner
                 .write(
@@ -111,10 +114,10 @@ impl SessionStore for RedisStore {
             .write(create, None, record, write, None, vec![])
             .await?;
         let args = vec![
-            int(expected_version),
-            Value::from(record.id.to_hex()),
+            Value::Bytes(layout::word(expected_version)),
             int(ROTATED_MARKER_TTL_MS),
-            wid(write),
+            Value::Bytes(layout::marker(&record.id, write)),
+            Value::Bytes(layout::invalidation(&old, None)),
         ];
         let keys = vec![old_key, inner.keys.write(&old, write)];
         let code = inner.run_once(&inner.scripts.delete_at, keys, args).await;
@@ -168,7 +171,11 @@ impl SessionStore for RedisStore {
         let reply: Value = inner
             .scripts
             .destroy
-            .evalsha_with_reload(inner.pool.next_connected(), key, Vec::<Value>::new())
+            .evalsha_with_reload(
+                inner.pool.next_connected(),
+                key,
+                vec![Value::Bytes(layout::invalidation(&id, None))],
+            )
             .await
             .map_err(|e| inner.fail(e))?;
         if let Value::Integer(-2) = reply {
