@@ -207,7 +207,8 @@ impl RedisServer {
     pub fn records(&self, pattern: &str) -> Vec<String> {
         self.cli(&["--scan", "--pattern", pattern])
             .lines()
-            .filter(|k| self.cli(&["hexists", k, "v"]).trim() == "1")
+            // A record starts with `R`, a rotation marker with `M`.
+            .filter(|k| self.cli(&["getrange", k, "0", "0"]).trim() == "R")
             .map(str::to_owned)
             .collect()
     }
