@@ -4,7 +4,7 @@
 //!   starts a private `redis-server`, and for every repetition, workload and contender (contenders
 //!   interleaved, in an order rotated per cell so drift hits all alike) starts a fresh
 //!   `bench-server`, logs its users in, measures, and prints one JSON line: req/s, p50/p99/p99.9,
-//!   errors, Redis commands per request (from `INFO commandstats`), the server's peak RSS, and for
+//!   errors, Redis round trips per request (from `MONITOR`, over a sample sent apart), the server's peak RSS, and for
 //!   the race workload the lost updates. The `stale` workload (Redis contenders, two instances)
 //!   logs a session in on one, reads it on the other, logs it out on the first and reports how
 //!   long the second goes on serving it.
@@ -156,31 +156,81 @@ fn peak_rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Commands clients sent to Redis since the last `CONFIG RESETSTAT`: round trips.
-///
-/// `INFO commandstats` also counts the commands a Lua script runs inside the server (one `EVALSHA`
-/// of sessile's save script shows up with its `HGET`, `HSET`, `SADD`...), so only the commands
-/// the contenders send themselves are counted. No contender sends any other command in these
-/// workloads.
-fn redis_commands(redis: &RedisServer) -> u64 {
-    const SENT_BY_CLIENTS: &[&str] = &["evalsha", "eval", "hmget", "get", "set"];
-    let stats = redis.cli(&["info", "commandstats"]);
-    if std::env::var_os("BENCH_DEBUG").is_some() {
-        eprintln!("{stats}");
+/// Requests of the round-trip sample, sent one at a time after the measured run.
+const SAMPLE: usize = 400;
+
+/// Redis round trips per request of `workload`: the commands clients sent while [`SAMPLE`]
+/// requests ran one at a time, as `MONITOR` lists them. `INFO commandstats` cannot tell: it also
+/// counts the commands a script runs inside the server (`MONITOR` marks those `lua`), and those
+/// share names with what clients send (`GET`, `SET`). Sampled apart from the measured run because
+/// `MONITOR` slows Redis down.
+async fn round_trips(
+    redis: &RedisServer,
+    base: &str,
+    contender: &str,
+    workload: &str,
+    users: &mut [User],
+) -> f64 {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    const END: &str = "sessile-bench-sample-end";
+    let port = redis.port().to_string();
+    let mut monitor = Command::new("redis-cli")
+        .args(["-p", &port, "monitor"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-cli monitor");
+    let mut lines = BufReader::new(monitor.stdout.take().expect("piped"));
+    let mut first = String::new();
+    let _ = lines.read_line(&mut first); // "OK": monitoring from here on
+    let shared = client();
+    for n in 0..SAMPLE {
+        if workload == "login" || users.is_empty() {
+            let mut u = User::new(shared.clone(), base, cookie_name(contender));
+            u.send(Method::GET, &format!("/login?user=sample{n}"), None)
+                .await;
+            continue;
+        }
+        let k = n % users.len();
+        let u = &mut users[k];
+        if workload == "incr" || (workload == "mixed" && n % 10 == 0) {
+            u.send(Method::POST, "/incr", None).await;
+        } else {
+            u.send(Method::GET, "/read", None).await;
+        }
     }
-    stats
-        .lines()
-        .filter_map(|l| l.strip_prefix("cmdstat_"))
-        .filter_map(|l| {
-            let (name, rest) = l.split_once(':')?;
-            if !SENT_BY_CLIENTS.contains(&name) {
-                return None;
+    redis.cli(&["echo", END]);
+    let counted = tokio::task::spawn_blocking(move || {
+        let mut n = 0u64;
+        for line in lines.lines() {
+            let Ok(line) = line else { break };
+            if line.contains(END) {
+                break;
             }
-            rest.split(',')
-                .find_map(|kv| kv.strip_prefix("calls="))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        })
-        .sum()
+            // `<time> [<db> <client>] "<COMMAND>" ...`; a script's own commands show `lua` as
+            // their client; the harness's and the clients' housekeeping are not requests.
+            let Some((who, command)) = line.split_once("] \"") else {
+                continue;
+            };
+            let command = command.split('"').next().unwrap_or("").to_ascii_lowercase();
+            if who.ends_with(" lua")
+                || matches!(
+                    command.as_str(),
+                    "ping" | "echo" | "info" | "config" | "client" | "flushall" | "subscribe"
+                )
+            {
+                continue;
+            }
+            n += 1;
+        }
+        n
+    })
+    .await
+    .unwrap_or(0);
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    counted as f64 / SAMPLE as f64
 }
 
 /// CPU time (user + system) a process has used, in microseconds.
@@ -273,7 +323,7 @@ async fn measure(
     seconds: f64,
     redis: &RedisServer,
     server_pid: u32,
-) -> (u64, f64, hdrhistogram::Histogram<u64>, u64, u64, u64, u64) {
+) -> (u64, f64, hdrhistogram::Histogram<u64>, u64, f64, u64, u64) {
     let warmup = Duration::from_millis(500);
     let total = warmup + Duration::from_secs_f64(seconds);
     let start = Instant::now();
@@ -337,22 +387,28 @@ async fn measure(
                         );
                     }
                 }
-                (count, errors, h)
+                (count, errors, h, mine)
             })
         })
         .collect();
     let mut hist = histogram();
     let (mut count, mut errors) = (0, 0);
+    let mut users = Vec::new();
     for w in workers {
-        let (c, e, h) = w.await.expect("worker");
+        let (c, e, h, mine) = w.await.expect("worker");
         count += c;
         errors += e;
         hist.add(h).expect("same bounds");
+        users.extend(mine);
     }
     let elapsed = start.elapsed().saturating_sub(warmup).as_secs_f64();
     let (server_cpu, redis_cpu) = (process_cpu_us(server_pid), redis_cpu_us(redis.port()));
     let (server_before, redis_before) = reset.await.unwrap_or((server_cpu, redis_cpu));
-    let commands = redis_commands(redis);
+    let commands = if contender.contains("redis") {
+        round_trips(redis, base, contender, workload, &mut users).await
+    } else {
+        0.0
+    };
     (
         count,
         elapsed,
@@ -530,14 +586,12 @@ async fn run(args: &[String]) {
                 let bases: Vec<String> = servers.iter().map(|(_, b)| b.clone()).collect();
                 let (mut stale, mut stale_reads) = (None, None);
                 let (requests, secs, hist, errors, commands, lost, cpu) = if *workload == "race" {
-                    redis.cli(&["config", "resetstat"]);
                     let (r, s, h, e, lost) = race(&bases, contender).await;
-                    (r, s, h, e, redis_commands(&redis), Some(lost), None)
+                    (r, s, h, e, None, Some(lost), None)
                 } else if *workload == "stale" {
-                    redis.cli(&["config", "resetstat"]);
                     let (r, s, h, e, served, reads) = staleness(&bases, contender).await;
                     (stale, stale_reads) = (Some(served), Some(reads));
-                    (r, s, h, e, redis_commands(&redis), None, None)
+                    (r, s, h, e, None, None, None)
                 } else {
                     let logged = if *workload == "login" {
                         Vec::new()
@@ -556,7 +610,7 @@ async fn run(args: &[String]) {
                         pid,
                     )
                     .await;
-                    (r, s, h, e, c, None, Some((server_us, redis_us)))
+                    (r, s, h, e, Some(c), None, Some((server_us, redis_us)))
                 };
                 let rss = servers
                     .iter()
@@ -564,9 +618,7 @@ async fn run(args: &[String]) {
                     .max()
                     .unwrap_or(0);
                 Row {
-                    redis_commands_per_request: contender
-                        .contains("redis")
-                        .then(|| commands as f64 / requests.max(1) as f64),
+                    redis_commands_per_request: commands.filter(|_| contender.contains("redis")),
                     lost_updates: lost,
                     server_cpu_us_per_request: cpu.map(|(s, _)| s as f64 / requests.max(1) as f64),
                     redis_cpu_us_per_request: cpu
