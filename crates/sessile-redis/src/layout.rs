@@ -142,16 +142,15 @@ mod tests {
     use super::*;
     use sessile_core::record::{Metadata, Payload, Record};
 
-/// The whole stored value of `record` at `generation`, as `SET` by the scripts (for tests).
-fn value(record: &Record, generation: u64, body: &[u8]) -> Bytes {
-    let user = record.user_key().unwrap_or_default();
-    let mut b = BytesMut::new();
-    b.put_slice(&head(record.version, record.expires_at()));
-    b.put_slice(&word(generation));
-    b.put_slice(&tail(&user, body).expect("short user"));
-    b.freeze()
-}
-
+    /// The whole stored value of `record` at `generation`, as `SET` by the scripts (for tests).
+    fn value(record: &Record, generation: u64, body: &[u8]) -> Bytes {
+        let user = record.user_key().unwrap_or_default();
+        let mut b = BytesMut::new();
+        b.put_slice(&head(record.version, record.expires_at()));
+        b.put_slice(&word(generation));
+        b.put_slice(&tail(&user, body).expect("short user"));
+        b.freeze()
+    }
 
     fn record(user: Option<&str>) -> Record {
         Record {
@@ -198,7 +197,10 @@ fn value(record: &Record, generation: u64, body: &[u8]) -> Bytes {
             // Cut inside the header or the user: refused.
             let short = raw.slice(..cut);
             if cut < HEADER + 6 {
-                assert!(matches!(parse(short), Err(CodecError::Layout)), "cut at {cut}");
+                assert!(
+                    matches!(parse(short), Err(CodecError::Layout)),
+                    "cut at {cut}"
+                );
             }
         }
         for junk in [&b""[..], b"hello", b"\x01\x02", &[b'R'; 5][..]] {

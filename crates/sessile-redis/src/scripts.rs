@@ -110,20 +110,23 @@ end
 local function store(k, h, g, tail, e)
   redis.call('SET', k, h .. g .. tail, 'PXAT', e)
 end
-local function prune(k)
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function prune(k, now)
   local dead = redis.call('ZRANGEBYSCORE', k, '-inf', now, 'LIMIT', 0, PRUNE_CHUNK)
   if #dead > 0 then redis.call('ZREM', k, unpack(dead)) end
   return #dead
 end
-local function index(k, gk, id, a)
+-- Adds session `id` (absolute deadline `a`) to index `k`, drops expired members (by `now`, the
+-- writer's clock, which also set the deadlines) and keeps the index and the generation `gk`
+-- alive until `a` at least.
+local function index(k, gk, id, a, now)
   redis.call('ZADD', k, a, id)
-  local pruned = prune(k)
-  local t = redis.call('PEXPIRETIME', k)
-  if t < tonumber(a) then redis.call('PEXPIREAT', k, a) end
-  local tg = redis.call('PEXPIRETIME', gk)
-  if tg ~= -2 and tg < tonumber(a) then redis.call('PEXPIREAT', gk, a) end
+  local pruned = 0
+  if redis.call('PEXPIREAT', k, a, 'NX') == 0 then
+    -- The index was there already: it may hold expired members, and may expire sooner.
+    pruned = prune(k, now)
+    redis.call('PEXPIREAT', k, a, 'GT')
+  end
+  redis.call('PEXPIREAT', gk, a, 'GT')
   if pruned >= PRUNE_CHUNK then return 2 end
   return 1
 end
@@ -134,7 +137,8 @@ end
 "#;
 
 /// KEYS: record, write id [, index, generation]. ARGV: record head (`R`, version, idle deadline),
-/// record tail (user length, user, body), expiry (ms), user, id hex, absolute deadline.
+/// record tail (user length, user, body), expiry (ms), user, id hex, absolute deadline, the
+/// writer's clock (ms).
 ///
 /// Every script reads before it writes anything: a read that fails (a key of another type)
 /// leaves no claimed write id behind.
@@ -146,7 +150,7 @@ local done = claim(KEYS[2])
 if done then return done end
 if taken == 1 then return release(KEYS[2], 0) end
 store(KEYS[1], ARGV[1], g, ARGV[2], ARGV[3])
-if KEYS[3] then return index(KEYS[3], KEYS[4], ARGV[5], ARGV[6]) end
+if KEYS[3] then return index(KEYS[3], KEYS[4], ARGV[5], ARGV[6], ARGV[7]) end
 return 1
 "#;
 
@@ -173,8 +177,8 @@ local done = claim(KEYS[2])
 if done then return done end
 if code then return release(KEYS[2], code) end
 store(KEYS[1], ARGV[2], g, ARGV[3], ARGV[4])
-published(ARGV[8])
-if changed and KEYS[3] then return index(KEYS[3], KEYS[4], ARGV[6], ARGV[7]) end
+published(ARGV[9])
+if changed and KEYS[3] then return index(KEYS[3], KEYS[4], ARGV[6], ARGV[7], ARGV[8]) end
 return 1
 "#;
 
@@ -197,15 +201,15 @@ if KEYS[4] and was == ARGV[5] and generation(h) ~= g then
   -- The user was logged out everywhere since this session was written: it is ending, and must
   -- not escape to a new id.
   redis.call('DEL', KEYS[1])
-  published(ARGV[8])
+  published(ARGV[9])
   return release(KEYS[3], -1)
 end
-redis.call('SET', KEYS[1], ARGV[11], 'PX', ARGV[9])
-published(ARGV[8])
+redis.call('SET', KEYS[1], ARGV[12], 'PX', ARGV[10])
+published(ARGV[9])
 store(KEYS[2], ARGV[2], g, ARGV[3], ARGV[4])
 if KEYS[4] then
-  if was == ARGV[5] then redis.call('ZREM', KEYS[4], ARGV[10]) end
-  return index(KEYS[4], KEYS[5], ARGV[6], ARGV[7])
+  if was == ARGV[5] then redis.call('ZREM', KEYS[4], ARGV[11]) end
+  return index(KEYS[4], KEYS[5], ARGV[6], ARGV[7], ARGV[8])
 end
 return 1
 "#;
@@ -253,15 +257,16 @@ redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 return 1
 "#;
 
-/// KEYS: index, generation. ARGV: id hex, absolute deadline. Index upkeep when the index and the
-/// record are in different Cluster slots.
+/// KEYS: index, generation. ARGV: id hex, absolute deadline, the writer's clock (ms). Index upkeep
+/// when the index and the record are in different Cluster slots.
 const INDEX: &str = r#"
-return index(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+return index(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 "#;
 
-/// KEYS: index. Drops a chunk of expired members: `2` if more remain.
+/// KEYS: index. ARGV: the writer's clock (ms). Drops a chunk of expired members: `2` if more
+/// remain.
 const PRUNE: &str = r#"
-if prune(KEYS[1]) >= PRUNE_CHUNK then return 2 end
+if prune(KEYS[1], ARGV[1]) >= PRUNE_CHUNK then return 2 end
 return 1
 "#;
 

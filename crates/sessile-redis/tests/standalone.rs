@@ -216,3 +216,56 @@ async fn the_store_reconnects_by_itself_after_a_restart() {
     }
     assert_eq!(store.load(r.id).await.expect("load").expect("present"), r);
 }
+
+#[tokio::test]
+async fn a_users_index_and_generation_live_as_long_as_the_latest_session() {
+    let server = RedisServer::start();
+    let store = store_on(&server.url()).await;
+    let pexpiretime = |key: &str| -> u64 {
+        server
+            .cli(&["pexpiretime", key])
+            .trim()
+            .parse()
+            .expect("pexpiretime")
+    };
+    let mut first = sessile_conformance::record(Some("alice"), 1);
+    first.meta.absolute_deadline += 60_000;
+    store
+        .create(&first, WriteId::random())
+        .await
+        .expect("create");
+    let index = store.index_key(Some("t1"), "alice");
+    assert_eq!(pexpiretime(&index), first.meta.absolute_deadline);
+    // A later session pushes the index out; an earlier one does not pull it in.
+    let mut later = sessile_conformance::record(Some("alice"), 1);
+    later.meta.absolute_deadline = first.meta.absolute_deadline + 60_000;
+    store
+        .create(&later, WriteId::random())
+        .await
+        .expect("create");
+    assert_eq!(pexpiretime(&index), later.meta.absolute_deadline);
+    let earlier = sessile_conformance::record(Some("alice"), 1);
+    store
+        .create(&earlier, WriteId::random())
+        .await
+        .expect("create");
+    assert_eq!(pexpiretime(&index), later.meta.absolute_deadline);
+    // After a log-out-everywhere began, the generation lives as long as the index, and is pushed
+    // out with it.
+    let generation = index.replacen(":i:", ":g:", 1);
+    let _: i64 = store.pool().next().incr(&generation).await.expect("incr");
+    let _: bool = store
+        .pool()
+        .next()
+        .pexpire_at(&generation, later.meta.absolute_deadline as i64, None)
+        .await
+        .expect("pexpireat");
+    let mut racer = sessile_conformance::record(Some("alice"), 1);
+    racer.meta.absolute_deadline = later.meta.absolute_deadline + 60_000;
+    store
+        .create(&racer, WriteId::random())
+        .await
+        .expect("create");
+    assert_eq!(pexpiretime(&index), racer.meta.absolute_deadline);
+    assert_eq!(pexpiretime(&generation), racer.meta.absolute_deadline);
+}

@@ -94,6 +94,7 @@ impl Inner {
             Value::from(user),
             Value::from(record.id.to_hex()),
             int(record.meta.absolute_deadline),
+            int(layout::now_ms()),
         ])
     }
 
@@ -149,6 +150,7 @@ impl Inner {
         let args = vec![
             Value::from(record.id.to_hex()),
             int(record.meta.absolute_deadline),
+            int(layout::now_ms()),
         ];
         if self.run(&self.scripts.index, keys.to_vec(), args).await? == 2 {
             self.prune_index(record).await?;
@@ -163,7 +165,15 @@ impl Inner {
             return Ok(());
         };
         let index = self.keys.index(record.meta.tenant.as_deref(), user);
-        while self.run(&self.scripts.prune, index.clone(), vec![]).await? == 2 {}
+        while self
+            .run(
+                &self.scripts.prune,
+                index.clone(),
+                vec![int(layout::now_ms())],
+            )
+            .await?
+            == 2
+        {}
         Ok(())
     }
 
