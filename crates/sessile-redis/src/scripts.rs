@@ -140,16 +140,16 @@ end
 /// record tail (user length, user, body), expiry (ms), user, id hex, absolute deadline, the
 /// writer's clock (ms).
 ///
-/// Every script reads before it writes anything: a read that fails (a key of another type)
-/// leaves no claimed write id behind.
+/// Every script reads what it compares before it claims the write id, so a read that fails (a key
+/// of another type) leaves no claim behind.
 const CREATE: &str = r#"
-local taken = redis.call('EXISTS', KEYS[1])
 local g = ZERO
 if KEYS[3] then g = gen(KEYS[4]) end
 local done = claim(KEYS[2])
 if done then return done end
-if taken == 1 then return release(KEYS[2], 0) end
-store(KEYS[1], ARGV[1], g, ARGV[2], ARGV[3])
+if not redis.call('SET', KEYS[1], ARGV[1] .. g .. ARGV[2], 'NX', 'PXAT', ARGV[3]) then
+  return release(KEYS[2], 0)
+end
 if KEYS[3] then return index(KEYS[3], KEYS[4], ARGV[5], ARGV[6], ARGV[7]) end
 return 1
 "#;
