@@ -55,8 +55,8 @@
 //! every node of a Cluster.
 //!
 //! Return codes: `1` done (now, or by an earlier run of the same write), `2` done and more of the
-//! index is to be pruned, `0` version conflict (or id taken), `-1` not found, `-2` rotated away,
-//! `-3` this write was fenced off by `SETTLE`.
+//! index is to be pruned, `3` nothing done: send the user's keys, `0` version conflict (or id
+//! taken), `-1` not found, `-2` rotated away, `-3` this write was fenced off by `SETTLE`.
 
 use fred::types::scripts::Script;
 
@@ -155,16 +155,19 @@ return 1
 "#;
 
 /// KEYS: record, write id [, index, generation]. ARGV: expected version (8 bytes), then as
-/// `CREATE`, then the invalidation message.
+/// `CREATE`, then the invalidation message, then `1` if the user's keys live in another slot.
 ///
 /// The index is only touched when the user changes: its expiry already covers the record's
-/// absolute deadline, which only a rotation (which always indexes) moves.
+/// absolute deadline, which only a rotation (which always indexes) moves. So the user's keys are
+/// sent only when the user changes: a save without them that finds a new user answers `3` before
+/// it writes anything, and is sent again with them.
 const SAVE: &str = r#"
 local h = head(KEYS[1])
 local code = refused(h, ARGV[1])
 local changed, g = false, ZERO
 if not code then
   changed = user(KEYS[1], h) ~= ARGV[5]
+  if changed and ARGV[5] ~= '' and not KEYS[3] and ARGV[10] ~= '1' then return 3 end
   g = generation(h)
   if changed then
     -- A new user: its generation, or none when its index lives in another slot (then the record

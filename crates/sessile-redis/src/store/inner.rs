@@ -35,7 +35,7 @@ impl Inner {
     pub(super) async fn run_once(
         &self,
         script: &Script,
-        keys: Keys,
+        keys: impl Into<MultipleKeys>,
         args: Vec<Value>,
     ) -> Result<i64, StoreError> {
         let client = self.pool.next_connected();
@@ -44,6 +44,8 @@ impl Inner {
             ..Options::default()
         });
         let sha = script.sha1().clone();
+        // Kept for a reload's second attempt: clones of these share their bytes.
+        let keys: MultipleKeys = keys.into();
         let first = once
             .evalsha::<i64, _, _, _>(sha.clone(), keys.clone(), args.clone())
             .await;
@@ -101,6 +103,10 @@ impl Inner {
     /// Writes a record with `script`: keys `leading` then the record, the write's id key (in the
     /// slot of the first key), then the user's index and generation when they can go along;
     /// `pre` arguments before the record's, `post` after.
+    ///
+    /// `SAVE` goes without the user's keys first, and its last argument says whether they live
+    /// apart: it answers `3` (having written nothing) when the user changed and it needs them,
+    /// and is sent again with them. Most saves keep their user.
     pub(super) async fn write(
         &self,
         script: &Script,
@@ -114,14 +120,23 @@ impl Inner {
         let key = self.keys.record(&record.id);
         let first = leading.as_ref().map_or(record.id, |(id, _)| *id);
         let write_key = self.keys.write(&first, write);
+        let saving = pre.is_some() && leading.is_none();
         let leading = leading.map(|(_, k)| k);
-        let user_keys = self.user_keys(record, leading.as_deref().unwrap_or(&key));
-        let mut keys: Keys = leading.into_iter().collect();
-        keys.push(key);
-        keys.push(write_key);
+        let user_keys = if saving {
+            None
+        } else {
+            self.user_keys(record, leading.as_deref().unwrap_or(&key))
+        };
+        // As fred's keys, which clone without copying (a reload or a second attempt sends them
+        // again).
+        let mut keys: Vec<Key> = leading.into_iter().map(Key::from).collect();
+        let with = keys.first().cloned();
+        keys.push(Key::from(key));
+        let with = with.unwrap_or_else(|| keys[0].clone());
+        keys.push(Key::from(write_key));
         let mut apart = None;
         match user_keys {
-            Some((user_keys, true)) => keys.extend(user_keys),
+            Some((user_keys, true)) => keys.extend(user_keys.map(Key::from)),
             Some((user_keys, false)) => apart = Some(user_keys),
             None => {}
         }
@@ -131,7 +146,24 @@ impl Inner {
             .collect();
         args.extend(Self::write_args(record, &body)?);
         args.extend(post);
-        let code = self.run_once(script, keys, args).await?;
+        if saving {
+            args.push(Value::from("0"));
+        }
+        let mut code = self.run_once(script, keys.clone(), args.clone()).await?;
+        if code == 3 && saving {
+            // A new user: again, with the user's keys or word that they live apart.
+            match self.user_keys(record, with.as_str().unwrap_or_default()) {
+                Some((user_keys, true)) => keys.extend(user_keys.map(Key::from)),
+                Some((user_keys, false)) => {
+                    apart = Some(user_keys);
+                    if let Some(last) = args.last_mut() {
+                        *last = Value::from("1");
+                    }
+                }
+                None => {}
+            }
+            code = self.run_once(script, keys, args).await?;
+        }
         Self::outcome(code)?;
         if let Some(user_keys) = apart {
             self.index_apart(user_keys, record).await?;

@@ -9,7 +9,7 @@ use fred::error::{Error as FredError, ErrorKind};
 use fred::prelude::*;
 use fred::types::config::Options;
 use fred::types::scripts::Script;
-use fred::types::{ClusterHash, CustomCommand, MultipleKeys, Value};
+use fred::types::{ClusterHash, CustomCommand, Key, MultipleKeys, Value};
 use sessile_core::clock::UnixMillis;
 use sessile_core::record::{CodecError, Record};
 use sessile_core::store::{
