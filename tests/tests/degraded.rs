@@ -439,3 +439,29 @@ async fn a_logout_that_could_not_be_saved_keeps_the_cookie() {
     let r = f.go(Method::GET, "/read", Some(&token)).await;
     assert_eq!(r.body, "ann degraded=false");
 }
+
+#[test]
+fn only_a_store_that_can_fail_gets_the_default_breaker() {
+    let keys = || KeyRing::new(1, &[8; 32]).expect("keys");
+    let built = |l: Result<SessionManagerLayer, _>| l.expect("layer");
+    // In this process's memory: nothing for a breaker to see.
+    let memory = built(SessionManagerLayer::builder(MemoryStore::new(), keys()).build());
+    assert!(memory.breaker().is_none());
+    let shared = built(SessionManagerLayer::builder(Arc::new(MemoryStore::new()), keys()).build());
+    assert!(shared.breaker().is_none());
+    // A wrapper that can fail (as any store behind a connection) gets one.
+    let faulty =
+        built(SessionManagerLayer::builder(FaultyStore::new(MemoryStore::new()), keys()).build());
+    assert_eq!(
+        faulty.breaker().map(SharedBreaker::name),
+        Some(sessile::STORE_BREAKER_NAME)
+    );
+    // One given explicitly applies to any store.
+    let given = SharedBreaker::builder("mine").build().expect("breaker");
+    let chosen = built(
+        SessionManagerLayer::builder(MemoryStore::new(), keys())
+            .circuit_breaker(given)
+            .build(),
+    );
+    assert_eq!(chosen.breaker().map(SharedBreaker::name), Some("mine"));
+}

@@ -287,6 +287,15 @@ pub trait SessionStore: Send + Sync + 'static {
     fn system_name(&self) -> &'static str {
         "other"
     }
+
+    /// Whether the store answers from this process's memory, so that it is never unreachable,
+    /// and never slow the way a server is: the session layer then builds no default circuit
+    /// breaker for it (one given with `circuit_breaker` still applies). The default, `false`,
+    /// is right for any store behind a connection, and for any wrapper: a wrapper that can fail
+    /// does not forward this.
+    fn in_process(&self) -> bool {
+        false
+    }
 }
 
 impl<S: SessionStore> SessionStore for Arc<S> {
@@ -336,5 +345,8 @@ impl<S: SessionStore> SessionStore for Arc<S> {
     }
     fn system_name(&self) -> &'static str {
         (**self).system_name()
+    }
+    fn in_process(&self) -> bool {
+        (**self).in_process()
     }
 }

@@ -201,7 +201,8 @@ fn headline_rows(text: &str) -> String {
 /// left out; their count and sum stay).
 fn status_page(text: Option<&str>) -> String {
     let mut rows = String::new();
-    let mut breaker = "unknown";
+    // No breaker series: the store is in this process, and needs none.
+    let mut breaker = "none (sessions are kept in this process)";
     for line in text.unwrap_or_default().lines() {
         if line.starts_with('#') || !line.starts_with("sessile_") || line.contains("_bucket{") {
             continue;

@@ -389,8 +389,9 @@ async fn the_status_page_shows_the_breaker_and_the_counters() {
     .await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(
-        page.body
-            .contains("Store circuit breaker: <strong>closed</strong>"),
+        page.body.contains(
+            "Store circuit breaker: <strong>none (sessions are kept in this process)</strong>"
+        ),
         "{}",
         page.body
     );

@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use support::{
-    Proc, browser, chromedriver, eventually, example, free_addr, http, log_in_and_read, screenshot,
+    Proc, browser, chromedriver, eventually, example_on, free_addr, http, log_in_and_read,
+    screenshot,
 };
 
 /// A Prometheus instant query: the result vector, once the query succeeds.
@@ -74,9 +75,14 @@ fn prometheus_scrapes_two_instances_store_latency_breaker_state_and_rejected_tok
             .is_ok_and(|s| s.success()),
         "prometheus is not installed: `apt-get install -y prometheus` (./scripts/test does it as root)"
     );
+    // Two instances sharing a Redis, as deployed: the store's breaker has something to guard.
+    let redis = sessile_testkit::redis::RedisServer::start();
     let instances: Vec<(SocketAddr, SocketAddr)> =
         (0..2).map(|_| (free_addr(), free_addr())).collect();
-    let _examples: Vec<Proc> = instances.iter().map(|&(a, m)| example(a, m)).collect();
+    let _examples: Vec<Proc> = instances
+        .iter()
+        .map(|&(a, m)| example_on(a, m, Some(&redis.url())))
+        .collect();
 
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("prometheus.yml");

@@ -255,7 +255,9 @@ impl SessionManagerBuilder {
     }
 
     /// The circuit breaker that guards the store. By default the layer builds one named
-    /// [`STORE_BREAKER_NAME`] with `sessile_breaker`'s default settings. Only timeouts and
+    /// [`STORE_BREAKER_NAME`] with `sessile_breaker`'s default settings, except for a store that
+    /// answers from this process's memory ([`SessionStore::in_process`], the
+    /// [`MemoryStore`](crate::MemoryStore)), which needs none. Only timeouts and
     /// unavailability count as failures; answers such as "not found" or "conflict" do not.
     pub fn circuit_breaker(mut self, breaker: SharedBreaker) -> Self {
         self.breaker = BreakerChoice::Custom(breaker);
@@ -304,6 +306,8 @@ impl SessionManagerBuilder {
             .or_else(|| self.store.clock())
             .unwrap_or_else(|| Arc::new(SystemClock));
         let breaker = match self.breaker {
+            // A store in this process's memory has no outage for a breaker to see.
+            BreakerChoice::Default if self.store.in_process() => None,
             // A probe that has not answered within the store deadline never will: the deadline
             // ended it. So half-open slots come back after that long.
             BreakerChoice::Default => Some(

@@ -68,6 +68,7 @@ pub(crate) trait DynStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<u64, StoreError>>;
     fn clock(&self) -> Option<Arc<dyn Clock>>;
     fn system_name(&self) -> &'static str;
+    fn in_process(&self) -> bool;
 }
 
 impl<S: SessionStore> DynStore for S {
@@ -129,5 +130,8 @@ impl<S: SessionStore> DynStore for S {
     }
     fn system_name(&self) -> &'static str {
         SessionStore::system_name(self)
+    }
+    fn in_process(&self) -> bool {
+        SessionStore::in_process(self)
     }
 }

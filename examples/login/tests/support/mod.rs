@@ -125,11 +125,16 @@ pub(crate) fn log_in_and_read(app: SocketAddr) {
 
 /// Starts the example binary on `app`, its metrics page on `metrics`.
 pub(crate) fn example(app: SocketAddr, metrics: SocketAddr) -> Proc {
+    example_on(app, metrics, None)
+}
+
+/// [`example`] with its sessions in Redis at `redis` (else in memory).
+pub(crate) fn example_on(app: SocketAddr, metrics: SocketAddr, redis: Option<&str>) -> Proc {
     let child = Command::new(env!("CARGO_BIN_EXE_login"))
         .env("SESSILE_ADDR", app.to_string())
         .env("SESSILE_METRICS_ADDR", metrics.to_string())
         .env("SESSILE_KEYS", format!("1:{}", "ab".repeat(32)))
-        .env_remove("REDIS_URL")
+        .env("REDIS_URL", redis.unwrap_or_default())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -12,6 +12,10 @@ impl SessionStore for MemoryStore {
         "memory"
     }
 
+    fn in_process(&self) -> bool {
+        true
+    }
+
     async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
         let now = self.inner.clock.now_ms();
         let (version, idle_deadline, body) = {
