@@ -236,9 +236,23 @@ struct Shared<S> {
 
 struct Entry {
     record: Record,
-    /// The stripe generation and the epoch read before the store call that produced the record.
-    stamp: Stamp,
+    /// The epoch read before the store call that produced the record.
+    epoch: u64,
+    /// The stripe generation read before that call; an invalidation that finds this very version
+    /// (this instance's own write) carries the copy to the new generation in place.
+    generation: AtomicU64,
     born: Instant,
+}
+
+impl Entry {
+    fn new(record: Record, stamp: Stamp, born: Instant) -> Self {
+        Self {
+            record,
+            epoch: stamp.epoch,
+            generation: AtomicU64::new(stamp.generation),
+            born,
+        }
+    }
 }
 
 /// Where the cache stood when a store call began.
@@ -338,9 +352,15 @@ impl<S> Shared<S> {
         &self.stripes[n % STRIPES]
     }
 
-    /// Makes every copy of `id` (cached or on its way into the cache) stale.
-    fn drop_key(&self, id: &SessionId) {
+    /// Makes every copy of `id` (cached or on its way into the cache) stale: none is served from
+    /// here on.
+    fn make_stale(&self, id: &SessionId) {
         self.stripe(id).fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// [`make_stale`](Self::make_stale), and drops the copy.
+    fn drop_key(&self, id: &SessionId) {
+        self.make_stale(id);
         self.cache.invalidate(id);
     }
 }
@@ -368,8 +388,8 @@ impl<S: PublishesInvalidations> Shared<S> {
             return None;
         }
         let fresh = !now.paused
-            && entry.stamp.epoch == now.epoch
-            && entry.stamp.generation == now.generation
+            && entry.epoch == now.epoch
+            && entry.generation.load(Ordering::Acquire) == now.generation
             && !entry.record.is_expired(self.clock.now_ms());
         fresh.then_some(entry)
     }
@@ -380,16 +400,12 @@ impl<S: PublishesInvalidations> Shared<S> {
         if stamp.paused {
             return;
         }
-        let entry = Arc::new(Entry {
-            record: record.clone(),
-            stamp,
-            born: self.clock.instant(),
-        });
+        let entry = Arc::new(Entry::new(record.clone(), stamp, self.clock.instant()));
         self.cache
             .entry(record.id)
             .and_compute_with(|old| match old {
                 Some(old)
-                    if old.value().stamp.epoch == stamp.epoch
+                    if old.value().epoch == stamp.epoch
                         && old.value().record.version > record.version =>
                 {
                     Op::Nop
@@ -427,25 +443,21 @@ impl<S: PublishesInvalidations> Shared<S> {
                 // A copy at version `v` or newer that could be served until now (this instance's
                 // own write, answered already) stays, at the new generation. Any other copy goes:
                 // one already out of date must not be brought back.
-                self.cache.entry(id).and_compute_with(|old| match old {
+                // In place: moving the generation of the very copy found. Inserts of this
+                // instance's writes wait for the lock held here; a load's insert that slips in
+                // between carries a generation from before this invalidation, so it is never
+                // served, whichever copy ends up in the map.
+                match self.cache.get(&id) {
                     Some(old)
-                        if old.value().stamp.epoch == current
-                            && old.value().stamp.generation + 1 == generation
-                            && old.value().record.version >= v =>
+                        if old.epoch == current
+                            && old.generation.load(Ordering::Acquire) + 1 == generation
+                            && old.record.version >= v =>
                     {
-                        let e = old.value();
-                        Op::Put(Arc::new(Entry {
-                            record: e.record.clone(),
-                            stamp: Stamp {
-                                generation,
-                                ..e.stamp
-                            },
-                            born: e.born,
-                        }))
+                        old.generation.store(generation, Ordering::Release);
                     }
-                    Some(_) => Op::Remove,
-                    None => Op::Nop,
-                });
+                    Some(_) => self.cache.invalidate(&id),
+                    None => {}
+                }
                 // This instance's write of `v` still in flight (only one write can make a given
                 // version: compare-and-set; had another instance made it, this write fails and
                 // drops the key): its result is cached at the new generation when it comes.
@@ -526,10 +538,10 @@ impl<S: PublishesInvalidations> Shared<S> {
         keep: Option<&Record>,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        // Stale before the call: a load in flight, whatever it brings back, is not cached (even
-        // if the written copy is evicted meanwhile).
+        // Stale before the call: a load in flight, whatever it brings back, is not served, and
+        // neither is the copy held now (the write's result replaces it, or a failure drops it).
         for id in ids {
-            self.drop_key(id);
+            self.make_stale(id);
         }
         let stamp = keep.map(|r| self.stamp(&r.id));
         let mut writing = keep.map(|r| Writing::new(self, (r.id, r.version)));
@@ -599,7 +611,8 @@ impl<S: PublishesInvalidations> SessionStore for CachedStore<S> {
                 record.idle_deadline = idle_deadline;
                 let touched = Arc::new(Entry {
                     record,
-                    stamp: entry.stamp,
+                    epoch: entry.epoch,
+                    generation: AtomicU64::new(entry.generation.load(Ordering::Acquire)),
                     born: entry.born,
                 });
                 // Only over the very copy read before: anything newer stays.
