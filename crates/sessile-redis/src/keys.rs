@@ -1,7 +1,7 @@
 //! Key layout.
 //!
 //! ```text
-//! <prefix>:[<tenant>:]{<partition>}:s:<session id hex>   session record (hash)
+//! <prefix>:[<tenant>:]{<partition>}:s:<session id hex>   session record (string: header, user, body)
 //! <prefix>:[<tenant>:]{<partition>}:i:<user key>         user index (sorted set of session id
 //!                                                         hex, scored by absolute deadline)
 //! <prefix>:[<tenant>:]{<partition>}:g:<user key>         user generation (integer)

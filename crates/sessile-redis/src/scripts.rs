@@ -56,7 +56,12 @@
 //!
 //! Return codes: `1` done (now, or by an earlier run of the same write), `2` done and more of the
 //! index is to be pruned, `3` nothing done: send the user's keys, `0` version conflict (or id
-//! taken), `-1` not found, `-2` rotated away, `-3` this write was fenced off by `SETTLE`.
+//! taken), `-1` not found, `-2` rotated away, `-3` this write was fenced off by `SETTLE`, `-4`
+//! what the key holds is not a record or a marker (answered before anything is written).
+//!
+//! An error Redis raises inside a script after the write id was claimed (a user's index key of
+//! another type, say) leaves the write applied and its id claimed: the store reports it as
+//! unavailable, so the layer settles it and learns "applied".
 
 use fred::types::scripts::Script;
 
@@ -70,15 +75,30 @@ pub(crate) const PRUNE_CHUNK: i64 = 1000;
 /// Shared helpers, prepended to every script.
 const HELPERS: &str = r#"
 local ZERO = '\0\0\0\0\0\0\0\0'
--- The first bytes of record `k`: the header and, for a user key of up to 255 bytes, the user.
+-- The first bytes of record `k`: the header and, for a user key of up to 255 bytes, the user;
+-- false when the key holds something else than a string (read without raising an error, so that
+-- a script can answer "corrupt" before it writes anything).
 local function head(k)
-  return redis.call('GETRANGE', k, 0, 281)
+  local h = redis.pcall('GETRANGE', k, 0, 281)
+  if type(h) ~= 'string' then return false end
+  return h
+end
+-- What `h` (from `head`) is: 'R' a record (its header whole), 'M' a marker, '' nothing, or
+-- false for anything else.
+local function kind(h)
+  if h == '' then return '' end
+  if not h then return false end
+  local t = string.sub(h, 1, 1)
+  if t == 'M' or (t == 'R' and #h >= 27) then return t end
+  return false
 end
 -- Why a record with header `h` cannot be written at version `expected` (-1 not found, -2 rotated
--- away, 0 at another version), or nil when it can.
+-- away, -4 unreadable, 0 at another version), or nil when it can.
 local function refused(h, expected)
-  if h == '' then return -1 end
-  if string.byte(h, 1) ~= 82 then return -2 end
+  local t = kind(h)
+  if t == '' then return -1 end
+  if t == 'M' then return -2 end
+  if not t then return -4 end
   if string.sub(h, 2, 9) ~= expected then return 0 end
   return nil
 end
@@ -110,20 +130,22 @@ end
 local function store(k, h, g, tail, e)
   redis.call('SET', k, h .. g .. tail, 'PXAT', e)
 end
-local function prune(k, now)
+local function prune(k)
+  -- By Redis's clock, which also expires the records: a member goes when its record does.
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local dead = redis.call('ZRANGEBYSCORE', k, '-inf', now, 'LIMIT', 0, PRUNE_CHUNK)
   if #dead > 0 then redis.call('ZREM', k, unpack(dead)) end
   return #dead
 end
--- Adds session `id` (absolute deadline `a`) to index `k`, drops expired members (by `now`, the
--- writer's clock, which also set the deadlines) and keeps the index and the generation `gk`
--- alive until `a` at least.
-local function index(k, gk, id, a, now)
+-- Adds session `id` (absolute deadline `a`) to index `k`, drops expired members and keeps the
+-- index and the generation `gk` alive until `a` at least.
+local function index(k, gk, id, a)
   redis.call('ZADD', k, a, id)
   local pruned = 0
   if redis.call('PEXPIREAT', k, a, 'NX') == 0 then
     -- The index was there already: it may hold expired members, and may expire sooner.
-    pruned = prune(k, now)
+    pruned = prune(k)
     redis.call('PEXPIREAT', k, a, 'GT')
   end
   redis.call('PEXPIREAT', gk, a, 'GT')
@@ -137,8 +159,7 @@ end
 "#;
 
 /// KEYS: record, write id [, index, generation]. ARGV: record head (`R`, version, idle deadline),
-/// record tail (user length, user, body), expiry (ms), user, id hex, absolute deadline, the
-/// writer's clock (ms).
+/// record tail (user length, user, body), expiry (ms), user, id hex, absolute deadline.
 ///
 /// Every script reads what it compares before it claims the write id, so a read that fails (a key
 /// of another type) leaves no claim behind.
@@ -150,7 +171,7 @@ if done then return done end
 if not redis.call('SET', KEYS[1], ARGV[1] .. g .. ARGV[2], 'NX', 'PXAT', ARGV[3]) then
   return release(KEYS[2], 0)
 end
-if KEYS[3] then return index(KEYS[3], KEYS[4], ARGV[5], ARGV[6], ARGV[7]) end
+if KEYS[3] then return index(KEYS[3], KEYS[4], ARGV[5], ARGV[6]) end
 return 1
 "#;
 
@@ -167,7 +188,7 @@ local code = refused(h, ARGV[1])
 local changed, g = false, ZERO
 if not code then
   changed = user(KEYS[1], h) ~= ARGV[5]
-  if changed and ARGV[5] ~= '' and not KEYS[3] and ARGV[10] ~= '1' then return 3 end
+  if changed and ARGV[5] ~= '' and not KEYS[3] and ARGV[9] ~= '1' then return 3 end
   g = generation(h)
   if changed then
     -- A new user: its generation, or none when its index lives in another slot (then the record
@@ -180,8 +201,8 @@ local done = claim(KEYS[2])
 if done then return done end
 if code then return release(KEYS[2], code) end
 store(KEYS[1], ARGV[2], g, ARGV[3], ARGV[4])
-published(ARGV[9])
-if changed and KEYS[3] then return index(KEYS[3], KEYS[4], ARGV[6], ARGV[7], ARGV[8]) end
+published(ARGV[8])
+if changed and KEYS[3] then return index(KEYS[3], KEYS[4], ARGV[6], ARGV[7]) end
 return 1
 "#;
 
@@ -204,15 +225,15 @@ if KEYS[4] and was == ARGV[5] and generation(h) ~= g then
   -- The user was logged out everywhere since this session was written: it is ending, and must
   -- not escape to a new id.
   redis.call('DEL', KEYS[1])
-  published(ARGV[9])
+  published(ARGV[8])
   return release(KEYS[3], -1)
 end
-redis.call('SET', KEYS[1], ARGV[12], 'PX', ARGV[10])
-published(ARGV[9])
+redis.call('SET', KEYS[1], ARGV[11], 'PX', ARGV[9])
+published(ARGV[8])
 store(KEYS[2], ARGV[2], g, ARGV[3], ARGV[4])
 if KEYS[4] then
-  if was == ARGV[5] then redis.call('ZREM', KEYS[4], ARGV[11]) end
-  return index(KEYS[4], KEYS[5], ARGV[6], ARGV[7], ARGV[8])
+  if was == ARGV[5] then redis.call('ZREM', KEYS[4], ARGV[10]) end
+  return index(KEYS[4], KEYS[5], ARGV[6], ARGV[7])
 end
 return 1
 "#;
@@ -239,12 +260,15 @@ return 0
 "#;
 
 /// KEYS: record. ARGV: the invalidation message. Deletes it and answers its user key (empty
-/// without one); a rotated-away id is left alone and answers `-2`.
+/// without one, or when the record cannot be read: it is deleted all the same); a rotated-away
+/// id is left alone and answers `-2`.
 const DESTROY: &str = r#"
 local h = head(KEYS[1])
-if h == '' then return '' end
-if string.byte(h, 1) ~= 82 then return -2 end
-local u = user(KEYS[1], h)
+local t = kind(h)
+if t == '' then return '' end
+if t == 'M' then return -2 end
+local u = ''
+if t == 'R' then u = user(KEYS[1], h) end
 redis.call('DEL', KEYS[1])
 published(ARGV[1])
 return u
@@ -252,24 +276,24 @@ return u
 
 /// KEYS: record. ARGV: idle deadline (8 bytes), the same in ms.
 const TOUCH: &str = r#"
-local t = redis.call('GETRANGE', KEYS[1], 0, 0)
+local t = kind(head(KEYS[1]))
 if t == '' then return -1 end
-if t ~= 'R' then return -2 end
+if t == 'M' then return -2 end
+if not t then return -4 end
 redis.call('SETRANGE', KEYS[1], 9, ARGV[1])
 redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 return 1
 "#;
 
-/// KEYS: index, generation. ARGV: id hex, absolute deadline, the writer's clock (ms). Index upkeep
-/// when the index and the record are in different Cluster slots.
+/// KEYS: index, generation. ARGV: id hex, absolute deadline. Index upkeep when the index and the
+/// record are in different Cluster slots.
 const INDEX: &str = r#"
-return index(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
+return index(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
 "#;
 
-/// KEYS: index. ARGV: the writer's clock (ms). Drops a chunk of expired members: `2` if more
-/// remain.
+/// KEYS: index. Drops a chunk of expired members: `2` if more remain.
 const PRUNE: &str = r#"
-if prune(KEYS[1], ARGV[1]) >= PRUNE_CHUNK then return 2 end
+if prune(KEYS[1]) >= PRUNE_CHUNK then return 2 end
 return 1
 "#;
 
@@ -294,7 +318,8 @@ if ARGV[3] == '1' then first = 2 end
 local n = 0
 for i = first, #KEYS do
   local h = head(KEYS[i])
-  local mine = h ~= '' and string.byte(h, 1) == 82 and user(KEYS[i], h) == ARGV[1]
+  -- A record that cannot be read is no one's: it is left to expire, and does not stop the rest.
+  local mine = kind(h) == 'R' and user(KEYS[i], h) == ARGV[1]
   if not (mine and generation(h) == ARGV[2]) then
     if mine then
       redis.call('DEL', KEYS[i])

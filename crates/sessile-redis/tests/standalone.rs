@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
-use sessile_core::store::WriteId;
+use sessile_core::store::{Settled, WriteId};
 use sessile_core::{SessionId, SessionStore, StoreError};
 use sessile_redis::{RedisStore, RedisStoreError};
 use sessile_testkit::redis::{RedisServer, TestRedis, unique_prefix};
@@ -146,18 +146,50 @@ async fn a_corrupt_record_is_a_typed_error() {
             "{n}: {loaded:?}"
         );
     }
-    let r = sessile_conformance::record(None, 1);
-    let key = store.record_key(&r.id);
-    let _: () = store
-        .pool()
-        .next()
-        .hset(&key, ("v", "1"))
-        .await
-        .expect("hset");
-    let loaded = store.load(r.id).await;
-    assert!(matches!(loaded, Err(StoreError::Corrupt(_))), "{loaded:?}");
-    let saved = store.save(&r, 1, WriteId::random()).await;
-    assert!(matches!(saved, Err(StoreError::Corrupt(_))), "{saved:?}");
+    // A key of another type, and a record cut inside its header: every operation answers
+    // "corrupt" before it writes anything (no claimed write id), and a logout deletes it.
+    for junk in ["hash", "short"] {
+        let r = sessile_conformance::record(None, 1);
+        let key = store.record_key(&r.id);
+        if junk == "hash" {
+            let _: () = store
+                .pool()
+                .next()
+                .hset(&key, ("v", "1"))
+                .await
+                .expect("hset");
+        } else {
+            let _: () = store
+                .pool()
+                .next()
+                .set(&key, "R123", None, None, false)
+                .await
+                .expect("set");
+        }
+        let corrupt = |r: Result<(), StoreError>| matches!(r, Err(StoreError::Corrupt(_)));
+        let loaded = store.load(r.id).await;
+        assert!(
+            matches!(loaded, Err(StoreError::Corrupt(_))),
+            "{junk}: {loaded:?}"
+        );
+        let write = WriteId::random();
+        let saved = store.save(&r, 1, write).await;
+        assert!(corrupt(saved), "{junk}: save");
+        assert_eq!(
+            store.settle(r.id, r.id, 1, write).await.expect("settle"),
+            Settled::NotApplied,
+            "{junk}: nothing was claimed"
+        );
+        let mut next = sessile_conformance::record(None, 1);
+        next.version = 2;
+        assert!(
+            corrupt(store.rotate(r.id, &next, 1, WriteId::random()).await),
+            "{junk}: rotate"
+        );
+        assert!(corrupt(store.touch(r.id, 1).await), "{junk}: touch");
+        store.destroy(r.id).await.expect("a logout deletes it");
+        assert_eq!(server.cli(&["exists", &key]).trim(), "0", "{junk}");
+    }
     assert!(
         store
             .load(SessionId::random())
@@ -268,4 +300,32 @@ async fn a_users_index_and_generation_live_as_long_as_the_latest_session() {
         .expect("create");
     assert_eq!(pexpiretime(&index), racer.meta.absolute_deadline);
     assert_eq!(pexpiretime(&generation), racer.meta.absolute_deadline);
+}
+
+/// A script that fails after it claimed its write id (here the user's index is a key of another
+/// type, after the record was written) is reported as unavailable, not as an answer: the layer
+/// then settles it and learns that it was applied.
+#[tokio::test]
+async fn a_write_that_fails_after_landing_settles_as_applied() {
+    let server = RedisServer::start();
+    let store = store_on(&server.url()).await;
+    let r = sessile_conformance::record(Some("mallory"), 1);
+    let index = store.index_key(Some("t1"), "mallory");
+    let _: () = store
+        .pool()
+        .next()
+        .set(&index, "not an index", None, None, false)
+        .await
+        .expect("set");
+    let write = WriteId::random();
+    let created = store.create(&r, write).await;
+    assert!(
+        matches!(created, Err(ref e) if e.is_ambiguous()),
+        "{created:?}"
+    );
+    assert_eq!(
+        store.settle(r.id, r.id, 0, write).await.expect("settle"),
+        Settled::Applied
+    );
+    assert_eq!(store.load(r.id).await.expect("load"), Some(r.clone()));
 }

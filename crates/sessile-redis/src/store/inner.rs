@@ -7,9 +7,6 @@ impl Inner {
     pub(super) fn fail(&self, e: FredError) -> StoreError {
         match e.kind() {
             ErrorKind::Timeout => StoreError::Timeout(self.command_timeout),
-            // A key of another type where a record belongs: what is stored is wrong, not the
-            // store (and a corrupt record never opens the breaker).
-            _ if e.details().contains("WRONGTYPE") => StoreError::Corrupt(CodecError::Layout),
             _ => StoreError::Unavailable(Box::new(e)),
         }
     }
@@ -66,6 +63,7 @@ impl Inner {
             0 | -3 => Err(StoreError::Conflict),
             -1 => Err(StoreError::NotFound),
             -2 => Err(StoreError::Rotated),
+            -4 => Err(StoreError::Corrupt(CodecError::Layout)),
             other => Err(StoreError::Unavailable(Box::new(UnexpectedReply(other)))),
         }
     }
@@ -96,7 +94,6 @@ impl Inner {
             Value::from(user),
             Value::from(record.id.to_hex()),
             int(record.meta.absolute_deadline),
-            int(layout::now_ms()),
         ])
     }
 
@@ -182,7 +179,6 @@ impl Inner {
         let args = vec![
             Value::from(record.id.to_hex()),
             int(record.meta.absolute_deadline),
-            int(layout::now_ms()),
         ];
         if self.run(&self.scripts.index, keys.to_vec(), args).await? == 2 {
             self.prune_index(record).await?;
@@ -197,15 +193,7 @@ impl Inner {
             return Ok(());
         };
         let index = self.keys.index(record.meta.tenant.as_deref(), user);
-        while self
-            .run(
-                &self.scripts.prune,
-                index.clone(),
-                vec![int(layout::now_ms())],
-            )
-            .await?
-            == 2
-        {}
+        while self.run(&self.scripts.prune, index.clone(), vec![]).await? == 2 {}
         Ok(())
     }
 

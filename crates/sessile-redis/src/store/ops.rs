@@ -9,13 +9,15 @@ impl SessionStore for RedisStore {
 
     async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
         let key = self.inner.keys.record(&id);
-        let raw: Option<Bytes> = self
-            .inner
-            .pool
-            .next_connected()
-            .get(key)
-            .await
-            .map_err(|e| self.inner.fail(e))?;
+        let raw: Option<Bytes> = match self.inner.pool.next_connected().get(key).await {
+            Ok(raw) => raw,
+            // A key of another type where a record belongs: what is stored is wrong, not the
+            // store (and a corrupt record never opens the breaker).
+            Err(e) if e.details().starts_with("WRONGTYPE") => {
+                return Err(StoreError::Corrupt(CodecError::Layout));
+            }
+            Err(e) => return Err(self.inner.fail(e)),
+        };
         let Some(raw) = raw else {
             return Ok(None);
         };
@@ -124,7 +126,10 @@ impl SessionStore for RedisStore {
         let result = code.and_then(Inner::outcome);
         if matches!(
             result,
-            Err(StoreError::Conflict | StoreError::NotFound | StoreError::Rotated)
+            Err(StoreError::Conflict
+                | StoreError::NotFound
+                | StoreError::Rotated
+                | StoreError::Corrupt(_))
         ) {
             let _: Result<i64, _> = inner.pool.next_connected().del(new_key).await;
         }
