@@ -47,8 +47,12 @@ async fn caches_on_a_cluster_stop_serving_what_another_instance_changed() {
     let prefix = unique_prefix();
     let mut caches = Vec::new();
     for _ in 0..2 {
+        // A slower heartbeat than the default: six redis-servers and the other tests share two
+        // cores, and a heartbeat 600 ms late (three default periods) pauses the cache, which is
+        // not what this test is about.
         let store = RedisStore::builder(cluster.url())
             .prefix(&prefix)
+            .invalidation_heartbeat(std::time::Duration::from_secs(1))
             .connect()
             .await
             .expect("connect to the cluster");

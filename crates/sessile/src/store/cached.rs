@@ -33,7 +33,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use moka::ops::compute::Op;
 use sessile_core::invalidation::{
     FlushCause, Invalidation, InvalidationSink, Listening, PublishesInvalidations,
 };
@@ -54,6 +53,51 @@ pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
 /// Stripes of key generations: an invalidation of one key also fails the few other cached keys
 /// of its stripe (they reload once), for 128 KiB of counters.
 const STRIPES: usize = 16384;
+
+/// Locks that make looking at a key's copy and putting another one step.
+const KEY_LOCKS: usize = 1024;
+
+/// Hashes session ids (and keys made of them) for the cache's maps. Ids are random and made by
+/// the server (a client cannot choose one: tokens are sealed), so the keyed SipHash of the
+/// standard maps, there against chosen keys, only costs time here.
+#[derive(Clone, Copy, Default)]
+struct IdHash;
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+/// Multiply-rotate over 8-byte words.
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let mut b = [0; 8];
+            b.copy_from_slice(w);
+            self.write_u64(u64::from_le_bytes(b));
+        }
+        for &b in words.remainder() {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+    fn finish(&self) -> u64 {
+        // Fold, so that the high bits (tables index by them too) depend on every input bit.
+        self.0 ^ (self.0 >> 31)
+    }
+}
 
 /// Configures a [`CachedStore`].
 #[derive(Debug)]
@@ -92,12 +136,13 @@ impl<S: PublishesInvalidations> CachedStoreBuilder<S> {
                             .increment(1);
                     }
                 })
-                .build(),
+                .build_with_hasher(IdHash),
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            key_locks: (0..KEY_LOCKS).map(|_| Mutex::new(())).collect(),
             epoch: AtomicU64::new(0),
             paused: AtomicBool::new(true),
-            flights: Mutex::new(HashMap::new()),
-            writing: Mutex::new(HashMap::new()),
+            flights: Mutex::new(HashMap::default()),
+            writing: Mutex::new(HashMap::default()),
             max_age: self.max_age,
             clock,
             hits: AtomicU64::new(0),
@@ -214,17 +259,18 @@ impl<S: PublishesInvalidations> CachedStore<S> {
 
 struct Shared<S> {
     store: S,
-    cache: moka::sync::Cache<SessionId, Arc<Entry>>,
+    cache: moka::sync::Cache<SessionId, Arc<Entry>, IdHash>,
     stripes: Box<[AtomicU64]>,
+    key_locks: Box<[Mutex<()>]>,
     epoch: AtomicU64,
     paused: AtomicBool,
     /// Loads in flight, one per session.
-    flights: Mutex<HashMap<SessionId, Arc<OnceCell<Loaded>>>>,
+    flights: Mutex<HashMap<SessionId, Arc<OnceCell<Loaded>>, IdHash>>,
     /// This instance's writes in flight that leave a record, by (id, version written). Their own
     /// invalidation, which Redis sends before the write's reply, is recognised by it. Also held
     /// while a write's result is inserted, so that an invalidation is handled wholly before or
     /// wholly after.
-    writing: Mutex<HashMap<(SessionId, u64), Pending>>,
+    writing: Mutex<HashMap<(SessionId, u64), Pending, IdHash>>,
     max_age: Duration,
     clock: Arc<dyn Clock>,
     hits: AtomicU64,
@@ -321,7 +367,7 @@ impl<S> Drop for Writing<'_, S> {
 /// Ends a load's flight when its caller is done with it or dropped mid-call (so that a cancelled
 /// load leaves nothing behind); a newer flight of the same session is left alone.
 struct Flight<'a> {
-    flights: &'a Mutex<HashMap<SessionId, Arc<OnceCell<Loaded>>>>,
+    flights: &'a Mutex<HashMap<SessionId, Arc<OnceCell<Loaded>>, IdHash>>,
     id: SessionId,
     cell: &'a Arc<OnceCell<Loaded>>,
 }
@@ -350,6 +396,16 @@ impl<S> Shared<S> {
         let b = id.as_bytes();
         let n = usize::from(u16::from_le_bytes([b[14], b[15]]));
         &self.stripes[n % STRIPES]
+    }
+
+    /// The lock every put of a copy of `id` takes, so that looking at the copy held and putting
+    /// another is one step.
+    fn key_lock(&self, id: &SessionId) -> std::sync::MutexGuard<'_, ()> {
+        let b = id.as_bytes();
+        let n = usize::from(u16::from_le_bytes([b[12], b[13]]));
+        self.key_locks[n % KEY_LOCKS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Makes every copy of `id` (cached or on its way into the cache) stale: none is served from
@@ -401,17 +457,16 @@ impl<S: PublishesInvalidations> Shared<S> {
             return;
         }
         let entry = Arc::new(Entry::new(record.clone(), stamp, self.clock.instant()));
-        self.cache
-            .entry(record.id)
-            .and_compute_with(|old| match old {
-                Some(old)
-                    if old.value().epoch == stamp.epoch
-                        && old.value().record.version > record.version =>
-                {
-                    Op::Nop
-                }
-                _ => Op::Put(entry),
-            });
+        // Look and put under the key's lock, which every put of a copy takes: no other copy can
+        // come in between. (Removals need no lock: a stale copy is never served anyway.)
+        let _key = self.key_lock(&record.id);
+        if let Some(old) = self.cache.get(&record.id)
+            && old.epoch == stamp.epoch
+            && old.record.version > record.version
+        {
+            return;
+        }
+        self.cache.insert(record.id, entry);
     }
 
     fn flush(&self, cause: FlushCause) {
@@ -443,10 +498,9 @@ impl<S: PublishesInvalidations> Shared<S> {
                 // A copy at version `v` or newer that could be served until now (this instance's
                 // own write, answered already) stays, at the new generation. Any other copy goes:
                 // one already out of date must not be brought back.
-                // In place: moving the generation of the very copy found. Inserts of this
-                // instance's writes wait for the lock held here; a load's insert that slips in
-                // between carries a generation from before this invalidation, so it is never
-                // served, whichever copy ends up in the map.
+                // In place: moving the generation of the very copy found, under the key's lock
+                // (no copy is put meanwhile).
+                let _key = self.key_lock(&id);
                 match self.cache.get(&id) {
                     Some(old)
                         if old.epoch == current
@@ -616,10 +670,13 @@ impl<S: PublishesInvalidations> SessionStore for CachedStore<S> {
                     born: entry.born,
                 });
                 // Only over the very copy read before: anything newer stays.
-                s.cache.entry(id).and_compute_with(|old| match old {
-                    Some(old) if Arc::ptr_eq(old.value(), &entry) => Op::Put(touched),
-                    _ => Op::Nop,
-                });
+                let _key = s.key_lock(&id);
+                if s.cache
+                    .get(&id)
+                    .is_some_and(|old| Arc::ptr_eq(&old, &entry))
+                {
+                    s.cache.insert(id, touched);
+                }
             }
             (Ok(()), None) => {}
             (Err(_), _) => s.drop_key(&id),
