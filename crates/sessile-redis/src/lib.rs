@@ -21,8 +21,9 @@
 //!
 //! # One round trip per operation
 //!
-//! `load` is one `HMGET`; `create`, `save`, `touch` and `rotate` are one `EVALSHA` each (scripts are
-//! loaded at connect and reloaded on `NOSCRIPT`); `destroy` is one `DEL`. `destroy_user` bumps the
+//! `load` is one `GET`; `create`, `save`, `touch` and `rotate` are one `EVALSHA` each (scripts are
+//! loaded at connect and reloaded on `NOSCRIPT`; a save that gives the session a new user is sent
+//! twice, the second time with the user's index keys); `destroy` is one short script. `destroy_user` bumps the
 //! user's generation, then walks the user's index in batches of about a hundred sessions, one
 //! short script each, so that no command blocks Redis for long however many sessions a user has.
 //!
@@ -83,10 +84,12 @@
 //!
 //! # Record layout
 //!
-//! A record is a hash: `v` version, `e` idle deadline, `d` the encoded body, `u` user, `g` the
-//! user's generation when the record was given to that user. A rotated-away id holds a marker
-//! instead: `m` (the new id) and `w` (the rotating write's id). Return codes and the reasons are in
-//! the scripts' documentation (`src/scripts.rs`).
+//! A record is one string: a 27-byte header (`R`, version, idle deadline, the user's generation
+//! when the record was given to that user, the user key's length), the user key, then the
+//! encoded body; its expiry is the idle deadline. A script compares the header's version bytes
+//! and writes the record with one `SET`; Redis never parses the body. A rotated-away id holds a
+//! marker instead: `M`, the new id and the rotating write's id. The table, the return codes and
+//! the reasons are in the scripts' documentation (`src/scripts.rs`).
 
 mod builder;
 mod keys;

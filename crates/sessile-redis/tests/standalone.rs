@@ -260,27 +260,21 @@ async fn a_users_index_and_generation_live_as_long_as_the_latest_session() {
             .parse()
             .expect("pexpiretime")
     };
+    let create = async |r: &sessile_core::record::Record| {
+        store.create(r, WriteId::random()).await.expect("create");
+    };
     let mut first = sessile_conformance::record(Some("alice"), 1);
     first.meta.absolute_deadline += 60_000;
-    store
-        .create(&first, WriteId::random())
-        .await
-        .expect("create");
+    create(&first).await;
     let index = store.index_key(Some("t1"), "alice");
     assert_eq!(pexpiretime(&index), first.meta.absolute_deadline);
     // A later session pushes the index out; an earlier one does not pull it in.
     let mut later = sessile_conformance::record(Some("alice"), 1);
     later.meta.absolute_deadline = first.meta.absolute_deadline + 60_000;
-    store
-        .create(&later, WriteId::random())
-        .await
-        .expect("create");
+    create(&later).await;
     assert_eq!(pexpiretime(&index), later.meta.absolute_deadline);
     let earlier = sessile_conformance::record(Some("alice"), 1);
-    store
-        .create(&earlier, WriteId::random())
-        .await
-        .expect("create");
+    create(&earlier).await;
     assert_eq!(pexpiretime(&index), later.meta.absolute_deadline);
     // After a log-out-everywhere began, the generation lives as long as the index, and is pushed
     // out with it.
@@ -294,10 +288,7 @@ async fn a_users_index_and_generation_live_as_long_as_the_latest_session() {
         .expect("pexpireat");
     let mut racer = sessile_conformance::record(Some("alice"), 1);
     racer.meta.absolute_deadline = later.meta.absolute_deadline + 60_000;
-    store
-        .create(&racer, WriteId::random())
-        .await
-        .expect("create");
+    create(&racer).await;
     assert_eq!(pexpiretime(&index), racer.meta.absolute_deadline);
     assert_eq!(pexpiretime(&generation), racer.meta.absolute_deadline);
 }
