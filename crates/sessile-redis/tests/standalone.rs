@@ -123,7 +123,8 @@ async fn a_corrupt_record_is_a_typed_error() {
     let store = store_on(&server.url()).await;
     // A body that does not decode, a value cut inside its header or its user, a foreign value,
     // and a key of another type (that one was "unavailable", which counts against the breaker).
-    let cuts: [fn(&[u8]) -> Vec<u8>; 4] = [
+    type Cut = fn(&[u8]) -> Vec<u8>;
+    let cuts: [Cut; 4] = [
         |raw| [&raw[..27 + 6], b"not a record"].concat(),
         |raw| raw[..20].to_vec(),
         |raw| raw[..29].to_vec(),
