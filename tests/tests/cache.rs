@@ -454,3 +454,55 @@ async fn a_copy_cached_during_an_own_logout_is_gone_when_it_returns() {
     );
     assert_eq!(cache.load(r.id).await.expect("load"), None);
 }
+
+/// From the adversarial review: a load that read before this instance's write landed, still in
+/// flight when the write was answered, must not answer a read that began after the answer,
+/// whether the written copy is in the cache or not (here the cache holds nothing: evicted at
+/// once). The write's invalidation has not come yet.
+#[tokio::test]
+async fn a_read_after_an_own_write_never_joins_an_older_load() {
+    let hold = HoldLoad::default();
+    let inner = ManualInvalidations::new(Hooked::with_hook(MemoryStore::new(), hold.clone()));
+    let cache = CachedStore::builder(inner.clone())
+        .max_age(Duration::from_secs(3))
+        .max_entries(0)
+        .build()
+        .await
+        .expect("cache");
+    let r = sessile_conformance::record(None, 1);
+    cache.create(&r, WriteId::random()).await.expect("create");
+    let mut next = r.clone();
+    next.version = 2;
+    next.data.insert("theme".into(), b"light".to_vec());
+
+    // The write has begun (its key is stale) and waits before it is applied.
+    hold.armed_save.store(true, Ordering::SeqCst);
+    let saving = {
+        let (cache, next) = (cache.clone(), next.clone());
+        tokio::spawn(async move { cache.save(&next, 1, WriteId::random()).await })
+    };
+    hold.reached.notified().await;
+    // A load reads version 1 and waits with its reply.
+    hold.armed_reply.store(true, Ordering::SeqCst);
+    let loading = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.load(r.id).await })
+    };
+    hold.reply_reached.notified().await;
+    // The write lands and is answered.
+    hold.release.notify_one();
+    saving.await.expect("task").expect("save");
+    // A read after that answer, while the old load is still in flight.
+    let after = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.load(r.id).await })
+    };
+    tokio::task::yield_now().await;
+    hold.reply_release.notify_one();
+    let _ = loading.await.expect("task");
+    assert_eq!(
+        after.await.expect("task").expect("load").map(|r| r.version),
+        Some(2),
+        "a read that began after the write was answered got the version before it"
+    );
+}

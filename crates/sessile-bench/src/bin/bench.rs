@@ -1,6 +1,7 @@
 //! The benchmark harness. `scripts/bench` runs it end to end; the subcommands are:
 //!
-//! * `bench run [--repeats 3] [--seconds 5] [--connections 64] [--users 2048] [--out FILE]`
+//! * `bench run [--repeats 3] [--seconds 5] [--connections 64] [--users 2048] [--out FILE]
+//!   [--workloads read,incr,...] [--contenders sessile-memory,...]`
 //!   starts a private `redis-server`, and for every repetition, workload and contender (contenders
 //!   interleaved, in an order rotated per cell so drift hits all alike) starts a fresh
 //!   `bench-server`, logs its users in, measures, and prints one JSON line: req/s, p50/p99/p99.9,
@@ -126,6 +127,34 @@ fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Every option takes a value; anything else (`--help` among them) is a usage error, not a
+    // run of the whole matrix.
+    let known: &[&str] = match args.first().map(String::as_str) {
+        Some("run") => &[
+            "--repeats",
+            "--seconds",
+            "--connections",
+            "--users",
+            "--out",
+            "--workloads",
+            "--contenders",
+        ],
+        Some("report") => &["--md", "--svg"],
+        Some("memory") => &["--sessions"],
+        Some("edge") => &["--repeats", "--seconds", "--out"],
+        _ => &[],
+    };
+    let positional = usize::from(args.first().is_some_and(|c| c == "report"));
+    let mut rest = args.iter().skip(1 + positional);
+    while let Some(a) = rest.next() {
+        if !known.contains(&a.as_str()) || rest.next().is_none() {
+            eprintln!(
+                "usage: bench run|report FILE|memory|edge [--option value]... (unknown or incomplete: {a}; \
+                 the options are in the docs of crates/sessile-bench/src/bin/bench.rs)"
+            );
+            std::process::exit(2);
+        }
+    }
     match args.first().map(String::as_str) {
         Some("run") => run(&args).await,
         Some("report") => report(&args),

@@ -17,8 +17,9 @@
 //!   or a rotation (for the old id) that succeeds.
 //! - **Invalidations** (every write, from any instance) move their key's generation and drop the
 //!   copy, unless it is already at that version (this instance's own write, answered): that one
-//!   is carried to the new generation. A write of this instance still in flight when its own
-//!   invalidation comes (Redis sends it before the reply) is cached at the new generation.
+//!   is carried to the new generation. A write's result is cached at a generation moved once
+//!   more when its answer comes, so that no load begun before the answer is served, or joined
+//!   by a read, afterwards (even if the written copy is evicted at once).
 //! - **Touches** (the idle deadline only) update the local copy and send no invalidation: another
 //!   instance's copy with the earlier deadline only expires early and reloads.
 //! - **Flushes**: on a reconnect, a lagged or silent stream, an emptied database or a cluster
@@ -142,7 +143,7 @@ impl<S: PublishesInvalidations> CachedStoreBuilder<S> {
             epoch: AtomicU64::new(0),
             paused: AtomicBool::new(true),
             flights: Mutex::new(HashMap::default()),
-            writing: Mutex::new(HashMap::default()),
+            writing: Mutex::new(()),
             max_age: self.max_age,
             clock,
             hits: AtomicU64::new(0),
@@ -266,11 +267,9 @@ struct Shared<S> {
     paused: AtomicBool,
     /// Loads in flight, one per session.
     flights: Mutex<HashMap<SessionId, Arc<OnceCell<Loaded>>, IdHash>>,
-    /// This instance's writes in flight that leave a record, by (id, version written). Their own
-    /// invalidation, which Redis sends before the write's reply, is recognised by it. Also held
-    /// while a write's result is inserted, so that an invalidation is handled wholly before or
-    /// wholly after.
-    writing: Mutex<HashMap<(SessionId, u64), Pending, IdHash>>,
+    /// Held while a write's result is cached and while an invalidation is handled, so that each
+    /// is wholly before or wholly after the other.
+    writing: Mutex<()>,
     max_age: Duration,
     clock: Arc<dyn Clock>,
     hits: AtomicU64,
@@ -309,57 +308,18 @@ struct Stamp {
     paused: bool,
 }
 
-/// Writes of one (id, version) in flight on this instance.
-#[derive(Debug, Default)]
-struct Pending {
-    count: u32,
-    /// The stripe generation the write's own invalidation moved to, if it came: the write's
-    /// result is cached at that generation (every load begun before it is refused, and none begun
-    /// after it can read an older version).
-    generation: Option<u64>,
-}
-
-/// Registers a write in flight for its own invalidation, until dropped. Dropped before it was
-/// marked done (the caller gave up mid-call), the outcome is unknown: the key goes stale.
+/// A write in flight. Dropped before it was marked done (the caller gave up mid-call), the
+/// outcome is unknown: the key goes stale.
 struct Writing<'a, S> {
     shared: &'a Shared<S>,
-    key: (SessionId, u64),
+    id: SessionId,
     done: bool,
-}
-
-impl<'a, S: PublishesInvalidations> Writing<'a, S> {
-    fn new(shared: &'a Shared<S>, key: (SessionId, u64)) -> Self {
-        shared
-            .writing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_default()
-            .count += 1;
-        Self {
-            shared,
-            key,
-            done: false,
-        }
-    }
 }
 
 impl<S> Drop for Writing<'_, S> {
     fn drop(&mut self) {
-        let mut writing = self
-            .shared
-            .writing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = writing.get_mut(&self.key) {
-            p.count -= 1;
-            if p.count == 0 {
-                writing.remove(&self.key);
-            }
-        }
-        drop(writing);
         if !self.done {
-            self.shared.drop_key(&self.key.0);
+            self.shared.drop_key(&self.id);
         }
     }
 }
@@ -492,7 +452,7 @@ impl<S: PublishesInvalidations> Shared<S> {
                     return self.entries_gauge();
                 };
                 // Every load of the key begun before this point is refused from here on.
-                let mut writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+                let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
                 let generation = self.stripe(&id).fetch_add(1, Ordering::AcqRel) + 1;
                 let current = self.epoch.load(Ordering::Acquire);
                 // A copy at version `v` or newer that could be served until now (this instance's
@@ -511,12 +471,6 @@ impl<S: PublishesInvalidations> Shared<S> {
                     }
                     Some(_) => self.cache.invalidate(&id),
                     None => {}
-                }
-                // This instance's write of `v` still in flight (only one write can make a given
-                // version: compare-and-set; had another instance made it, this write fails and
-                // drops the key): its result is cached at the new generation when it comes.
-                if let Some(p) = writing.get_mut(&(id, v)) {
-                    p.generation = Some(generation);
                 }
             }
             Invalidation::Flush(cause) => self.flush(cause),
@@ -598,7 +552,11 @@ impl<S: PublishesInvalidations> Shared<S> {
             self.make_stale(id);
         }
         let stamp = keep.map(|r| self.stamp(&r.id));
-        let mut writing = keep.map(|r| Writing::new(self, (r.id, r.version)));
+        let mut writing = keep.map(|r| Writing {
+            shared: self,
+            id: r.id,
+            done: false,
+        });
         let result = call.await;
         if result.is_ok() {
             // The other ids (a destroy's, a rotation's old one) are gone: a load that read them
@@ -609,18 +567,21 @@ impl<S: PublishesInvalidations> Shared<S> {
         }
         match (&result, keep, stamp) {
             (Ok(_), Some(record), Some(stamp)) => {
-                // Under the lock invalidations take: the write's own invalidation was handled
-                // wholly before (stamp with the generation it moved to) or will be wholly after
-                // (it finds this copy and keeps it).
-                let pending = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-                let moved = pending
-                    .get(&(record.id, record.version))
-                    .and_then(|p| p.generation);
-                let stamp = moved.map_or(stamp, |generation| Stamp {
-                    generation,
-                    ..stamp
-                });
-                self.insert(record, stamp);
+                // The key's generation moves once more as the answer comes: a load begun before
+                // it (it may have read the version before this write) is neither served nor
+                // joined by a read from here on, even if this copy is evicted at once. Under the
+                // lock invalidations take: the write's own invalidation was handled wholly before
+                // (this generation is newer still) or will be wholly after (it finds this copy,
+                // at the generation just before its own, and keeps it).
+                let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+                let generation = self.stripe(&record.id).fetch_add(1, Ordering::AcqRel) + 1;
+                self.insert(
+                    record,
+                    Stamp {
+                        generation,
+                        ..stamp
+                    },
+                );
             }
             (Ok(_), _, _) => {}
             (Err(_), _, _) => ids.iter().for_each(|id| self.drop_key(id)),
@@ -663,18 +624,19 @@ impl<S: PublishesInvalidations> SessionStore for CachedStore<S> {
             (Ok(()), Some(entry)) => {
                 let mut record = entry.record.clone();
                 record.idle_deadline = idle_deadline;
-                let touched = Arc::new(Entry {
-                    record,
-                    epoch: entry.epoch,
-                    generation: AtomicU64::new(entry.generation.load(Ordering::Acquire)),
-                    born: entry.born,
-                });
-                // Only over the very copy read before: anything newer stays.
+                // Only over the very copy read before: anything newer stays. Its generation is
+                // read under the key's lock, where an invalidation may just have moved it.
                 let _key = s.key_lock(&id);
                 if s.cache
                     .get(&id)
                     .is_some_and(|old| Arc::ptr_eq(&old, &entry))
                 {
+                    let touched = Arc::new(Entry {
+                        record,
+                        epoch: entry.epoch,
+                        generation: AtomicU64::new(entry.generation.load(Ordering::Acquire)),
+                        born: entry.born,
+                    });
                     s.cache.insert(id, touched);
                 }
             }
