@@ -506,3 +506,26 @@ async fn a_read_after_an_own_write_never_joins_an_older_load() {
         "a read that began after the write was answered got the version before it"
     );
 }
+
+/// From the adversarial review: a logout abandoned mid-call (the request went away) may still
+/// land, so no copy cached while it was in flight is served after it was abandoned.
+#[tokio::test]
+async fn a_copy_cached_during_an_abandoned_logout_is_not_served() {
+    let (cache, _inner, hold) = cache().await;
+    let r = sessile_conformance::record(None, 1);
+    cache.create(&r, WriteId::random()).await.expect("create");
+    hold.armed_destroy.store(true, Ordering::SeqCst);
+    let logout = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.destroy(r.id).await })
+    };
+    hold.reached.notified().await;
+    assert_eq!(cache.load(r.id).await.expect("load"), Some(r.clone()));
+    assert!(cache.serves(&r.id), "cached while the logout is in flight");
+    logout.abort();
+    assert!(logout.await.expect_err("aborted").is_cancelled());
+    assert!(
+        !cache.serves(&r.id),
+        "served after this instance's logout was abandoned"
+    );
+}

@@ -309,17 +309,17 @@ struct Stamp {
 }
 
 /// A write in flight. Dropped before it was marked done (the caller gave up mid-call), the
-/// outcome is unknown: the key goes stale.
+/// outcome is unknown: its keys go stale.
 struct Writing<'a, S> {
     shared: &'a Shared<S>,
-    id: SessionId,
+    ids: &'a [SessionId],
     done: bool,
 }
 
 impl<S> Drop for Writing<'_, S> {
     fn drop(&mut self) {
         if !self.done {
-            self.shared.drop_key(&self.id);
+            self.ids.iter().for_each(|id| self.shared.drop_key(id));
         }
     }
 }
@@ -552,11 +552,11 @@ impl<S: PublishesInvalidations> Shared<S> {
             self.make_stale(id);
         }
         let stamp = keep.map(|r| self.stamp(&r.id));
-        let mut writing = keep.map(|r| Writing {
+        let mut writing = Writing {
             shared: self,
-            id: r.id,
+            ids,
             done: false,
-        });
+        };
         let result = call.await;
         if result.is_ok() {
             // The other ids (a destroy's, a rotation's old one) are gone: a load that read them
@@ -586,9 +586,7 @@ impl<S: PublishesInvalidations> Shared<S> {
             (Ok(_), _, _) => {}
             (Err(_), _, _) => ids.iter().for_each(|id| self.drop_key(id)),
         }
-        if let Some(w) = &mut writing {
-            w.done = true;
-        }
+        writing.done = true;
         result
     }
 }
