@@ -93,12 +93,13 @@ pub(crate) fn invalidation(id: &SessionId, version: Option<u64>) -> Bytes {
     let mut s = String::with_capacity(32 + 1 + 20 + 1 + 13);
     sessile_core::push_hex(&mut s, id.as_bytes());
     s.push(':');
+    let mut digits = itoa::Buffer::new();
     match version {
-        Some(v) => s.push_str(itoa(v).as_str()),
+        Some(v) => s.push_str(digits.format(v)),
         None => s.push('-'),
     }
     s.push(':');
-    s.push_str(itoa(now_ms()).as_str());
+    s.push_str(digits.format(now_ms()));
     Bytes::from(s)
 }
 
@@ -107,34 +108,6 @@ pub(crate) fn now_ms() -> UnixMillis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Decimal digits of `n`, without `fmt`.
-fn itoa(mut n: u64) -> Digits {
-    let mut d = Digits {
-        buf: [0; 20],
-        start: 20,
-    };
-    loop {
-        d.start -= 1;
-        d.buf[d.start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return d;
-        }
-    }
-}
-
-struct Digits {
-    buf: [u8; 20],
-    start: usize,
-}
-
-impl Digits {
-    fn as_str(&self) -> &str {
-        // Only ASCII digits are written.
-        std::str::from_utf8(&self.buf[self.start..]).unwrap_or("0")
-    }
 }
 
 #[cfg(test)]
@@ -231,7 +204,5 @@ mod tests {
         assert!(ms.abs_diff(now_ms()) < 60_000);
         let gone = invalidation(&id, None);
         assert!(std::str::from_utf8(&gone).expect("ascii").contains(":-:"));
-        assert_eq!(itoa(0).as_str(), "0");
-        assert_eq!(itoa(u64::MAX).as_str(), u64::MAX.to_string());
     }
 }

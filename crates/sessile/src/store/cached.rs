@@ -58,47 +58,10 @@ const STRIPES: usize = 16384;
 /// Locks that make looking at a key's copy and putting another one step.
 const KEY_LOCKS: usize = 1024;
 
-/// Hashes session ids (and keys made of them) for the cache's maps. Ids are random and made by
-/// the server (a client cannot choose one: tokens are sealed), so the keyed SipHash of the
-/// standard maps, there against chosen keys, only costs time here.
-#[derive(Clone, Copy, Default)]
-struct IdHash;
-
-impl std::hash::BuildHasher for IdHash {
-    type Hasher = IdHasher;
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher(0)
-    }
-}
-
-/// Multiply-rotate over 8-byte words.
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut words = bytes.chunks_exact(8);
-        for w in &mut words {
-            let mut b = [0; 8];
-            b.copy_from_slice(w);
-            self.write_u64(u64::from_le_bytes(b));
-        }
-        for &b in words.remainder() {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .rotate_left(29);
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-    fn finish(&self) -> u64 {
-        // Fold, so that the high bits (tables index by them too) depend on every input bit.
-        self.0 ^ (self.0 >> 31)
-    }
-}
+/// The hasher of the cache's maps. Ids are random and made by the server (a client cannot choose
+/// one: tokens are sealed), so the standard maps' SipHash, there against chosen keys, would only
+/// cost time; foldhash is keyed per process all the same.
+type IdHash = foldhash::fast::RandomState;
 
 /// Configures a [`CachedStore`].
 #[derive(Debug)]
@@ -137,7 +100,7 @@ impl<S: PublishesInvalidations> CachedStoreBuilder<S> {
                             .increment(1);
                     }
                 })
-                .build_with_hasher(IdHash),
+                .build_with_hasher(IdHash::default()),
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             key_locks: (0..KEY_LOCKS).map(|_| Mutex::new(())).collect(),
             epoch: AtomicU64::new(0),
