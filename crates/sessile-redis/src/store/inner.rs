@@ -32,8 +32,8 @@ impl Inner {
     pub(super) async fn run_once(
         &self,
         script: &Script,
-        keys: impl Into<MultipleKeys>,
-        args: Vec<Value>,
+        keys: &[Key],
+        args: &[Value],
     ) -> Result<i64, StoreError> {
         let client = self.pool.next_connected();
         let once = client.with_options(&Options {
@@ -41,16 +41,15 @@ impl Inner {
             ..Options::default()
         });
         let sha = script.sha1().clone();
-        // Kept for a reload's second attempt: clones of these share their bytes.
-        let keys: MultipleKeys = keys.into();
+        // One copy per attempt (keys and values share their bytes when copied).
         let first = once
-            .evalsha::<i64, _, _, _>(sha.clone(), keys.clone(), args.clone())
+            .evalsha::<i64, _, _, _>(sha.clone(), keys.to_vec(), args.to_vec())
             .await;
         match first {
             // NOSCRIPT: the script did not run, so sending it again is safe.
             Err(e) if e.details().starts_with("NOSCRIPT") => {
                 script.load(client).await.map_err(|e| self.fail(e))?;
-                once.evalsha(sha, keys, args).await
+                once.evalsha(sha, keys.to_vec(), args.to_vec()).await
             }
             other => other,
         }
@@ -117,26 +116,11 @@ impl Inner {
         let key = self.keys.record(&record.id);
         let first = leading.as_ref().map_or(record.id, |(id, _)| *id);
         let write_key = self.keys.write(&first, write);
-        let saving = pre.is_some() && leading.is_none();
-        let leading = leading.map(|(_, k)| k);
-        let user_keys = if saving {
-            None
-        } else {
-            self.user_keys(record, leading.as_deref().unwrap_or(&key))
-        };
-        // As fred's keys, which clone without copying (a reload or a second attempt sends them
-        // again).
-        let mut keys: Vec<Key> = leading.into_iter().map(Key::from).collect();
-        let with = keys.first().cloned();
+        let saving = std::ptr::eq(script, &self.scripts.save);
+        // As fred's keys, which copy without copying their bytes.
+        let mut keys: Vec<Key> = leading.map(|(_, k)| Key::from(k)).into_iter().collect();
         keys.push(Key::from(key));
-        let with = with.unwrap_or_else(|| keys[0].clone());
         keys.push(Key::from(write_key));
-        let mut apart = None;
-        match user_keys {
-            Some((user_keys, true)) => keys.extend(user_keys.map(Key::from)),
-            Some((user_keys, false)) => apart = Some(user_keys),
-            None => {}
-        }
         let mut args: Vec<Value> = pre
             .map(|v| Value::Bytes(layout::word(v)))
             .into_iter()
@@ -146,20 +130,29 @@ impl Inner {
         if saving {
             args.push(Value::from("0"));
         }
-        let mut code = self.run_once(script, keys.clone(), args.clone()).await?;
-        if code == 3 && saving {
-            // A new user: again, with the user's keys or word that they live apart.
-            match self.user_keys(record, with.as_str().unwrap_or_default()) {
+        // The user's keys, in the slot of the first key, go along (or are upkept apart after).
+        let add_user_keys = |keys: &mut Vec<Key>, args: &mut Vec<Value>| {
+            match self.user_keys(record, keys[0].as_str().unwrap_or_default()) {
                 Some((user_keys, true)) => keys.extend(user_keys.map(Key::from)),
                 Some((user_keys, false)) => {
-                    apart = Some(user_keys);
-                    if let Some(last) = args.last_mut() {
+                    if saving && let Some(last) = args.last_mut() {
                         *last = Value::from("1");
                     }
+                    return Some(user_keys);
                 }
                 None => {}
             }
-            code = self.run_once(script, keys, args).await?;
+            None
+        };
+        let mut apart = None;
+        if !saving {
+            apart = add_user_keys(&mut keys, &mut args);
+        }
+        let mut code = self.run_once(script, &keys, &args).await?;
+        if code == 3 && saving {
+            // A new user: again, with the user's keys or word that they live apart.
+            apart = add_user_keys(&mut keys, &mut args);
+            code = self.run_once(script, &keys, &args).await?;
         }
         Self::outcome(code)?;
         if let Some(user_keys) = apart {

@@ -121,8 +121,8 @@ impl SessionStore for RedisStore {
             Value::Bytes(layout::marker(&record.id, write)),
             Value::Bytes(layout::invalidation(&old, None)),
         ];
-        let keys = vec![old_key, inner.keys.write(&old, write)];
-        let code = inner.run_once(&inner.scripts.delete_at, keys, args).await;
+        let keys = [Key::from(old_key), Key::from(inner.keys.write(&old, write))];
+        let code = inner.run_once(&inner.scripts.delete_at, &keys, &args).await;
         let result = code.and_then(Inner::outcome);
         if matches!(
             result,

@@ -271,8 +271,8 @@ struct Stamp {
     paused: bool,
 }
 
-/// A write in flight. Dropped before it was marked done (the caller gave up mid-call), the
-/// outcome is unknown: its keys go stale.
+/// A write in flight. Dropped before it was marked done (it failed, or the caller gave up
+/// mid-call and the outcome is unknown), its keys go stale.
 struct Writing<'a, S> {
     shared: &'a Shared<S>,
     ids: &'a [SessionId],
@@ -521,35 +521,33 @@ impl<S: PublishesInvalidations> Shared<S> {
             done: false,
         };
         let result = call.await;
-        if result.is_ok() {
-            // The other ids (a destroy's, a rotation's old one) are gone: a load that read them
-            // before the write landed and was cached meanwhile must not outlive the reply.
-            for id in ids.iter().filter(|id| keep.is_none_or(|r| r.id != **id)) {
-                self.drop_key(id);
-            }
-        }
-        match (&result, keep, stamp) {
-            (Ok(_), Some(record), Some(stamp)) => {
-                // The key's generation moves once more as the answer comes: a load begun before
-                // it (it may have read the version before this write) is neither served nor
-                // joined by a read from here on, even if this copy is evicted at once. Under the
-                // lock invalidations take: the write's own invalidation was handled wholly before
-                // (this generation is newer still) or will be wholly after (it finds this copy,
-                // at the generation just before its own, and keeps it).
-                let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-                let generation = self.stripe(&record.id).fetch_add(1, Ordering::AcqRel) + 1;
-                self.insert(
-                    record,
-                    Stamp {
-                        generation,
-                        ..stamp
-                    },
-                );
-            }
-            (Ok(_), _, _) => {}
-            (Err(_), _, _) => ids.iter().for_each(|id| self.drop_key(id)),
+        if result.is_err() {
+            // Failed: the guard drops every copy as it goes.
+            return result;
         }
         writing.done = true;
+        // The other ids (a destroy's, a rotation's old one) are gone: a load that read them
+        // before the write landed and was cached meanwhile must not outlive the reply.
+        for id in ids.iter().filter(|id| keep.is_none_or(|r| r.id != **id)) {
+            self.drop_key(id);
+        }
+        if let (Some(record), Some(stamp)) = (keep, stamp) {
+            // The key's generation moves once more as the answer comes: a load begun before it
+            // (it may have read the version before this write) is neither served nor joined by a
+            // read from here on, even if this copy is evicted at once. Under the lock
+            // invalidations take: the write's own invalidation was handled wholly before (this
+            // generation is newer still) or will be wholly after (it finds this copy, at the
+            // generation just before its own, and keeps it).
+            let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+            let generation = self.stripe(&record.id).fetch_add(1, Ordering::AcqRel) + 1;
+            self.insert(
+                record,
+                Stamp {
+                    generation,
+                    ..stamp
+                },
+            );
+        }
         result
     }
 }
