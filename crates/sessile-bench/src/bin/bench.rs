@@ -12,6 +12,10 @@
 //! * `bench report FILE [--md docs/benchmarks.md] [--svg docs/benchmarks.svg]` writes the tables
 //!   of medians and ratios and the chart.
 //! * `bench memory [--sessions 1000000]` measures bytes per stored session in `MemoryStore`.
+//! * `bench redis-cost [--saves 20000]` measures what the Redis store costs Redis: time inside
+//!   Redis per save script, per empty script sent with a save's arguments, per load and per plain
+//!   `SET` of the same body (the baseline, in the same run), and `MEMORY USAGE` of a record and of
+//!   its user's index.
 //! * `bench edge [--repeats 3] [--seconds 5] [--out FILE]` puts three `sessile-redis-cached`
 //!   instances on one Redis behind each front in turn: the edge router (`examples/edge`; also
 //!   with a load bound of c = 1.5), nginx with the affinity recipe, and nginx round robin; runs `read` and `mixed` through each, and
@@ -141,6 +145,7 @@ async fn main() {
         ],
         Some("report") => &["--md", "--svg"],
         Some("memory") => &["--sessions"],
+        Some("redis-cost") => &["--saves"],
         Some("edge") => &["--repeats", "--seconds", "--out"],
         _ => &[],
     };
@@ -149,7 +154,7 @@ async fn main() {
     while let Some(a) = rest.next() {
         if !known.contains(&a.as_str()) || rest.next().is_none() {
             eprintln!(
-                "usage: bench run|report FILE|memory|edge [--option value]... (unknown or incomplete: {a}; \
+                "usage: bench run|report FILE|memory|redis-cost|edge [--option value]... (unknown or incomplete: {a}; \
                  the options are in the docs of crates/sessile-bench/src/bin/bench.rs)"
             );
             std::process::exit(2);
@@ -159,9 +164,10 @@ async fn main() {
         Some("run") => run(&args).await,
         Some("report") => report(&args),
         Some("memory") => memory(flag(&args, "--sessions", 1_000_000usize)).await,
+        Some("redis-cost") => redis_cost(flag(&args, "--saves", 20_000u64)).await,
         Some("edge") => edge(&args).await,
         _ => {
-            eprintln!("usage: bench run|report|memory (see the file's docs)");
+            eprintln!("usage: bench run|report|memory|redis-cost|edge (see the file's docs)");
             std::process::exit(2);
         }
     }
@@ -952,9 +958,42 @@ fn chart(cells: &BTreeMap<(String, String), Cell>) -> String {
 }
 
 /// Bytes per stored session in `MemoryStore`, with the benchmark's login payload.
+/// Session `i` of the size benchmarks: the bench server's login payload, logged in, with deadlines
+/// at `now`.
+fn sized_record(i: usize, now: u64) -> sessile::record::Record {
+    use sessile::record::{Metadata, Payload, Record};
+    let mut p = Payload::default();
+    let user = format!("u{i:06}");
+    let put = |p: &mut Payload, k: &str, v: &dyn erased::Encode| p.insert(k.into(), v.encode());
+    put(&mut p, "user", &user);
+    put(&mut p, "display", &format!("Benchmark User {user}"));
+    put(&mut p, "counter", &0u64);
+    put(&mut p, "roles", &["reader", "writer", "billing"]);
+    put(&mut p, "theme", &"dark");
+    put(&mut p, "locale", &"en-GB");
+    put(&mut p, "tz", &"Europe/London");
+    put(
+        &mut p,
+        "csrf",
+        &format!("{:064x}", i as u128 * 0x9E37_79B9_7F4A_7C15),
+    );
+    Record {
+        id: sessile::SessionId::random_for_user(Some(&user)),
+        version: 1,
+        idle_deadline: now,
+        meta: Metadata {
+            created_at: now - 1000,
+            absolute_deadline: now + 1000,
+            user_id: Some(user),
+            tenant: None,
+            hint: "node-1".into(),
+        },
+        data: p,
+    }
+}
+
 async fn memory(sessions: usize) {
     use sessile::SessionStore as _;
-    use sessile::record::{Metadata, Payload, Record};
     assert!(sessions <= 5_000_000, "bounded");
     fn rss_kb() -> u64 {
         std::fs::read_to_string("/proc/self/status")
@@ -967,42 +1006,11 @@ async fn memory(sessions: usize) {
             .unwrap_or(0)
     }
     let store = sessile::MemoryStore::builder().sweep_interval(None).build();
-    let payload = |i: usize| {
-        let mut p = Payload::default();
-        let user = format!("u{i:06}");
-        let put = |p: &mut Payload, k: &str, v: &dyn erased::Encode| p.insert(k.into(), v.encode());
-        put(&mut p, "user", &user);
-        put(&mut p, "display", &format!("Benchmark User {user}"));
-        put(&mut p, "counter", &0u64);
-        put(&mut p, "roles", &["reader", "writer", "billing"]);
-        put(&mut p, "theme", &"dark");
-        put(&mut p, "locale", &"en-GB");
-        put(&mut p, "tz", &"Europe/London");
-        put(
-            &mut p,
-            "csrf",
-            &format!("{:064x}", i as u128 * 0x9E37_79B9_7F4A_7C15),
-        );
-        p
-    };
-    let sample = payload(0).size();
-    let before = rss_kb();
     let now = 1_900_000_000_000u64;
+    let sample = sized_record(0, now).data.size();
+    let before = rss_kb();
     for i in 0..sessions {
-        let id = sessile::SessionId::random_for_user(Some(&format!("u{i:06}")));
-        let r = Record {
-            id,
-            version: 1,
-            idle_deadline: now,
-            meta: Metadata {
-                created_at: now - 1000,
-                absolute_deadline: now + 1000,
-                user_id: Some(format!("u{i:06}")),
-                tenant: None,
-                hint: "node-1".into(),
-            },
-            data: payload(i),
-        };
+        let r = sized_record(i, now);
         store.create(&r, WriteId::random()).await.expect("create");
     }
     let after = rss_kb();
@@ -1012,6 +1020,115 @@ async fn memory(sessions: usize) {
         per / sample as f64,
         store.len()
     );
+}
+
+/// What the Redis store costs Redis, by `INFO commandstats` (time inside Redis per command) and
+/// `MEMORY USAGE`, on a private `redis-server` with one subscriber on the invalidation channel
+/// (as with a cache tier): `saves` saves of one bench session, as many loads, and as a baseline in
+/// the same run the same number of plain `SET .. PX` of the session's body (what tower-sessions'
+/// Redis store sends per save).
+async fn redis_cost(saves: u64) {
+    use fred::prelude::*;
+    use sessile::SessionStore as _;
+    use sessile::store::invalidation::PublishesInvalidations as _;
+    assert!(saves <= 1_000_000, "bounded");
+    let redis = RedisServer::start();
+    let store = sessile_redis::RedisStore::connect(&redis.url())
+        .await
+        .expect("connect");
+    let _listening = store
+        .listen(std::sync::Arc::new(|_| {}))
+        .await
+        .expect("listen");
+    let now = sessile::clock::Clock::now_ms(&sessile::clock::SystemClock) + 3_600_000;
+    let mut r = sized_record(0, now);
+    let payload = r.data.size();
+    store.create(&r, WriteId::random()).await.expect("create");
+    let key = store.record_key(&r.id);
+    let index = store.index_key(None, r.meta.user_id.as_deref().unwrap_or_default());
+    let usage = |k: &str| {
+        redis
+            .cli(&["memory", "usage", k])
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
+    let (record_bytes, index_bytes) = (usage(&key), usage(&index));
+    let per_call = |cmd: &str| {
+        let stats = redis.cli(&["info", "commandstats"]);
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:")))
+            .and_then(|rest| {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix("usec_per_call="))
+            })
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    redis.cli(&["config", "resetstat"]);
+    for _ in 0..saves {
+        let expected = r.version;
+        r.version += 1;
+        store
+            .save(&r, expected, WriteId::random())
+            .await
+            .expect("save");
+    }
+    let save_us = per_call("evalsha");
+    redis.cli(&["config", "resetstat"]);
+    for _ in 0..saves {
+        store.load(r.id).await.expect("load").expect("held");
+    }
+    let load_us = per_call("get");
+    let body = r.encode_body().expect("encode");
+    let pool = store.pool().next();
+    redis.cli(&["config", "resetstat"]);
+    for _ in 0..saves {
+        let _: () = pool
+            .set(
+                "bench:plain",
+                body.as_slice(),
+                Some(fred::types::Expiration::PX(3_600_000)),
+                None,
+                false,
+            )
+            .await
+            .expect("set");
+    }
+    let set_us = per_call("set");
+    // The floor of any script: one that does nothing, sent with as many keys and arguments of
+    // about the sizes a save sends (two keys; the version, the record's head and tail, the expiry,
+    // the user, the id, the absolute deadline, the invalidation message, a flag).
+    let empty = fred::types::scripts::Script::from_lua("return 1");
+    empty.load(pool).await.expect("script load");
+    let keys = vec![key.clone(), format!("{key}:w")];
+    let hex = r.id.to_hex();
+    let args: Vec<fred::types::Value> = vec![
+        fred::types::Value::from(&[0u8; 8][..]),
+        fred::types::Value::from(&[0u8; 17][..]),
+        fred::types::Value::from(body.as_slice()),
+        fred::types::Value::from(now as i64),
+        fred::types::Value::from(":u000000"),
+        fred::types::Value::from(hex.as_str()),
+        fred::types::Value::from(now as i64),
+        fred::types::Value::from(format!("{hex}:12345:{now}")),
+        fred::types::Value::from("0"),
+    ];
+    redis.cli(&["config", "resetstat"]);
+    for _ in 0..saves {
+        let _: i64 = empty
+            .evalsha(pool, keys.clone(), args.clone())
+            .await
+            .expect("evalsha");
+    }
+    let empty_us = per_call("evalsha");
+    println!(
+        "{{\"saves\":{saves},\"save_script_us\":{save_us:.2},\"empty_script_us\":{empty_us:.2},\"load_get_us\":{load_us:.2},\"plain_set_us\":{set_us:.2},\"save_vs_set\":{:.2},\"payload_bytes\":{payload},\"record_memory_usage\":{record_bytes},\"record_vs_payload\":{:.2},\"index_memory_usage\":{index_bytes}}}",
+        save_us / set_us,
+        record_bytes as f64 / payload as f64
+    );
+    store.quit().await;
 }
 
 mod erased {
