@@ -520,11 +520,8 @@ impl<S: PublishesInvalidations> Shared<S> {
             ids,
             done: false,
         };
-        let result = call.await;
-        if result.is_err() {
-            // Failed: the guard drops every copy as it goes.
-            return result;
-        }
+        // Failed: the guard drops every copy as the error goes back.
+        let value = call.await?;
         writing.done = true;
         // The other ids (a destroy's, a rotation's old one) are gone: a load that read them
         // before the write landed and was cached meanwhile must not outlive the reply.
@@ -548,7 +545,7 @@ impl<S: PublishesInvalidations> Shared<S> {
                 },
             );
         }
-        result
+        Ok(value)
     }
 }
 
