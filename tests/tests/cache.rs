@@ -429,13 +429,15 @@ async fn a_re_pin_after_an_unchanged_reload_asks_the_store() {
     );
 }
 
-/// From the second review: a load made while this instance's logout of the session is in
-/// flight reads the session (the logout has not landed) and caches it; the logout returns. From
-/// then on this instance must not serve the session, whether or not the logout's own
-/// invalidation has come yet (here it never comes).
-#[tokio::test]
-async fn a_copy_cached_during_an_own_logout_is_gone_when_it_returns() {
-    let (cache, _inner, hold) = cache().await;
+/// A session, and this instance's logout of it held before it is applied, while a load caches
+/// the session.
+async fn copy_cached_during_a_logout(
+    cache: &CachedStore<Inner>,
+    hold: &HoldLoad,
+) -> (
+    sessile::record::Record,
+    tokio::task::JoinHandle<Result<(), StoreError>>,
+) {
     let r = sessile_conformance::record(None, 1);
     cache.create(&r, WriteId::random()).await.expect("create");
     hold.armed_destroy.store(true, Ordering::SeqCst);
@@ -446,6 +448,17 @@ async fn a_copy_cached_during_an_own_logout_is_gone_when_it_returns() {
     hold.reached.notified().await;
     assert_eq!(cache.load(r.id).await.expect("load"), Some(r.clone()));
     assert!(cache.serves(&r.id), "cached while the logout is in flight");
+    (r, logout)
+}
+
+/// From the second review: a load made while this instance's logout of the session is in
+/// flight reads the session (the logout has not landed) and caches it; the logout returns. From
+/// then on this instance must not serve the session, whether or not the logout's own
+/// invalidation has come yet (here it never comes).
+#[tokio::test]
+async fn a_copy_cached_during_an_own_logout_is_gone_when_it_returns() {
+    let (cache, _inner, hold) = cache().await;
+    let (r, logout) = copy_cached_during_a_logout(&cache, &hold).await;
     hold.release.notify_one();
     logout.await.expect("task").expect("logout");
     assert!(
@@ -512,16 +525,7 @@ async fn a_read_after_an_own_write_never_joins_an_older_load() {
 #[tokio::test]
 async fn a_copy_cached_during_an_abandoned_logout_is_not_served() {
     let (cache, _inner, hold) = cache().await;
-    let r = sessile_conformance::record(None, 1);
-    cache.create(&r, WriteId::random()).await.expect("create");
-    hold.armed_destroy.store(true, Ordering::SeqCst);
-    let logout = {
-        let cache = cache.clone();
-        tokio::spawn(async move { cache.destroy(r.id).await })
-    };
-    hold.reached.notified().await;
-    assert_eq!(cache.load(r.id).await.expect("load"), Some(r.clone()));
-    assert!(cache.serves(&r.id), "cached while the logout is in flight");
+    let (r, logout) = copy_cached_during_a_logout(&cache, &hold).await;
     logout.abort();
     assert!(logout.await.expect_err("aborted").is_cancelled());
     assert!(
