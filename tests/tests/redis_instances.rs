@@ -484,3 +484,62 @@ async fn a_save_whose_reply_comes_after_the_deadline_is_settled_as_saved() {
     let n = send(&app_b, Method::GET, "/n", Some(&cookie), None).await;
     assert_eq!(n.body, "1", "applied exactly once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_given_up_on_while_disconnected_never_lands_later() {
+    // A's only connection to Redis goes down just before A saves an increment, and its reconnect
+    // is held past A's deadline: the save waits in fred's queue, the layer gives up on it and
+    // settles (the settle waits too, and gives up), and the request learns that the outcome is
+    // unknown. The layer wraps A's store (a counting wrapper), so its own timer ends the call;
+    // the Redis store below still sees the layer's deadline, a little earlier, and fred drops
+    // both commands unsent. Before the layer made its deadline current for the store, fred sent
+    // both once the connection was back, and the increment landed after A's request had ended.
+    let a = behind_proxy(1, Duration::from_millis(300)).await;
+    let (app_b, _gate_b, _store_b) = instance(&a.server.url(), &a.prefix, "node-b", 0.25).await;
+    let cookie = |token: String| format!("{NAME}={token}");
+    let session = |app: &Router| {
+        let app = app.clone();
+        async move {
+            send(&app, Method::POST, "/set/ann", None, None)
+                .await
+                .cookie_value(NAME)
+                .map(cookie)
+                .expect("a session")
+        }
+    };
+    let (held_on, other) = (session(&a.app).await, session(&app_b).await);
+    let held = a.held_increment(&held_on).await;
+    // A read on A loses its reply: A's connection closes, and the proxy holds the reconnect.
+    a.proxy.lose_next_reply();
+    let lost = send(&a.app, Method::GET, "/n", Some(&other), None).await;
+    assert_eq!(lost.status, StatusCode::SERVICE_UNAVAILABLE);
+    a.proxy.reply_lost().await;
+    a.gate.release.notify_one();
+    let reply = held.await.expect("A's request");
+    assert!(
+        matches!(
+            reply.save_failed.as_ref().map(|f| &*f.0),
+            Some(SaveError::Unknown(_))
+        ),
+        "neither the save nor its settle could reach Redis: {:?}",
+        reply.save_failed
+    );
+    // The connection comes back; whatever fred still holds for A is sent before A's next read.
+    a.proxy.release();
+    let started = std::time::Instant::now();
+    while send(&a.app, Method::GET, "/n", Some(&other), None)
+        .await
+        .status
+        != StatusCode::OK
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "A never reconnected"
+        );
+    }
+    let n = send(&app_b, Method::GET, "/n", Some(&held_on), None).await;
+    assert_eq!(
+        n.body, "0",
+        "the increment A gave up on landed after its request ended"
+    );
+}

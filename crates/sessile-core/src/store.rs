@@ -54,6 +54,10 @@ use crate::SessionId;
 use crate::clock::{Clock, UnixMillis};
 use crate::record::{CodecError, Record};
 
+mod deadline;
+
+pub use deadline::Deadline;
+
 /// How long the marker left under a rotated-away id lasts, in milliseconds: longer than any
 /// request that was in flight when the session was rotated. After it, the old id is simply gone.
 pub const ROTATED_MARKER_TTL_MS: u64 = 60_000;
@@ -201,7 +205,7 @@ impl StoreError {
 ///
 /// Implementations write `async fn` in their `impl` blocks; the futures must be `Send`. The session
 /// layer puts a deadline on every call, so a store need not time out on its own (but a network store
-/// should still bound its own queues).
+/// should still bound its own queues; see [`keeps_deadlines`](Self::keeps_deadlines)).
 pub trait SessionStore: Send + Sync + 'static {
     /// Reads a record; `Ok(None)` if it is missing or expired.
     fn load(
@@ -296,6 +300,20 @@ pub trait SessionStore: Send + Sync + 'static {
     fn in_process(&self) -> bool {
         false
     }
+
+    /// Whether every call answers by the [`Deadline`] current when it was made (with
+    /// [`StoreError::Timeout`] if need be), and leaves nothing queued that could still reach the
+    /// store after it. The session layer then sets no timer of its own around the store's calls
+    /// (it still makes its deadline current). The default, `false`, makes the layer bound every
+    /// call with its own timer, which is right for any store that does not read the deadline, and
+    /// for any wrapper: a wrapper that can wait on its own does not forward this.
+    ///
+    /// A store behind a connection should read the deadline even when it answers `false` here: a
+    /// call the layer gave up on is dropped, and a command it left in a client's queue could
+    /// otherwise be sent long after, when the layer has already settled the write it carried.
+    fn keeps_deadlines(&self) -> bool {
+        false
+    }
 }
 
 impl<S: SessionStore> SessionStore for Arc<S> {
@@ -348,5 +366,8 @@ impl<S: SessionStore> SessionStore for Arc<S> {
     }
     fn in_process(&self) -> bool {
         (**self).in_process()
+    }
+    fn keeps_deadlines(&self) -> bool {
+        (**self).keeps_deadlines()
     }
 }

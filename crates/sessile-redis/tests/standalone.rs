@@ -321,3 +321,61 @@ async fn a_write_that_fails_after_landing_settles_as_applied() {
     );
     assert_eq!(store.load(r.id).await.expect("load"), Some(r.clone()));
 }
+
+/// A call that runs out of its caller's deadline while its connection is down is dropped from
+/// fred's queue, not sent once the connection is back: here a save, which would otherwise land
+/// after its caller (the session layer, whose own timer dropped the call) had given up on it and
+/// perhaps settled it as not applied. Before the store handed the deadline to fred, fred's own
+/// timeout (2 s) was dropped with the call and never marked the command, and the save landed
+/// after the reconnect: version 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_that_ran_out_of_its_deadline_while_disconnected_is_never_sent() {
+    let server = RedisServer::start();
+    let proxy = sessile_testkit::proxy::Proxy::start(([127, 0, 0, 1], server.port()).into()).await;
+    let store = RedisStore::builder(format!("redis://{}", proxy.addr()))
+        .prefix(unique_prefix())
+        .pool_size(1)
+        .connect()
+        .await
+        .expect("connect through the proxy");
+    let r = sessile_conformance::record(None, 1);
+    store.create(&r, WriteId::random()).await.expect("create");
+
+    // The caller as the session layer is for a store it wraps: a deadline current, and a timer
+    // of its own, a little later, that drops the call when it fires.
+    async fn call<T>(f: impl Future<Output = T>) -> Result<T, tokio::time::error::Elapsed> {
+        let budget = Duration::from_millis(300);
+        let deadline = sessile_core::store::Deadline::after(budget - Duration::from_millis(10));
+        tokio::time::timeout(budget, deadline.scope(f)).await
+    }
+    // The connection goes down (the reply to this read is lost) and stays down: the proxy holds
+    // the reconnect.
+    proxy.lose_next_reply();
+    let lost = call(store.load(SessionId::random())).await;
+    assert!(
+        !matches!(lost, Ok(Ok(_))),
+        "the read's reply was lost: {lost:?}"
+    );
+    proxy.reply_lost().await;
+
+    let mut next = r.clone();
+    next.version = 2;
+    let save = call(store.save(&next, 1, WriteId::random())).await;
+    assert!(
+        matches!(save, Ok(Err(StoreError::Timeout(_)))),
+        "no connection: the store answers with a timeout, by the deadline: {save:?}"
+    );
+    // The connection comes back; fred sends what is still queued, in order, before this read.
+    proxy.release();
+    let started = Instant::now();
+    let loaded = loop {
+        if let Ok(Some(loaded)) = store.load(r.id).await {
+            break loaded;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no reconnect");
+    };
+    assert_eq!(
+        loaded.version, 1,
+        "the save that ran out of time landed later"
+    );
+}

@@ -6,9 +6,42 @@ use super::*;
 impl Inner {
     pub(super) fn fail(&self, e: FredError) -> StoreError {
         match e.kind() {
-            ErrorKind::Timeout => StoreError::Timeout(self.command_timeout),
+            ErrorKind::Timeout => StoreError::Timeout(
+                Deadline::current().map_or(self.command_timeout, |d| d.budget()),
+            ),
             _ => StoreError::Unavailable(Box::new(e)),
         }
+    }
+
+    /// How long the next command may take: what is left of the caller's [`Deadline`], and at
+    /// most the command timeout. Once the deadline has passed: `Timeout`, and nothing is sent
+    /// (fred would take a zero timeout for none at all).
+    fn budget(&self) -> Result<Duration, StoreError> {
+        let Some(deadline) = Deadline::current() else {
+            return Ok(self.command_timeout);
+        };
+        let left = deadline.remaining();
+        if left.is_zero() {
+            return Err(StoreError::Timeout(deadline.budget()));
+        }
+        Ok(left.min(self.command_timeout))
+    }
+
+    /// A connected client of the pool whose commands time out by the caller's deadline. fred's
+    /// own timeout, unlike a timer around the call, marks a command that runs out of time, and
+    /// fred then never sends it: not from its queue while a connection is down, nor again after a
+    /// reconnect. So nothing this store was asked to do reaches Redis after the caller's
+    /// deadline, except bytes already written to a socket.
+    pub(super) fn client(&self) -> Result<WithOptions<Client>, StoreError> {
+        self.client_with(Options::default())
+    }
+
+    fn client_with(&self, options: Options) -> Result<WithOptions<Client>, StoreError> {
+        let timeout = Some(self.budget()?);
+        Ok(self
+            .pool
+            .next_connected()
+            .with_options(&Options { timeout, ..options }))
     }
 
     /// Runs a script that fred may re-send after a dropped connection: reads, and writes whose
@@ -19,10 +52,18 @@ impl Inner {
         keys: impl Into<MultipleKeys> + Send,
         args: Vec<Value>,
     ) -> Result<i64, StoreError> {
-        script
-            .evalsha_with_reload::<i64, _, _>(self.pool.next_connected(), keys, args)
-            .await
-            .map_err(|e| self.fail(e))
+        self.run_as(script, keys, args).await
+    }
+
+    /// [`run`](Self::run), for a script whose reply is not a number.
+    pub(super) async fn run_as<R: FromValue>(
+        &self,
+        script: &Script,
+        keys: impl Into<MultipleKeys> + Send,
+        args: Vec<Value>,
+    ) -> Result<R, StoreError> {
+        let keys = keys.into().inner();
+        self.eval(script, &keys, &args, Options::default()).await
     }
 
     /// Runs a compare-and-set script, asking fred for a single attempt. That is not a guarantee:
@@ -35,21 +76,66 @@ impl Inner {
         keys: &[Key],
         args: &[Value],
     ) -> Result<i64, StoreError> {
-        let client = self.pool.next_connected();
-        let once = client.with_options(&Options {
+        let once = Options {
             max_attempts: Some(1),
             ..Options::default()
+        };
+        self.eval(script, keys, args, once).await
+    }
+
+    /// `EVALSHA`, loading the script and sending it again on `NOSCRIPT` (it did not run, so
+    /// sending it again is safe); every command within the caller's deadline.
+    ///
+    /// Sent as a custom command: fred's `evalsha` is not among the commands its `WithOptions`
+    /// client carries options for (it reaches the plain client through `Deref`), so it would go
+    /// with neither the deadline nor the single attempt.
+    async fn eval<R: FromValue>(
+        &self,
+        script: &Script,
+        keys: &[Key],
+        args: &[Value],
+        options: Options,
+    ) -> Result<R, StoreError> {
+        // Every key of a script shares one slot (the scripts are written so).
+        let hash = keys.first().map_or(ClusterHash::Random, |k| {
+            ClusterHash::Custom(fred::util::redis_keyslot(k.as_bytes()))
         });
-        let sha = script.sha1().clone();
-        // One copy per attempt (keys and values share their bytes when copied).
-        let first = once
-            .evalsha::<i64, _, _, _>(sha.clone(), keys.to_vec(), args.to_vec())
+        let command = || {
+            // One copy per attempt (keys and values share their bytes when copied).
+            let mut all = Vec::with_capacity(2 + keys.len() + args.len());
+            all.push(Value::from(script.sha1().clone()));
+            all.push(Value::Integer(keys.len() as i64));
+            all.extend(keys.iter().cloned().map(Value::from));
+            all.extend_from_slice(args);
+            (
+                CustomCommand::new_static("EVALSHA", hash.clone(), false),
+                all,
+            )
+        };
+        let (cmd, all) = command();
+        let first = self
+            .client_with(options.clone())?
+            .custom::<R, _>(cmd, all)
             .await;
         match first {
-            // NOSCRIPT: the script did not run, so sending it again is safe.
             Err(e) if e.details().starts_with("NOSCRIPT") => {
-                script.load(client).await.map_err(|e| self.fail(e))?;
-                once.evalsha(sha, keys.to_vec(), args.to_vec()).await
+                let lua = script.lua().cloned().unwrap_or_default();
+                // fred loads a script on every primary of a Cluster through the plain client,
+                // which takes no timeout of ours: bounded here (a late load is harmless).
+                let budget = self.budget()?;
+                match tokio::time::timeout(
+                    budget,
+                    self.pool.next_connected().script_load_cluster::<(), _>(lua),
+                )
+                .await
+                {
+                    Ok(loaded) => loaded.map_err(|e| self.fail(e))?,
+                    Err(_) => {
+                        return Err(self.fail(FredError::new(ErrorKind::Timeout, "SCRIPT LOAD")));
+                    }
+                }
+                let (cmd, all) = command();
+                self.client_with(options)?.custom(cmd, all).await
             }
             other => other,
         }
@@ -198,8 +284,7 @@ impl Inner {
     ) -> Result<(String, Vec<String>), StoreError> {
         let cmd = CustomCommand::new_static("ZSCAN", ClusterHash::FirstKey, false);
         let reply: Value = self
-            .pool
-            .next_connected()
+            .client()?
             .custom(
                 cmd,
                 vec![
@@ -264,8 +349,7 @@ impl Inner {
                 // Records the layer did not make (ids outside the user's partition): their
                 // generation is never current, so every one was handled.
                 let _: i64 = self
-                    .pool
-                    .next_connected()
+                    .client()?
                     .zrem(index, handled)
                     .await
                     .map_err(|e| self.fail(e))?;

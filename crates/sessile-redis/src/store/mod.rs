@@ -5,15 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::bytes::Bytes;
+use fred::clients::WithOptions;
 use fred::error::{Error as FredError, ErrorKind};
 use fred::prelude::*;
 use fred::types::config::Options;
 use fred::types::scripts::Script;
-use fred::types::{ClusterHash, CustomCommand, Key, MultipleKeys, Value};
+use fred::types::{ClusterHash, CustomCommand, FromValue, Key, MultipleKeys, Value};
 use sessile_core::clock::UnixMillis;
 use sessile_core::record::{CodecError, Record};
 use sessile_core::store::{
-    DEFAULT_MAX_RECORD_BYTES, ROTATED_MARKER_TTL_MS, Settled, WriteId, encode_record,
+    DEFAULT_MAX_RECORD_BYTES, Deadline, ROTATED_MARKER_TTL_MS, Settled, WriteId, encode_record,
 };
 use sessile_core::{SessionId, SessionStore, StoreError};
 use thiserror::Error;

@@ -7,9 +7,15 @@ impl SessionStore for RedisStore {
         "redis"
     }
 
+    /// Every command is sent with what is left of the caller's deadline as fred's timeout, so
+    /// the session layer sets no timer of its own.
+    fn keeps_deadlines(&self) -> bool {
+        true
+    }
+
     async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
         let key = self.inner.keys.record(&id);
-        let raw: Option<Bytes> = match self.inner.pool.next_connected().get(key).await {
+        let raw: Option<Bytes> = match self.inner.client()?.get(key).await {
             Ok(raw) => raw,
             // A key of another type where a record belongs: what is stored is wrong, not the
             // store (and a corrupt record never opens the breaker).
@@ -131,7 +137,9 @@ impl SessionStore for RedisStore {
                 | StoreError::Rotated
                 | StoreError::Corrupt(_))
         ) {
-            let _: Result<i64, _> = inner.pool.next_connected().del(new_key).await;
+            if let Ok(client) = inner.client() {
+                let _: Result<i64, _> = client.del(new_key).await;
+            }
         }
         result
     }
@@ -155,8 +163,7 @@ impl SessionStore for RedisStore {
             let first = inner.keys.write(&new, write);
             inner.run(&inner.scripts.settle, first, vec![]).await?;
             let _: i64 = inner
-                .pool
-                .next_connected()
+                .client()?
                 .del(new_key)
                 .await
                 .map_err(|e| inner.fail(e))?;
@@ -174,15 +181,12 @@ impl SessionStore for RedisStore {
         let inner = &self.inner;
         let key = inner.keys.record(&id);
         let reply: Value = inner
-            .scripts
-            .destroy
-            .evalsha_with_reload(
-                inner.pool.next_connected(),
+            .run_as(
+                &inner.scripts.destroy,
                 key,
                 vec![Value::Bytes(layout::invalidation(&id, None))],
             )
-            .await
-            .map_err(|e| inner.fail(e))?;
+            .await?;
         if let Value::Integer(-2) = reply {
             return Err(StoreError::Rotated);
         }
@@ -192,8 +196,13 @@ impl SessionStore for RedisStore {
             let index = inner.keys.index(tenant, user);
             // The session is gone either way; a stale index entry is only slack (it is pruned at
             // the session's absolute deadline), so a failure here does not fail the logout.
-            let removed: Result<i64, _> =
-                inner.pool.next_connected().zrem(index, id.to_hex()).await;
+            let removed = match inner.client() {
+                Ok(client) => client
+                    .zrem::<i64, _, _>(index, id.to_hex())
+                    .await
+                    .map_err(|e| inner.fail(e)),
+                Err(e) => Err(e),
+            };
             if let Err(e) = removed {
                 tracing::warn!(error = %e, "session destroyed; its user index entry stays until it expires");
             }

@@ -1,5 +1,5 @@
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sessile_breaker::SharedBreaker;
 use tracing::Instrument as _;
@@ -7,7 +7,11 @@ use tracing::Instrument as _;
 use crate::SessionId;
 use crate::clock::UnixMillis;
 use crate::record::Record;
-use crate::store::{BoxFuture, DynStore, Settled, StoreError, WriteId};
+use crate::store::{BoxFuture, Deadline, DynStore, Settled, StoreError, WriteId};
+
+/// How much earlier than the layer's own timer the deadline falls that a store which does not keep
+/// deadlines is shown (at most a tenth of the budget; see `run_with`).
+const DEADLINE_GRACE: Duration = Duration::from_millis(10);
 
 /// Why a write did not take effect.
 #[derive(Debug)]
@@ -28,6 +32,8 @@ pub(crate) struct StoreHandle {
     /// `db.system.name` of the store spans.
     system: &'static str,
     timeout: Duration,
+    /// The store answers by the deadline itself: no timer of the layer's around its calls.
+    keeps_deadlines: bool,
     breaker: Option<SharedBreaker>,
 }
 
@@ -39,6 +45,7 @@ impl StoreHandle {
     ) -> Self {
         Self {
             system: store.system_name(),
+            keeps_deadlines: store.keeps_deadlines(),
             store,
             timeout,
             breaker,
@@ -75,12 +82,29 @@ impl StoreHandle {
             session = session.map(tracing::field::display),
             outcome = tracing::field::Empty,
         );
-        let started = Instant::now();
-        let deadline = self.timeout;
+        // One reading of the clock for the deadline, the timer and the latency histogram. tokio's
+        // clock, so that a test with paused time moves the timer.
+        let started = tokio::time::Instant::now();
+        let budget = self.timeout;
+        // The deadline is current for the store, which may bound its own commands by it; a store
+        // that keeps deadlines answers by then without a timer of ours. Any other store is shown
+        // a deadline a little before our timer fires: one that reads it (a wrapper around one
+        // that keeps deadlines) times its commands out first, so that its client drops them
+        // rather than sending them after we gave up.
+        let keeps_deadlines = self.keeps_deadlines;
+        let shown = if keeps_deadlines {
+            budget
+        } else {
+            budget - DEADLINE_GRACE.min(budget / 10)
+        };
+        let call = Deadline::starting(started.into_std(), shown).scope(call);
         let call = async move {
-            match tokio::time::timeout(deadline, call).await {
+            if keeps_deadlines {
+                return call.await;
+            }
+            match tokio::time::timeout_at(started + budget, call).await {
                 Ok(r) => r,
-                Err(_) => Err(StoreError::Timeout(deadline)),
+                Err(_) => Err(StoreError::Timeout(budget)),
             }
         };
         // Only "the store did not answer" counts against the breaker; not-found, conflicts and

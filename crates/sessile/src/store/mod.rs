@@ -69,6 +69,7 @@ pub(crate) trait DynStore: Send + Sync + 'static {
     fn clock(&self) -> Option<Arc<dyn Clock>>;
     fn system_name(&self) -> &'static str;
     fn in_process(&self) -> bool;
+    fn keeps_deadlines(&self) -> bool;
 }
 
 impl<S: SessionStore> DynStore for S {
@@ -133,5 +134,8 @@ impl<S: SessionStore> DynStore for S {
     }
     fn in_process(&self) -> bool {
         SessionStore::in_process(self)
+    }
+    fn keeps_deadlines(&self) -> bool {
+        SessionStore::keeps_deadlines(self)
     }
 }
