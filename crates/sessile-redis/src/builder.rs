@@ -19,9 +19,10 @@ pub const DEFAULT_PREFIX: &str = "sessile";
 /// spread the encoding work and one slow reply's head-of-line blocking.
 pub const DEFAULT_POOL_SIZE: usize = 4;
 
-/// fred's own per-command timeout (fred's default is none at all). The session layer puts its
-/// own, shorter deadline on each store call; this one makes sure a command whose caller gave up
-/// does not sit in fred's queue forever.
+/// fred's per-command timeout (fred's default is none at all), for a call made outside a session
+/// layer. Within one, a command is given what is left of the layer's deadline for the call when
+/// that is shorter (see [`Deadline`](sessile_core::store::Deadline)): either way, fred answers
+/// `Timeout` by then and drops a command that is still queued instead of sending it later.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long `connect` waits for the first connection (fred's default is 10 s).
@@ -84,8 +85,8 @@ pub enum RedisStoreError {
 }
 
 /// Longest accepted command timeout. A write's id is kept for a minute (so that a re-sent or late
-/// write is recognised or refused); fred gives up on a command after its timeout, so it must be
-/// well under that.
+/// write is recognised or refused); fred gives up on a command after its timeout (and never sends
+/// it afterwards), so it must be well under that.
 pub const MAX_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Oldest Redis (major, minor) the scripts run on.

@@ -30,9 +30,10 @@
 //! # Exactly once
 //!
 //! Every write carries a write id, and a write that lands records it under its own short-lived
-//! key in the record's slot, inside the same script. fred re-sends a command that was in flight
-//! when a connection dropped, even when told to try once; a re-sent script finds its own write id
-//! and answers "done" without running again. When a reply is lost, the session layer calls
+//! key in the record's slot, inside the same script; a copy of a script that already ran (sent
+//! again by a client, or arriving late) finds its own write id and answers "done" without running
+//! again. Each command goes with what is left of the caller's deadline as fred's timeout, so fred
+//! never sends one after the caller gave up on it. When a reply is lost, the session layer calls
 //! `settle`, which reads that key and, if the write has not landed, fences the write id off so
 //! that no late copy can land. See [the scripts' layout](crate#record-layout) for the fields and
 //! the bounds.

@@ -29,9 +29,9 @@
 //! "fenced"). A write that claims the key and then does not land (a version conflict, a missing
 //! record) deletes it again, so a re-send finds the same answer. When a reply is lost, `SETTLE`
 //! reads the key: `1` is "applied"; otherwise it sets it to `0` and answers "not applied", and the
-//! write can never land after that. fred re-sends a command after a reconnect even when told to
-//! try once (its retry path resets the attempt count), so recognising a re-send cannot be left to
-//! the client; with the key it is exact however many writes came between.
+//! write can never land after that. The store asks fred for one attempt per compare-and-set
+//! script, but recognising a copy is not left to the client: with the key it is exact however
+//! many writes came between, whoever sent the copy.
 //!
 //! # User index and generation
 //!

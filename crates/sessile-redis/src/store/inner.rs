@@ -66,10 +66,9 @@ impl Inner {
         self.eval(script, &keys, &args, Options::default()).await
     }
 
-    /// Runs a compare-and-set script, asking fred for a single attempt. That is not a guarantee:
-    /// fred 10.1 re-sends a command that was in flight when its connection dropped once the
-    /// client reconnects (the retry path resets the attempt count). The scripts do not rely on it:
-    /// a write's id key tells a re-sent write that it already ran, or that it was fenced off.
+    /// Runs a compare-and-set script, asking fred for a single attempt: a command in flight when
+    /// its connection drops fails, and the layer settles it. The scripts do not rely on it: a
+    /// write's id key tells any copy of a write that it already ran, or that it was fenced off.
     pub(super) async fn run_once(
         &self,
         script: &Script,
