@@ -13,6 +13,15 @@ use crate::store::{BoxFuture, Deadline, DynStore, Settled, StoreError, WriteId};
 /// deadlines is shown (at most a tenth of the budget; see `run_with`).
 const DEADLINE_GRACE: Duration = Duration::from_millis(10);
 
+/// Who keeps a store call's deadline.
+#[derive(Debug, Clone, Copy)]
+enum Bound {
+    /// The store, by the deadline the layer makes current.
+    Store,
+    /// The layer's own timer (and the store is shown the deadline too, a little earlier).
+    Layer,
+}
+
 /// Why a write did not take effect.
 #[derive(Debug)]
 pub(crate) enum WriteError {
@@ -32,8 +41,8 @@ pub(crate) struct StoreHandle {
     /// `db.system.name` of the store spans.
     system: &'static str,
     timeout: Duration,
-    /// The store answers by the deadline itself: no timer of the layer's around its calls.
-    keeps_deadlines: bool,
+    /// Who keeps each call's deadline.
+    bound: Bound,
     breaker: Option<SharedBreaker>,
 }
 
@@ -45,7 +54,11 @@ impl StoreHandle {
     ) -> Self {
         Self {
             system: store.system_name(),
-            keeps_deadlines: store.keeps_deadlines(),
+            bound: if store.keeps_deadlines() {
+                Bound::Store
+            } else {
+                Bound::Layer
+            },
             store,
             timeout,
             breaker,
@@ -86,25 +99,26 @@ impl StoreHandle {
         // clock, so that a test with paused time moves the timer.
         let started = tokio::time::Instant::now();
         let budget = self.timeout;
-        // The deadline is current for the store, which may bound its own commands by it; a store
-        // that keeps deadlines answers by then without a timer of ours. Any other store is shown
-        // a deadline a little before our timer fires: one that reads it (a wrapper around one
-        // that keeps deadlines) times its commands out first, so that its client drops them
-        // rather than sending them after we gave up.
-        let keeps_deadlines = self.keeps_deadlines;
-        let shown = if keeps_deadlines {
-            budget
-        } else {
-            budget - DEADLINE_GRACE.min(budget / 10)
-        };
-        let call = Deadline::starting(started.into_std(), shown).scope(call);
+        let bound = self.bound;
         let call = async move {
-            if keeps_deadlines {
-                return call.await;
-            }
-            match tokio::time::timeout_at(started + budget, call).await {
-                Ok(r) => r,
-                Err(_) => Err(StoreError::Timeout(budget)),
+            match bound {
+                // The deadline is current for the store, which answers by then by itself.
+                Bound::Store => {
+                    Deadline::starting(started.into_std(), budget)
+                        .scope(call)
+                        .await
+                }
+                // Any other store is shown a deadline a little before our timer fires: one that
+                // reads it (a wrapper around one that keeps deadlines) times its commands out
+                // first, so that its client drops them rather than sending them after we gave up.
+                Bound::Layer => {
+                    let shown = budget - DEADLINE_GRACE.min(budget / 10);
+                    let call = Deadline::starting(started.into_std(), shown).scope(call);
+                    match tokio::time::timeout_at(started + budget, call).await {
+                        Ok(r) => r,
+                        Err(_) => Err(StoreError::Timeout(budget)),
+                    }
+                }
             }
         };
         // Only "the store did not answer" counts against the breaker; not-found, conflicts and

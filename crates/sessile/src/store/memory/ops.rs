@@ -16,6 +16,12 @@ impl SessionStore for MemoryStore {
         true
     }
 
+    /// Every call completes when first polled (its locks are held for a few steps and never
+    /// across an await), so no call can outlast a deadline: the layer needs no timer around it.
+    fn keeps_deadlines(&self) -> bool {
+        true
+    }
+
     async fn load(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
         let now = self.inner.clock.now_ms();
         let (version, idle_deadline, body) = {
