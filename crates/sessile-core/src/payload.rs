@@ -182,7 +182,12 @@ impl Payload {
         for _ in 0..entries {
             let key_len = rmp::decode::read_str_len(&mut rest).ok()? as usize;
             let key = take(bytes, &mut rest, key_len)?;
-            std::str::from_utf8(&bytes[range(&key)]).ok()?;
+            // Keys are short and nearly always ASCII: checked at a byte per step, and as UTF-8
+            // only when they are not.
+            let k = &bytes[range(&key)];
+            if !k.is_ascii() {
+                std::str::from_utf8(k).ok()?;
+            }
             let value_len = rmp::decode::read_bin_len(&mut rest).ok()? as usize;
             let value = take(bytes, &mut rest, value_len)?;
             if let Some(last) = index.last() {
