@@ -8,7 +8,8 @@ tokio::task_local! {
     static CURRENT: Deadline;
 }
 
-/// When the store calls made within [`scope`](Self::scope) must have answered.
+/// When the store calls made within [`scope`](Self::scope) must have answered, on tokio's clock
+/// (which is the system's monotonic clock unless a test pauses it).
 ///
 /// The session layer runs every store call within one. A store that
 /// [keeps deadlines](super::SessionStore::keeps_deadlines) reads it with
@@ -32,7 +33,7 @@ impl Deadline {
 
     /// `budget` from now.
     pub fn after(budget: Duration) -> Self {
-        Self::starting(Instant::now(), budget)
+        Self::starting(now(), budget)
     }
 
     /// The instant by which the calls must have answered.
@@ -47,7 +48,7 @@ impl Deadline {
 
     /// The time left; zero once the deadline has passed.
     pub fn remaining(&self) -> Duration {
-        self.at.saturating_duration_since(Instant::now())
+        self.at.saturating_duration_since(now())
     }
 
     /// Runs `future` with this deadline current (for every poll, on whichever thread).
@@ -59,6 +60,12 @@ impl Deadline {
     pub fn current() -> Option<Self> {
         CURRENT.try_with(|d| *d).ok()
     }
+}
+
+/// Now on tokio's clock, which a test with paused time moves (the clock of the timers a store
+/// sets from the time left: fred's command timeouts); the system's monotonic clock otherwise.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 #[cfg(test)]

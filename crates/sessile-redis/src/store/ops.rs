@@ -137,8 +137,23 @@ impl SessionStore for RedisStore {
                 | StoreError::Rotated
                 | StoreError::Corrupt(_))
         ) {
-            if let Ok(client) = inner.client() {
-                let _: Result<i64, _> = client.del(new_key).await;
+            // The first step must go. If its undo cannot be sent (the deadline ran out) or gets
+            // no answer, the rotation is reported unavailable rather than refused: the layer then
+            // settles it, and settling a cross-slot rotation that did not land deletes the new
+            // record. Refused, the new record would stay, and every retry's create would find it.
+            let undone = match inner.client() {
+                Ok(client) => client
+                    .del::<i64, _>(new_key)
+                    .await
+                    .map_err(|e| inner.fail(e)),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = undone {
+                return Err(if e.is_ambiguous() {
+                    e
+                } else {
+                    StoreError::Unavailable(Box::new(e))
+                });
             }
         }
         result

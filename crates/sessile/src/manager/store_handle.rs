@@ -11,7 +11,8 @@ use crate::record::Record;
 use crate::store::{BoxFuture, Deadline, DynStore, Settled, StoreError, WriteId};
 
 /// How much earlier than the layer's own timer the deadline falls that a store which does not keep
-/// deadlines is shown (at most a tenth of the budget; see `run_with`).
+/// deadlines is shown (at most a quarter of the budget; see `run_with`). Several timer ticks
+/// (tokio's are a millisecond), so that the store's own timeout fires first.
 const DEADLINE_GRACE: Duration = Duration::from_millis(10);
 
 /// A store operation, as spans, logs and metrics name it.
@@ -92,10 +93,24 @@ macro_rules! op_outcome_labels {
 }
 
 static OP_LABELS: [[Label; 1]; 8] = op_labels!(
-    "load", "create", "save", "touch", "rotate", "settle", "destroy", "destroy_user"
+    "load",
+    "create",
+    "save",
+    "touch",
+    "rotate",
+    "settle",
+    "destroy",
+    "destroy_user"
 );
 static OP_OUTCOME_LABELS: [[[Label; 2]; 9]; 8] = op_outcome_labels!(
-    "load", "create", "save", "touch", "rotate", "settle", "destroy", "destroy_user"
+    "load",
+    "create",
+    "save",
+    "touch",
+    "rotate",
+    "settle",
+    "destroy",
+    "destroy_user"
 );
 
 /// `sessile_store_ops_total{op, outcome}`.
@@ -203,7 +218,7 @@ impl StoreHandle {
                 // reads it (a wrapper around one that keeps deadlines) times its commands out
                 // first, so that its client drops them rather than sending them after we gave up.
                 Bound::Layer => {
-                    let shown = budget - DEADLINE_GRACE.min(budget / 10);
+                    let shown = budget - DEADLINE_GRACE.min(budget / 4);
                     let call = Deadline::starting(started.into_std(), shown).scope(call);
                     match tokio::time::timeout_at(started + budget, call).await {
                         Ok(r) => r,
@@ -234,8 +249,13 @@ impl StoreHandle {
         let outcome = Outcome::of(&result);
         span.record("outcome", outcome.as_str());
         // Keys made of static labels: no allocation per call.
-        metrics::with_recorder(|r| r.register_histogram(&Key::from_static_parts(OP_SECONDS, &OP_LABELS[op as usize]), &METADATA))
-            .record(started.elapsed().as_secs_f64());
+        metrics::with_recorder(|r| {
+            r.register_histogram(
+                &Key::from_static_parts(OP_SECONDS, &OP_LABELS[op as usize]),
+                &METADATA,
+            )
+        })
+        .record(started.elapsed().as_secs_f64());
         ops_counter(op, outcome).increment(1);
         result
     }
@@ -320,7 +340,8 @@ impl StoreHandle {
     }
 
     pub(crate) async fn destroy(&self, id: SessionId) -> Result<(), StoreError> {
-        self.run(Op::Destroy, Some(id), self.store.destroy(id)).await
+        self.run(Op::Destroy, Some(id), self.store.destroy(id))
+            .await
     }
 
     pub(crate) async fn destroy_user(
@@ -347,7 +368,9 @@ mod tests {
             StoreError::Unavailable("down".into()),
             StoreError::Corrupt(crate::record::CodecError::Layout),
             StoreError::TooLarge { size: 2, limit: 1 },
-            StoreError::Rejected { retry_after: Duration::from_secs(1) },
+            StoreError::Rejected {
+                retry_after: Duration::from_secs(1),
+            },
         ];
         for e in errors {
             let kind = e.kind();
