@@ -4,8 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::routing::get;
-use http::{Method, StatusCode, header};
+use http::{Method, Request, StatusCode, header};
 use sessile::clock::ManualClock;
 use sessile::{Hint, KeyRing, MemoryStore, Session, SessionManagerLayer};
 use sessile_tests::{CountingStore, FaultyStore, Gate, Reply, routes, send};
@@ -1003,4 +1004,21 @@ async fn a_session_rerouted_only_for_overload_is_not_re_pinned() {
         hint_node(&r.cookie_value(NAME).expect("re-pinned")),
         "node-b"
     );
+}
+
+#[tokio::test]
+async fn the_token_is_found_in_any_of_several_cookie_headers() {
+    // HTTP/2 clients may split cookies over several `Cookie` fields; the layer keeps them all.
+    let f = fixture();
+    let token = f.session("ann").await;
+    for before in [0, 1, 2] {
+        let mut req = Request::builder().method(Method::GET).uri("/read");
+        for i in 0..before {
+            req = req.header(header::COOKIE, format!("other{i}=x"));
+        }
+        req = req.header(header::COOKIE, format!("{NAME}={token}"));
+        let r =
+            sessile_tests::send_request(&f.app, req.body(Body::empty()).expect("request")).await;
+        assert_eq!(r.body, "ann", "after {before} other Cookie fields");
+    }
 }

@@ -31,6 +31,30 @@ impl RequestSession {
         (self.idle_ms() as f64 * self.shared.config.renew_fraction) as u64
     }
 
+    /// Whether [`commit`](Self::commit) has nothing to do: the request only read a stored session
+    /// (or could not load one, or failed), no renewal is due, and the cookie stays as it is. Most
+    /// requests are such reads; they finish without a commit future.
+    pub(crate) fn nothing_to_commit(&self, status: StatusCode) -> bool {
+        if status.is_server_error() && !self.shared.config.save_on_server_error {
+            return true;
+        }
+        if !matches!(self.loaded.get(), Some(Ok(()))) {
+            return true;
+        }
+        let st = self.state();
+        let Some(base) = st.base.as_ref() else {
+            return false;
+        };
+        if st.dirty || st.cycle || st.degraded || st.ended.is_some() {
+            return false;
+        }
+        let Some(incoming) = self.incoming() else {
+            return false;
+        };
+        let now = self.shared.clock.now_ms();
+        !self.cookie_due(&incoming, now) && !incoming.re_pin && !self.touch_due(base, now)
+    }
+
     /// Saves what the handler changed. Runs after the handler, before the response leaves.
     pub(crate) async fn commit(&self, status: StatusCode) -> Commit {
         let mut out = Commit::default();
@@ -210,9 +234,7 @@ impl RequestSession {
         out: &mut Commit,
     ) {
         let new_deadline = (now + self.idle_ms()).min(base.meta.absolute_deadline);
-        let last_extended = base.idle_deadline.saturating_sub(self.idle_ms());
-        let touch_due = now.saturating_sub(last_extended) >= self.renew_after_ms()
-            && new_deadline > base.idle_deadline;
+        let touch_due = self.touch_due(base, now);
         let mut deadline = base.idle_deadline;
         // A cookie is only re-issued for an id the store has just confirmed: the session may have
         // been rotated (a login) since this request loaded it, and a fresh token for the dead id,
@@ -255,6 +277,15 @@ impl RequestSession {
             };
             out.cookie = self.issue_token(base.id, &hint, deadline, now);
         }
+    }
+
+    /// Whether enough of the idle timeout has passed since the last extension for another one to
+    /// be worth a write (and it would move the deadline at all).
+    fn touch_due(&self, base: &Base, now: UnixMillis) -> bool {
+        let new_deadline = (now + self.idle_ms()).min(base.meta.absolute_deadline);
+        let last_extended = base.idle_deadline.saturating_sub(self.idle_ms());
+        now.saturating_sub(last_extended) >= self.renew_after_ms()
+            && new_deadline > base.idle_deadline
     }
 
     pub(super) fn remember(&self, record: &Record) {

@@ -123,12 +123,42 @@ pub(crate) struct State {
     pub(crate) degraded: bool,
 }
 
+/// A request's `Cookie` headers, unparsed: nearly always at most one, kept without an allocation.
+pub(crate) enum Cookies {
+    One(Option<http::HeaderValue>),
+    Many(Vec<http::HeaderValue>),
+}
+
+impl Cookies {
+    pub(crate) fn from_headers(headers: &http::HeaderMap) -> Self {
+        let mut all = headers.get_all(http::header::COOKIE).iter();
+        let Some(first) = all.next() else {
+            return Self::One(None);
+        };
+        match all.next() {
+            None => Self::One(Some(first.clone())),
+            Some(second) => {
+                let mut many = vec![first.clone(), second.clone()];
+                many.extend(all.cloned());
+                Self::Many(many)
+            }
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[http::HeaderValue] {
+        match self {
+            Self::One(one) => one.as_slice(),
+            Self::Many(many) => many,
+        }
+    }
+}
+
 /// The layer's per-request state, shared by the service and every `Session` clone.
 pub(crate) struct RequestSession {
     pub(crate) shared: Arc<Shared>,
     /// The request's `Cookie` headers, kept unparsed: the token is only opened when the handler
     /// asks for the session, so requests that never do (assets, health checks) pay nothing.
-    cookies: Vec<http::HeaderValue>,
+    cookies: Cookies,
     /// The edge's [`REROUTE_HEADER`](super::REROUTE_HEADER), if any.
     reroute: Option<http::HeaderValue>,
     incoming: std::sync::OnceLock<Option<Incoming>>,
@@ -140,7 +170,7 @@ pub(crate) struct RequestSession {
 impl RequestSession {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        cookies: Vec<http::HeaderValue>,
+        cookies: Cookies,
         reroute: Option<http::HeaderValue>,
     ) -> Self {
         Self {
@@ -212,7 +242,7 @@ impl RequestSession {
     pub(crate) fn incoming(&self) -> Option<Incoming> {
         *self.incoming.get_or_init(|| {
             let reroute = self.reroute.as_ref().and_then(|v| v.to_str().ok());
-            super::cookie::read_token(&self.shared, &self.cookies, reroute)
+            super::cookie::read_token(&self.shared, self.cookies.as_slice(), reroute)
         })
     }
 

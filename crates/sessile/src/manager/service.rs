@@ -4,15 +4,15 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
-use http::header::COOKIE;
 use http::{Request, Response};
+use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::Shared;
 use super::cookie;
-use super::request::RequestSession;
+use super::request::{Cookies, RequestSession};
 use crate::error::SaveFailed;
 
 /// The service built by [`SessionManagerLayer`](super::SessionManagerLayer).
@@ -58,8 +58,64 @@ impl<S> SessionManager<S> {
 #[derive(Clone)]
 pub(crate) struct SessionHandle(pub(crate) Arc<RequestSession>);
 
-/// Response future of [`SessionManager`].
-pub type ResponseFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
+pin_project! {
+    /// Response future of [`SessionManager`]: the inner service's future, then, when the request
+    /// changed its session or renewal is due, the save (boxed: most requests only read, and
+    /// finish without it).
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        inner: F,
+        session: Option<Arc<RequestSession>>,
+        saving: Option<Pin<Box<dyn Future<Output = Response<B>> + Send>>>,
+    }
+}
+
+impl<F, B> std::fmt::Debug for ResponseFuture<F, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("saving", &self.saving.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Send + 'static,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(saving) = this.saving {
+            return saving.as_mut().poll(cx).map(Ok);
+        }
+        let mut res = ready!(this.inner.poll(cx))?;
+        let session = this
+            .session
+            .take()
+            .expect("ResponseFuture polled after completion");
+        if !session.loaded.initialized() {
+            // The handler never asked for the session: nothing to save, no cookie to send.
+            return Poll::Ready(Ok(res));
+        }
+        cookie::vary_on_cookie(res.headers_mut());
+        if session.nothing_to_commit(res.status()) {
+            return Poll::Ready(Ok(res));
+        }
+        let mut saving = Box::pin(async move {
+            finish(&session, &mut res).await;
+            res
+        });
+        match saving.as_mut().poll(cx) {
+            Poll::Ready(res) => Poll::Ready(Ok(res)),
+            Poll::Pending => {
+                *this.saving = Some(saving);
+                Poll::Pending
+            }
+        }
+    }
+}
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionManager<S>
 where
@@ -70,7 +126,7 @@ where
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<ResBody, S::Error>;
+    type Future = ResponseFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -79,7 +135,7 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         // Only the headers are kept (a reference-count bump each); parsing and opening the token
         // wait until a handler asks for the session.
-        let cookies = req.headers().get_all(COOKIE).iter().cloned().collect();
+        let cookies = Cookies::from_headers(req.headers());
         let reroute = req.headers().get(super::REROUTE_HEADER).cloned();
         let session = Arc::new(RequestSession::new(
             Arc::clone(&self.shared),
@@ -91,20 +147,15 @@ where
         // The clone that was polled ready is the one that must be called.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let mut res = inner.call(req).await?;
-            finish(&session, &mut res).await;
-            Ok(res)
-        })
+        ResponseFuture {
+            inner: inner.call(req),
+            session: Some(session),
+            saving: None,
+        }
     }
 }
 
 async fn finish<B>(session: &RequestSession, res: &mut Response<B>) {
-    if !session.loaded.initialized() {
-        // The handler never asked for the session: nothing to save, no cookie to send.
-        return;
-    }
-    cookie::vary_on_cookie(res.headers_mut());
     let commit = session.commit(res.status()).await;
     if let Some(error) = commit.error {
         metrics::counter!("sessile_save_failures_total", "kind" => error.kind()).increment(1);

@@ -92,7 +92,7 @@ pub(crate) fn detached(store: impl crate::SessionStore) -> Arc<RequestSession> {
         .without_circuit_breaker()
         .build()
         .expect("the default settings are valid");
-    let session = RequestSession::new(layer.shared(), Vec::new(), None);
+    let session = RequestSession::new(layer.shared(), super::request::Cookies::One(None), None);
     let _ = session.loaded.set(Ok(()));
     Arc::new(session)
 }
