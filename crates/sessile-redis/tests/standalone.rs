@@ -379,3 +379,52 @@ async fn a_save_that_ran_out_of_its_deadline_while_disconnected_is_never_sent() 
         "the save that ran out of time landed later"
     );
 }
+
+/// A copy of a create (sent again by a client, or arriving late) changes nothing once the create
+/// ran: not while the session lives, and not after it ended, whether or not the create was
+/// settled. A create that claimed no write id of its own, and recognised a copy by its record
+/// alone, was tried for its Redis time (about 12% of a login's) and dropped: a copy arriving after
+/// a logout wrote the session back, and a log-out-everywhere that deleted the record before a
+/// lost reply was settled made the create look not applied, so the layer created it again under
+/// the new generation, out of the logout's reach.
+#[tokio::test]
+async fn a_copy_of_a_create_never_brings_its_session_back() {
+    let server = RedisServer::start();
+    let store = store_on(&server.url()).await;
+    // Answered at once, then ended: a copy arriving later does nothing.
+    let r = sessile_conformance::record(Some("ann"), 1);
+    let w = WriteId::random();
+    store.create(&r, w).await.expect("create");
+    store
+        .create(&r, w)
+        .await
+        .expect("a copy of a create that ran is done");
+    assert_eq!(store.load(r.id).await.expect("load"), Some(r.clone()));
+    store.destroy(r.id).await.expect("destroy");
+    store
+        .create(&r, w)
+        .await
+        .expect("a copy of a create that ran is done");
+    assert_eq!(store.load(r.id).await.expect("load"), None, "resurrected");
+    // Its reply lost, and the session ended before the settle: still applied.
+    let r = sessile_conformance::record(Some("bob"), 1);
+    let w = WriteId::random();
+    store.create(&r, w).await.expect("create");
+    assert_eq!(
+        store
+            .destroy_user(Some("t1"), "bob")
+            .await
+            .expect("log out everywhere"),
+        1
+    );
+    assert_eq!(
+        store.settle(r.id, r.id, 0, w).await.expect("settle"),
+        Settled::Applied,
+        "a create that landed, reported not applied, would be made again"
+    );
+    store
+        .create(&r, w)
+        .await
+        .expect("a copy of a create that ran is done");
+    assert_eq!(store.load(r.id).await.expect("load"), None, "resurrected");
+}
