@@ -75,16 +75,15 @@ const OPS_TOTAL: &str = "sessile_store_ops_total";
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
-/// The labels of every operation, in the order of [`Op`].
-macro_rules! op_labels {
-    ($($op:literal),*) => { [$([Label::from_static_parts("op", $op)]),*] };
-}
-
-/// The labels of every operation and outcome, in the order of [`Op`] and [`Outcome`].
-macro_rules! op_outcome_labels {
-    ($($op:literal),*) => { [$(op_outcome_labels!(@row $op)),*] };
+/// The static label tables: every operation (in the order of [`Op`]), and every operation and
+/// outcome (in the order of [`Op`] and [`Outcome`]).
+macro_rules! label_tables {
+    ($($op:literal),*) => {
+        static OP_LABELS: [[Label; 1]; 8] = [$([Label::from_static_parts("op", $op)]),*];
+        static OP_OUTCOME_LABELS: [[[Label; 2]; 9]; 8] = [$(label_tables!(@row $op)),*];
+    };
     (@row $op:literal) => {
-        op_outcome_labels!(@cells $op; "ok", "not_found", "rotated", "conflict", "timeout",
+        label_tables!(@cells $op; "ok", "not_found", "rotated", "conflict", "timeout",
             "unavailable", "corrupt", "too_large", "rejected")
     };
     (@cells $op:literal; $($out:literal),*) => {
@@ -92,17 +91,7 @@ macro_rules! op_outcome_labels {
     };
 }
 
-static OP_LABELS: [[Label; 1]; 8] = op_labels!(
-    "load",
-    "create",
-    "save",
-    "touch",
-    "rotate",
-    "settle",
-    "destroy",
-    "destroy_user"
-);
-static OP_OUTCOME_LABELS: [[[Label; 2]; 9]; 8] = op_outcome_labels!(
+label_tables!(
     "load",
     "create",
     "save",
