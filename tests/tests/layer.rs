@@ -1022,3 +1022,61 @@ async fn the_token_is_found_in_any_of_several_cookie_headers() {
         assert_eq!(r.body, "ann", "after {before} other Cookie fields");
     }
 }
+
+/// A service inside the session layer may hold something in its response future until that
+/// future is dropped (tower's `ConcurrencyLimit` holds its permit so), or in the service itself.
+/// The layer lets go of both as soon as the inner future completes: not after the save's store
+/// round trip, which may take up to the store deadline. (Both an earlier named future, which kept
+/// the finished inner future, and the boxed `async` block before it, which kept the service
+/// clone, held them through the save.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inner_response_future_is_dropped_before_the_save() {
+    struct Holding<F> {
+        inner: std::pin::Pin<Box<F>>,
+        _held: Arc<()>,
+    }
+    impl<F: std::future::Future> std::future::Future for Holding<F> {
+        type Output = F::Output;
+        fn poll(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<F::Output> {
+            self.inner.as_mut().poll(cx)
+        }
+    }
+    use tower::{Layer as _, ServiceExt as _};
+    let store = FaultyStore::new(MemoryStore::new());
+    let layer = SessionManagerLayer::builder(store.clone(), keys())
+        .cookie_name(NAME)
+        .store_timeout(Duration::from_secs(5))
+        .build()
+        .expect("layer");
+    let held = Arc::new(());
+    let router = routes(Arc::default());
+    let app = layer.layer(tower::service_fn({
+        let held = Arc::clone(&held);
+        move |req| Holding {
+            inner: Box::pin(router.clone().oneshot(req)),
+            _held: Arc::clone(&held),
+        }
+    }));
+    store.hang(true);
+    let hung = store.hung().notified();
+    tokio::pin!(hung);
+    hung.as_mut().enable();
+    let request = tokio::spawn(
+        app.oneshot(
+            Request::post("/set/ann")
+                .body(Body::empty())
+                .expect("request"),
+        ),
+    );
+    // The handler is done; the save hangs in the store.
+    hung.await;
+    assert_eq!(
+        Arc::strong_count(&held),
+        1,
+        "the inner service or its response future is still held during the save"
+    );
+    request.abort();
+}

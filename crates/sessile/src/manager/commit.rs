@@ -31,17 +31,19 @@ impl RequestSession {
         (self.idle_ms() as f64 * self.shared.config.renew_fraction) as u64
     }
 
-    /// Whether [`commit`](Self::commit) has nothing to do: the request only read a stored session
-    /// (or could not load one, or failed), no renewal is due, and the cookie stays as it is. Most
-    /// requests are such reads; they finish without a commit future.
-    pub(crate) fn nothing_to_commit(&self, status: StatusCode) -> bool {
+    /// Does what [`commit`](Self::commit) would when it needs no store call, changes no cookie and
+    /// reports nothing, and says whether that was the case: the request failed (and saves on
+    /// failure are off), could not load its session, or only read a stored session with no
+    /// renewal due and its cookie to stay as it is. Most requests are such reads; they finish
+    /// without a commit future.
+    pub(crate) fn committed_without_store(&self, status: StatusCode) -> bool {
         if status.is_server_error() && !self.shared.config.save_on_server_error {
             return true;
         }
         if !matches!(self.loaded.get(), Some(Ok(()))) {
             return true;
         }
-        let st = self.state();
+        let mut st = self.state();
         let Some(base) = st.base.as_ref() else {
             return false;
         };
@@ -52,7 +54,12 @@ impl RequestSession {
             return false;
         };
         let now = self.shared.clock.now_ms();
-        !self.cookie_due(&incoming, now) && !incoming.re_pin && !self.touch_due(base, now)
+        if self.cookie_due(&incoming, now) || incoming.re_pin || self.touch_due(base, now) {
+            return false;
+        }
+        // As `commit` does: the request's session is spent once its response is on its way.
+        drop(std::mem::take(&mut *st));
+        true
     }
 
     /// Saves what the handler changed. Runs after the handler, before the response leaves.

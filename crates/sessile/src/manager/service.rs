@@ -61,20 +61,39 @@ pub(crate) struct SessionHandle(pub(crate) Arc<RequestSession>);
 pin_project! {
     /// Response future of [`SessionManager`]: the inner service's future, then, when the request
     /// changed its session or renewal is due, the save (boxed: most requests only read, and
-    /// finish without it).
+    /// finish without it). The inner future is dropped as soon as it completes, before the save.
     pub struct ResponseFuture<F, B> {
         #[pin]
-        inner: F,
-        session: Option<Arc<RequestSession>>,
-        saving: Option<Pin<Box<dyn Future<Output = Response<B>> + Send>>>,
+        state: State<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    #[project_replace = StateReplace]
+    enum State<F, B> {
+        Inner {
+            #[pin]
+            future: F,
+            session: Arc<RequestSession>,
+        },
+        Saving {
+            future: Pin<Box<dyn Future<Output = Response<B>> + Send>>,
+        },
+        Done,
     }
 }
 
 impl<F, B> std::fmt::Debug for ResponseFuture<F, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.state {
+            State::Inner { .. } => "inner",
+            State::Saving { .. } => "saving",
+            State::Done => "done",
+        };
         f.debug_struct("ResponseFuture")
-            .field("saving", &self.saving.is_some())
-            .finish_non_exhaustive()
+            .field("state", &state)
+            .finish()
     }
 }
 
@@ -86,32 +105,37 @@ where
     type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Some(saving) = this.saving {
-            return saving.as_mut().poll(cx).map(Ok);
-        }
-        let mut res = ready!(this.inner.poll(cx))?;
-        let session = this
-            .session
-            .take()
-            .expect("ResponseFuture polled after completion");
-        if !session.loaded.initialized() {
-            // The handler never asked for the session: nothing to save, no cookie to send.
-            return Poll::Ready(Ok(res));
-        }
-        cookie::vary_on_cookie(res.headers_mut());
-        if session.nothing_to_commit(res.status()) {
-            return Poll::Ready(Ok(res));
-        }
-        let mut saving = Box::pin(async move {
-            finish(&session, &mut res).await;
-            res
-        });
-        match saving.as_mut().poll(cx) {
-            Poll::Ready(res) => Poll::Ready(Ok(res)),
-            Poll::Pending => {
-                *this.saving = Some(saving);
-                Poll::Pending
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Inner { future, .. } => {
+                    let res = ready!(future.poll(cx));
+                    let StateReplace::Inner { session, .. } =
+                        state.as_mut().project_replace(State::Done)
+                    else {
+                        unreachable!("the state was Inner");
+                    };
+                    let mut res = res?;
+                    if !session.loaded.initialized() {
+                        // The handler never asked for the session: nothing to save, no cookie.
+                        return Poll::Ready(Ok(res));
+                    }
+                    cookie::vary_on_cookie(res.headers_mut());
+                    if session.committed_without_store(res.status()) {
+                        return Poll::Ready(Ok(res));
+                    }
+                    let future = Box::pin(async move {
+                        finish(&session, &mut res).await;
+                        res
+                    });
+                    state.set(State::Saving { future });
+                }
+                StateProj::Saving { future } => {
+                    let res = ready!(future.as_mut().poll(cx));
+                    state.set(State::Done);
+                    return Poll::Ready(Ok(res));
+                }
+                StateProj::Done => panic!("ResponseFuture polled after completion"),
             }
         }
     }
@@ -148,9 +172,10 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         ResponseFuture {
-            inner: inner.call(req),
-            session: Some(session),
-            saving: None,
+            state: State::Inner {
+                future: inner.call(req),
+                session,
+            },
         }
     }
 }
