@@ -19,8 +19,8 @@ pub(super) fn shard_of(id: &SessionId) -> usize {
     (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SHARDS.trailing_zeros())) as usize
 }
 
-pub(super) fn stripe_of(partition: u16) -> usize {
-    usize::from(partition) % USER_STRIPES
+pub(super) fn stripe_of(bucket: u16) -> usize {
+    usize::from(bucket) % USER_STRIPES
 }
 
 /// The tenant and user of an encoded body, decoding the metadata only.
@@ -30,13 +30,19 @@ pub(super) fn owner(body: &[u8]) -> Option<(Option<String>, String)> {
     Some((meta.tenant, meta.user_id?))
 }
 
-/// One stripe of the user index: user partition -> sessions.
+/// One stripe of the user index: user bucket -> sessions.
 pub(super) type UserStripe = HashMap<u16, HashSet<SessionId>>;
 
 /// The held user stripe of a write, if the record has a user: index the record under it.
 pub(super) type UserGuard<'a> = Option<(u16, MutexGuard<'a, UserStripe>)>;
 
 impl Inner {
+    /// The user index's bucket of `user`.
+    pub(super) fn user_bucket(&self, user: &str) -> u16 {
+        use std::hash::BuildHasher as _;
+        (self.user_hasher.hash_one(user) >> 48) as u16
+    }
+
     pub(super) fn shard(&self, id: &SessionId) -> MutexGuard<'_, Shard> {
         lock(&self.shards[shard_of(id)])
     }
@@ -44,8 +50,8 @@ impl Inner {
     /// Locks the user stripe of `record`'s user, if it has one. Taken before any shard.
     pub(super) fn user_guard(&self, record: &Record) -> UserGuard<'_> {
         let user = record.meta.user_id.as_deref()?;
-        let partition = SessionId::user_partition(user);
-        Some((partition, lock(&self.users[stripe_of(partition)])))
+        let bucket = self.user_bucket(user);
+        Some((bucket, lock(&self.users[stripe_of(bucket)])))
     }
 
     pub(super) fn entry(&self, record: &Record, write: WriteId) -> Result<Entry, StoreError> {
@@ -212,7 +218,7 @@ impl Inner {
 }
 
 pub(super) fn index(guard: &mut UserGuard<'_>, id: SessionId) {
-    if let Some((partition, users)) = guard {
-        users.entry(*partition).or_default().insert(id);
+    if let Some((bucket, users)) = guard {
+        users.entry(*bucket).or_default().insert(id);
     }
 }

@@ -65,8 +65,8 @@ struct Inner {
     /// Entries held in all shards (records and rotation markers, expired or not).
     len: AtomicUsize,
     max_record_bytes: usize,
-    /// User partition (16 bits of the user id's hash, see [`SessionId::user_partition`]) ->
-    /// sessions that had a user of that partition when last written, in stripes by partition.
+    /// User bucket (16 bits of the user id's hash, [`Inner::user_bucket`]) -> sessions that had a
+    /// user of that bucket when last written, in stripes by bucket.
     /// Keying by partition rather than by user id costs about 16 bytes per session instead of a
     /// map entry and two allocations per user (some 100 bytes). Entries go stale when sessions
     /// expire or change user, and a partition holds several users: `destroy_user` checks each
@@ -75,6 +75,11 @@ struct Inner {
     ///
     /// Lock order: a user stripe, then shards (lower index first).
     users: Box<[Mutex<UserStripe>]>,
+    /// Hashes user ids to their bucket. The index lives only in this process, so its hash need
+    /// not be stable across processes, as the SHA-256 of [`SessionId::user_partition`] must be (it
+    /// names Redis keys): a keyed foldhash costs some 20 instructions where SHA-256 cost 3 400,
+    /// once per write of a logged-in session.
+    user_hasher: foldhash::fast::RandomState,
     /// Writes that `settle` declared not applied, until when they stay refused. A write here
     /// cannot really be in flight (every operation finishes in one step), but a caller may
     /// still hold it: the store keeps the promise `settle` makes.
@@ -181,6 +186,7 @@ impl MemoryStoreBuilder {
             len: AtomicUsize::new(0),
             max_record_bytes: self.max_record_bytes,
             users: (0..USER_STRIPES).map(|_| Mutex::default()).collect(),
+            user_hasher: foldhash::fast::RandomState::default(),
             fences: Mutex::default(),
             any_fences: std::sync::atomic::AtomicBool::new(false),
             order: Mutex::default(),

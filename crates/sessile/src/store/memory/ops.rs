@@ -173,11 +173,11 @@ impl SessionStore for MemoryStore {
     }
 
     async fn destroy_user(&self, tenant: Option<&str>, user_id: &str) -> Result<u64, StoreError> {
-        let partition = SessionId::user_partition(user_id);
+        let bucket = self.inner.user_bucket(user_id);
         // Held throughout: every write of this user's sessions waits for it, so the deletion is
         // atomic with respect to them; a rotation that comes after finds its record gone.
-        let mut users = lock(&self.inner.users[stripe_of(partition)]);
-        let Some(ids) = users.get_mut(&partition) else {
+        let mut users = lock(&self.inner.users[stripe_of(bucket)]);
+        let Some(ids) = users.get_mut(&bucket) else {
             return Ok(0);
         };
         let mut destroyed = 0;
@@ -186,7 +186,7 @@ impl SessionStore for MemoryStore {
             let Some(Entry::Live { body, .. }) = shard.map.get(id) else {
                 return false;
             };
-            // The partition holds other users' sessions too (and other tenants'): delete only
+            // The bucket holds other users' sessions too (and other tenants'): delete only
             // this user's.
             match owner(body) {
                 Some((t, u)) if u == user_id && t.as_deref() == tenant => {
@@ -199,7 +199,7 @@ impl SessionStore for MemoryStore {
             }
         });
         if ids.is_empty() {
-            users.remove(&partition);
+            users.remove(&bucket);
         }
         Ok(destroyed)
     }

@@ -185,19 +185,19 @@ async fn background_sweep_runs_and_stops_with_the_store() {
 }
 
 #[tokio::test]
-async fn destroying_one_user_spares_another_in_the_same_partition() {
-    // Two user ids whose partitions collide (16 bits: a collision turns up within a few
-    // hundred names).
+async fn destroying_one_user_spares_another_in_the_same_bucket() {
+    // Two user ids whose buckets in the user index collide (16 bits: a collision turns up within
+    // a few hundred names).
+    let clock = Arc::new(ManualClock::new(T0));
+    let s = store(&clock, None);
     let mut seen = HashMap::new();
     let (a, b) = (0..100_000)
         .map(|i| format!("user{i}"))
         .find_map(|u| {
-            let p = SessionId::user_partition(&u);
+            let p = s.inner.user_bucket(&u);
             seen.insert(p, u.clone()).map(|other| (other, u))
         })
         .expect("a collision among 100 000 names");
-    let clock = Arc::new(ManualClock::new(T0));
-    let s = store(&clock, None);
     let (mut ra, mut rb) = (record(T0, 60_000), record(T0, 60_000));
     ra.meta.user_id = Some(a.clone());
     rb.meta.user_id = Some(b.clone());
