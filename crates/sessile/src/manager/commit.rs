@@ -31,16 +31,20 @@ impl RequestSession {
         (self.idle_ms() as f64 * self.shared.config.renew_fraction) as u64
     }
 
+    /// The request failed (and saves on failure are off), or its record could not be read, so
+    /// that nothing may be written over it: there is nothing to commit.
+    fn nothing_may_be_written(&self, status: StatusCode) -> bool {
+        (status.is_server_error() && !self.shared.config.save_on_server_error)
+            || !matches!(self.loaded.get(), Some(Ok(())))
+    }
+
     /// Does what [`commit`](Self::commit) would when it needs no store call, changes no cookie and
     /// reports nothing, and says whether that was the case: the request failed (and saves on
     /// failure are off), could not load its session, or only read a stored session with no
     /// renewal due and its cookie to stay as it is. Most requests are such reads; they finish
     /// without a commit future.
     pub(crate) fn committed_without_store(&self, status: StatusCode) -> bool {
-        if status.is_server_error() && !self.shared.config.save_on_server_error {
-            return true;
-        }
-        if !matches!(self.loaded.get(), Some(Ok(()))) {
+        if self.nothing_may_be_written(status) {
             return true;
         }
         let mut st = self.state();
@@ -65,11 +69,7 @@ impl RequestSession {
     /// Saves what the handler changed. Runs after the handler, before the response leaves.
     pub(crate) async fn commit(&self, status: StatusCode) -> Commit {
         let mut out = Commit::default();
-        if status.is_server_error() && !self.shared.config.save_on_server_error {
-            return out;
-        }
-        if !matches!(self.loaded.get(), Some(Ok(()))) {
-            // The record could not be read, so nothing may be written over it.
+        if self.nothing_may_be_written(status) {
             return out;
         }
         let st = std::mem::take(&mut *self.state());
