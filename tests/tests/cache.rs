@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sessile::clock::{Clock, ManualClock};
+use sessile::record::Record;
 use sessile::store::invalidation::{FlushCause, Invalidation};
-use sessile::store::{CachedStore, WriteId};
+use sessile::store::{CachedStore, CachedStoreBuilder, WriteId};
 use sessile::{MemoryStore, SessionStore, StoreError};
 use sessile_tests::{Hook, Hooked, ManualInvalidations};
 use tokio::sync::Notify;
@@ -69,18 +70,44 @@ impl Hook for HoldLoad {
 type Inner = ManualInvalidations<Hooked<MemoryStore, HoldLoad>>;
 
 async fn cache_with(clock: Option<Arc<ManualClock>>) -> (CachedStore<Inner>, Inner, HoldLoad) {
+    cache_built(clock, |b| b).await
+}
+
+async fn cache_built(
+    clock: Option<Arc<ManualClock>>,
+    tweak: impl FnOnce(CachedStoreBuilder<Inner>) -> CachedStoreBuilder<Inner>,
+) -> (CachedStore<Inner>, Inner, HoldLoad) {
     let mut memory = MemoryStore::builder();
     if let Some(clock) = clock {
         memory = memory.clock(clock);
     }
     let hold = HoldLoad::default();
     let inner = ManualInvalidations::new(Hooked::with_hook(memory.build(), hold.clone()));
-    let cache = CachedStore::builder(inner.clone())
-        .max_age(Duration::from_secs(3))
+    let cache = tweak(CachedStore::builder(inner.clone()).max_age(Duration::from_secs(3)))
         .build()
         .await
         .expect("cache");
     (cache, inner, hold)
+}
+
+/// Starts this instance's save of version 2 of `r` (with a changed value) and returns once the
+/// save has begun (its key is stale) and waits before the store applies it: version 2 and the
+/// save's task.
+async fn held_save(
+    cache: &CachedStore<Inner>,
+    hold: &HoldLoad,
+    r: &Record,
+) -> (Record, tokio::task::JoinHandle<Result<(), StoreError>>) {
+    let mut next = r.clone();
+    next.version = 2;
+    next.data.insert("theme".into(), b"light".to_vec());
+    hold.armed_save.store(true, Ordering::SeqCst);
+    let saving = {
+        let (cache, next) = (cache.clone(), next.clone());
+        tokio::spawn(async move { cache.save(&next, 1, WriteId::random()).await })
+    };
+    hold.reached.notified().await;
+    (next, saving)
 }
 
 /// Another instance's write (or this one's, echoed) of `version` of `id`.
@@ -252,16 +279,7 @@ async fn an_own_save_echoed_before_its_reply_is_cached() {
     let r = sessile_conformance::record(None, 1);
     cache.create(&r, WriteId::random()).await.expect("create");
     assert!(cache.serves(&r.id));
-    let mut next = r.clone();
-    next.version = 2;
-    next.data.insert("theme".into(), b"light".to_vec());
-
-    hold.armed_save.store(true, Ordering::SeqCst);
-    let saving = {
-        let (cache, next) = (cache.clone(), next.clone());
-        tokio::spawn(async move { cache.save(&next, 1, WriteId::random()).await })
-    };
-    hold.reached.notified().await;
+    let (next, saving) = held_save(&cache, &hold, &r).await;
     inner.emit(changed(r.id, 2));
     assert!(!cache.serves(&r.id), "the old copy went with the echo");
     hold.release.notify_one();
@@ -312,16 +330,7 @@ async fn a_late_load_reply_after_an_own_save_is_not_served() {
     let (cache, inner, hold) = cache().await;
     let r = sessile_conformance::record(None, 1);
     cache.create(&r, WriteId::random()).await.expect("create");
-    let mut next = r.clone();
-    next.version = 2;
-    next.data.insert("theme".into(), b"light".to_vec());
-
-    hold.armed_save.store(true, Ordering::SeqCst);
-    let saving = {
-        let (cache, next) = (cache.clone(), next.clone());
-        tokio::spawn(async move { cache.save(&next, 1, WriteId::random()).await })
-    };
-    hold.reached.notified().await;
+    let (_next, saving) = held_save(&cache, &hold, &r).await;
     cache
         .destroy_user(None, "nobody")
         .await
@@ -474,27 +483,11 @@ async fn a_copy_cached_during_an_own_logout_is_gone_when_it_returns() {
 /// once). The write's invalidation has not come yet.
 #[tokio::test]
 async fn a_read_after_an_own_write_never_joins_an_older_load() {
-    let hold = HoldLoad::default();
-    let inner = ManualInvalidations::new(Hooked::with_hook(MemoryStore::new(), hold.clone()));
-    let cache = CachedStore::builder(inner.clone())
-        .max_age(Duration::from_secs(3))
-        .max_entries(0)
-        .build()
-        .await
-        .expect("cache");
+    let (cache, _inner, hold) = cache_built(None, |b| b.max_entries(0)).await;
     let r = sessile_conformance::record(None, 1);
     cache.create(&r, WriteId::random()).await.expect("create");
-    let mut next = r.clone();
-    next.version = 2;
-    next.data.insert("theme".into(), b"light".to_vec());
-
     // The write has begun (its key is stale) and waits before it is applied.
-    hold.armed_save.store(true, Ordering::SeqCst);
-    let saving = {
-        let (cache, next) = (cache.clone(), next.clone());
-        tokio::spawn(async move { cache.save(&next, 1, WriteId::random()).await })
-    };
-    hold.reached.notified().await;
+    let (_next, saving) = held_save(&cache, &hold, &r).await;
     // A load reads version 1 and waits with its reply.
     hold.armed_reply.store(true, Ordering::SeqCst);
     let loading = {
