@@ -1,5 +1,6 @@
 //! [`Payload`]: the application's data, read in place from the stored bytes until changed.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
@@ -16,7 +17,8 @@ use serde_bytes::ByteBuf;
 ///
 /// A payload decoded from a stored record keeps the stored bytes (shared, not copied: the memory
 /// store's copy or the Redis reply) and an index into them, so a request that only reads costs no
-/// allocation per key; the first change turns it into an owned map.
+/// allocation per key. A change makes a sorted list of entries in which only what changed is
+/// owned: the rest still reads the stored bytes.
 #[derive(Clone, Default)]
 pub struct Payload {
     repr: Repr,
@@ -25,17 +27,19 @@ pub struct Payload {
 
 #[derive(Clone)]
 enum Repr {
-    /// Entries inside shared bytes, sorted by key, unique.
-    Stored {
-        bytes: Bytes,
-        index: Vec<Slot>,
-    },
-    Owned(BTreeMap<String, ByteBuf>),
+    /// Entries inside shared bytes, sorted by key, unique: the stored map, unchanged.
+    Stored { bytes: Bytes, index: Vec<Slot> },
+    /// Changed since decoded, or made here: entries sorted by key, unique; those not changed
+    /// still lie in `bytes`.
+    Edited { bytes: Bytes, entries: Vec<Entry> },
 }
 
 impl Default for Repr {
     fn default() -> Self {
-        Self::Owned(BTreeMap::new())
+        Self::Edited {
+            bytes: Bytes::new(),
+            entries: Vec::new(),
+        }
     }
 }
 
@@ -46,6 +50,43 @@ struct Slot {
     value: Range<u32>,
 }
 
+/// An entry of an edited payload.
+#[derive(Clone)]
+struct Entry {
+    key: Part<String>,
+    value: Part<Vec<u8>>,
+}
+
+/// Bytes still in the stored buffer, or owned.
+#[derive(Clone)]
+enum Part<T> {
+    Stored(Range<u32>),
+    Owned(T),
+}
+
+impl<T: AsRef<[u8]>> Part<T> {
+    fn bytes<'a>(&'a self, stored: &'a [u8]) -> &'a [u8] {
+        match self {
+            Self::Stored(r) => &stored[range(r)],
+            Self::Owned(v) => v.as_ref(),
+        }
+    }
+}
+
+impl Part<Vec<u8>> {
+    fn into_vec(self, stored: &[u8]) -> Vec<u8> {
+        match self {
+            Self::Stored(r) => stored[range(&r)].to_vec(),
+            Self::Owned(v) => v,
+        }
+    }
+}
+
+/// A key known to be UTF-8: stored keys were checked when indexed, owned ones are `String`s.
+fn text(b: &[u8]) -> &str {
+    std::str::from_utf8(b).unwrap_or_default()
+}
+
 impl Payload {
     /// The encoded value under `key`.
     pub fn get(&self, key: &str) -> Option<&[u8]> {
@@ -54,34 +95,71 @@ impl Payload {
                 .binary_search_by(|s| bytes[range(&s.key)].cmp(key.as_bytes()))
                 .ok()
                 .map(|i| &bytes[range(&index[i].value)]),
-            Repr::Owned(map) => map.get(key).map(|v| v.as_slice()),
+            Repr::Edited { bytes, entries } => Self::find(bytes, entries, key)
+                .ok()
+                .map(|i| entries[i].value.bytes(bytes)),
         }
     }
 
-    /// The owned map, made from the stored entries on the first change.
-    fn owned(&mut self) -> &mut BTreeMap<String, ByteBuf> {
-        if let Repr::Stored { .. } = self.repr {
-            let map = self
-                .iter()
-                .map(|(k, v)| (k.to_owned(), ByteBuf::from(v.to_vec())))
-                .collect();
-            self.repr = Repr::Owned(map);
+    fn find(bytes: &[u8], entries: &[Entry], key: &str) -> Result<usize, usize> {
+        entries.binary_search_by(|e| e.key.bytes(bytes).cmp(key.as_bytes()))
+    }
+
+    /// The entries, made from the stored index on the first change (one allocation: the keys
+    /// and values stay where they are).
+    fn edited(&mut self) -> (&Bytes, &mut Vec<Entry>) {
+        if let Repr::Stored { bytes, index } = &mut self.repr {
+            let mut entries = Vec::with_capacity(index.len() + 1);
+            entries.extend(index.iter().map(|s| Entry {
+                key: Part::Stored(s.key.clone()),
+                value: Part::Stored(s.value.clone()),
+            }));
+            let bytes = std::mem::take(bytes);
+            self.repr = Repr::Edited { bytes, entries };
         }
         match &mut self.repr {
-            Repr::Owned(map) => map,
-            Repr::Stored { .. } => unreachable!("just made owned"),
+            Repr::Edited { bytes, entries } => (bytes, entries),
+            Repr::Stored { .. } => unreachable!("just edited"),
         }
     }
 
     /// Stores an encoded value, returning the old one.
     pub fn insert(&mut self, key: String, value: Vec<u8>) -> Option<Vec<u8>> {
-        let (key_len, new_len) = (key.len(), value.len());
-        match self.owned().insert(key, ByteBuf::from(value)) {
-            Some(old) => {
+        self.put(Cow::Owned(key), value)
+    }
+
+    /// Stores an encoded value under `key`, copying the key only when it is new.
+    pub fn set(&mut self, key: &str, value: Vec<u8>) {
+        self.put(Cow::Borrowed(key), value);
+    }
+
+    fn put(&mut self, key: Cow<'_, str>, value: Vec<u8>) -> Option<Vec<u8>> {
+        let new_len = value.len();
+        let k = match &key {
+            Cow::Owned(k) => k.as_str(),
+            Cow::Borrowed(k) => k,
+        };
+        let key_len = k.len();
+        let (bytes, entries) = self.edited();
+        match Self::find(bytes, entries, k) {
+            Ok(i) => {
+                let old = std::mem::replace(&mut entries[i].value, Part::Owned(value));
+                let old = old.into_vec(bytes);
                 self.size = self.size - old.len() + new_len;
-                Some(old.into_vec())
+                Some(old)
             }
-            None => {
+            Err(i) => {
+                let key = match key {
+                    Cow::Owned(k) => k,
+                    Cow::Borrowed(k) => k.to_owned(),
+                };
+                entries.insert(
+                    i,
+                    Entry {
+                        key: Part::Owned(key),
+                        value: Part::Owned(value),
+                    },
+                );
                 self.size += key_len + new_len;
                 None
             }
@@ -91,9 +169,11 @@ impl Payload {
     /// Removes a value, returning it.
     pub fn remove(&mut self, key: &str) -> Option<Vec<u8>> {
         self.get(key)?;
-        let old = self.owned().remove(key)?;
+        let (bytes, entries) = self.edited();
+        let i = Self::find(bytes, entries, key).ok()?;
+        let old = entries.remove(i).value.into_vec(bytes);
         self.size -= key.len() + old.len();
-        Some(old.into_vec())
+        Some(old)
     }
 
     /// Removes everything.
@@ -104,28 +184,28 @@ impl Payload {
 
     /// Keys and encoded values, in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        let (stored, owned) = match &self.repr {
+        let (stored, edited) = match &self.repr {
             Repr::Stored { bytes, index } => (Some((bytes, index)), None),
-            Repr::Owned(map) => (None, Some(map)),
+            Repr::Edited { bytes, entries } => (None, Some((bytes, entries))),
         };
         let stored = stored.into_iter().flat_map(|(bytes, index)| {
-            index.iter().map(move |s| {
-                // Checked as UTF-8 when the index was built.
-                let key = std::str::from_utf8(&bytes[range(&s.key)]).unwrap_or_default();
-                (key, &bytes[range(&s.value)])
-            })
+            index
+                .iter()
+                .map(move |s| (text(&bytes[range(&s.key)]), &bytes[range(&s.value)]))
         });
-        let owned = owned
-            .into_iter()
-            .flat_map(|m| m.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
-        stored.chain(owned)
+        let edited = edited.into_iter().flat_map(|(bytes, entries)| {
+            entries
+                .iter()
+                .map(move |e| (text(e.key.bytes(bytes)), e.value.bytes(bytes)))
+        });
+        stored.chain(edited)
     }
 
     /// Number of entries.
     pub fn len(&self) -> usize {
         match &self.repr {
             Repr::Stored { index, .. } => index.len(),
-            Repr::Owned(map) => map.len(),
+            Repr::Edited { entries, .. } => entries.len(),
         }
     }
 
@@ -151,8 +231,17 @@ impl Payload {
     /// no longer keeps a larger shared buffer alive (a network reply's read buffer, a store's
     /// copy): for payloads kept beyond the request, such as a cache's.
     pub fn unshare(&mut self) {
-        if let Repr::Stored { bytes, .. } = &mut self.repr {
-            *bytes = Bytes::copy_from_slice(bytes);
+        match &mut self.repr {
+            Repr::Stored { bytes, .. } => *bytes = Bytes::copy_from_slice(bytes),
+            Repr::Edited { .. } => {
+                // Written out and read back: one buffer of its own, indexed like a stored one
+                // (always read back: the map is written sorted, with unique keys).
+                let mut out = Vec::with_capacity(self.size + 6 * self.len() + 5);
+                self.write_map(&mut out);
+                if let Some((stored, _)) = Self::parse(&Bytes::from(out)) {
+                    *self = stored;
+                }
+            }
         }
     }
 
@@ -161,7 +250,23 @@ impl Payload {
     pub(crate) fn stored_bytes(&self) -> Option<&[u8]> {
         match &self.repr {
             Repr::Stored { bytes, .. } => Some(bytes),
-            Repr::Owned(_) => None,
+            Repr::Edited { .. } => None,
+        }
+    }
+
+    /// Appends the payload as a MessagePack map of string keys to binary values, in key order:
+    /// what [`parse`](Self::parse) reads in place.
+    pub(crate) fn write_map(&self, out: &mut Vec<u8>) {
+        if let Some(stored) = self.stored_bytes() {
+            out.extend_from_slice(stored);
+            return;
+        }
+        // Writing to a `Vec` cannot fail, and a payload's lengths fit MessagePack's 32 bits
+        // (stores refuse records far smaller).
+        let _ = rmp::encode::write_map_len(out, self.len() as u32);
+        for (k, v) in self.iter() {
+            let _ = rmp::encode::write_str(out, k);
+            let _ = rmp::encode::write_bin(out, v);
         }
     }
 
@@ -259,8 +364,18 @@ impl<'de> Deserialize<'de> for Payload {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let map = BTreeMap::<String, ByteBuf>::deserialize(d)?;
         let size = map.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let entries = map
+            .into_iter()
+            .map(|(k, v)| Entry {
+                key: Part::Owned(k),
+                value: Part::Owned(v.into_vec()),
+            })
+            .collect();
         Ok(Self {
-            repr: Repr::Owned(map),
+            repr: Repr::Edited {
+                bytes: Bytes::new(),
+                entries,
+            },
             size,
         })
     }
@@ -332,6 +447,83 @@ mod tests {
         s.clear();
         assert!(s.is_empty());
         assert_eq!(s.size(), 0);
+    }
+
+    /// An edit on a payload read in place.
+    #[derive(Debug, Clone)]
+    enum Edit {
+        Set(String, Vec<u8>),
+        Insert(String, Vec<u8>),
+        Remove(String),
+        Unshare,
+    }
+
+    fn edit() -> impl proptest::strategy::Strategy<Value = Edit> {
+        use proptest::prelude::*;
+        // Few keys, so edits hit stored entries, edited ones and new ones alike.
+        let key = prop::sample::select(vec!["a", "b", "counter", "m", "zz"]).prop_map(String::from);
+        let value = prop::collection::vec(any::<u8>(), 0..40);
+        prop_oneof![
+            (key.clone(), value.clone()).prop_map(|(k, v)| Edit::Set(k, v)),
+            (key.clone(), value).prop_map(|(k, v)| Edit::Insert(k, v)),
+            key.prop_map(Edit::Remove),
+            Just(Edit::Unshare),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Edits on a stored payload (whose untouched entries keep reading the stored bytes)
+        /// behave as the same edits on a plain map, in what they return, read, measure and
+        /// encode; and what is encoded reads back in place as the same payload.
+        #[test]
+        fn edits_on_a_stored_payload_act_as_on_a_map(
+            start in proptest::collection::btree_map(
+                "[a-z]{1,8}", proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40), 0..6),
+            edits in proptest::collection::vec(edit(), 0..12),
+        ) {
+            let mut model: BTreeMap<String, Vec<u8>> = start.clone();
+            let entries: Vec<(&str, &[u8])> =
+                start.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+            let mut p = stored(&owned(&entries));
+            for e in edits {
+                match e {
+                    Edit::Set(k, v) => {
+                        p.set(&k, v.clone());
+                        model.insert(k, v);
+                    }
+                    Edit::Insert(k, v) => {
+                        proptest::prop_assert_eq!(p.insert(k.clone(), v.clone()), model.insert(k, v));
+                    }
+                    Edit::Remove(k) => {
+                        proptest::prop_assert_eq!(p.remove(&k), model.remove(&k));
+                    }
+                    Edit::Unshare => {
+                        p.unshare();
+                        proptest::prop_assert!(
+                            !matches!(&p.repr, Repr::Edited { bytes, entries }
+                                if !bytes.is_empty() || entries.iter().any(|e| matches!(
+                                    (&e.key, &e.value), (Part::Stored(_), _) | (_, Part::Stored(_))))),
+                            "an unshared payload still reads the buffer it was parsed from"
+                        );
+                    }
+                }
+                let size: usize = model.iter().map(|(k, v)| k.len() + v.len()).sum();
+                proptest::prop_assert_eq!((p.len(), p.size()), (model.len(), size));
+                for (k, v) in &model {
+                    proptest::prop_assert_eq!(p.get(k), Some(v.as_slice()));
+                }
+                proptest::prop_assert!(
+                    p.iter().map(|(k, v)| (k.to_owned(), v.to_vec())).eq(model.clone()),
+                    "iterates as the map, in key order"
+                );
+            }
+            let mut out = Vec::new();
+            p.write_map(&mut out);
+            proptest::prop_assert_eq!(&out, &rmp_serde::to_vec(&p).expect("encode"));
+            let (back, used) = Payload::parse(&Bytes::from(out.clone())).expect("reads in place");
+            proptest::prop_assert_eq!(used, out.len());
+            proptest::prop_assert_eq!(back, p);
+        }
     }
 
     #[test]

@@ -95,11 +95,8 @@ impl Record {
         rmp::encode::write_array_len(&mut out, 2)
             .map_err(|e| encode(rmp_serde::encode::Error::from(e)))?;
         rmp_serde::encode::write(&mut out, &self.meta).map_err(encode)?;
-        match self.data.stored_bytes() {
-            // Unchanged since it was decoded: the stored map, byte for byte.
-            Some(map) => out.extend_from_slice(map),
-            None => rmp_serde::encode::write(&mut out, &self.data).map_err(encode)?,
-        }
+        // Unchanged since it was decoded: the stored map, byte for byte.
+        self.data.write_map(&mut out);
         Ok(out)
     }
 

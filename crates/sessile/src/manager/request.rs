@@ -91,7 +91,7 @@ pub(crate) fn put(
     if size > limit {
         return Err(SessionError::PayloadTooLarge { size, limit });
     }
-    data.insert(key.to_owned(), value);
+    data.set(key, value);
     Ok(true)
 }
 
