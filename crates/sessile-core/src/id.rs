@@ -80,12 +80,21 @@ impl SessionId {
 /// Appends `bytes` as lowercase hex digits: what stores use to name keys, without going through
 /// `fmt` for every byte.
 pub fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     out.reserve(2 * bytes.len());
-    for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
+    out.extend(hex_digits(bytes).map(char::from));
+}
+
+/// [`push_hex`], onto bytes.
+pub fn push_hex_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.reserve(2 * bytes.len());
+    out.extend(hex_digits(bytes));
+}
+
+fn hex_digits(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    bytes
+        .iter()
+        .flat_map(|&b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0xf)]])
 }
 
 impl fmt::Display for SessionId {

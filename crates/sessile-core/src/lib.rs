@@ -16,5 +16,5 @@ pub mod record;
 pub mod store;
 
 pub use clock::Clock;
-pub use id::{SessionId, push_hex};
+pub use id::{SessionId, push_hex, push_hex_bytes};
 pub use store::{SessionStore, StoreError};

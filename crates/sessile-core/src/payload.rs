@@ -261,12 +261,18 @@ impl Payload {
             out.extend_from_slice(stored);
             return;
         }
+        let Repr::Edited { bytes, entries } = &self.repr else {
+            return;
+        };
         // Writing to a `Vec` cannot fail, and a payload's lengths fit MessagePack's 32 bits
         // (stores refuse records far smaller).
-        let _ = rmp::encode::write_map_len(out, self.len() as u32);
-        for (k, v) in self.iter() {
-            let _ = rmp::encode::write_str(out, k);
-            let _ = rmp::encode::write_bin(out, v);
+        let _ = rmp::encode::write_map_len(out, entries.len() as u32);
+        for e in entries {
+            let (k, v) = (e.key.bytes(bytes), e.value.bytes(bytes));
+            let _ = rmp::encode::write_str_len(out, k.len() as u32);
+            out.extend_from_slice(k);
+            let _ = rmp::encode::write_bin_len(out, v.len() as u32);
+            out.extend_from_slice(v);
         }
     }
 

@@ -61,12 +61,17 @@ pub fn valid_tenant(tenant: &str) -> bool {
 /// One string for a user within a tenant, for stores that index sessions by user:
 /// `<tenant>:<user>`, or `:<user>` without a tenant. Unambiguous, since a tenant holds no `:`.
 pub fn user_key(tenant: Option<&str>, user: &str) -> String {
-    let tenant = tenant.unwrap_or_default();
-    let mut key = String::with_capacity(tenant.len() + 1 + user.len());
-    key.push_str(tenant);
-    key.push(':');
-    key.push_str(user);
-    key
+    let mut key = Vec::with_capacity(tenant.map_or(0, str::len) + 1 + user.len());
+    push_user_key(&mut key, tenant, user);
+    // Made of `str`s and a `:`.
+    String::from_utf8(key).unwrap_or_default()
+}
+
+/// [`user_key`], appended to `out`.
+pub fn push_user_key(out: &mut Vec<u8>, tenant: Option<&str>, user: &str) {
+    out.extend_from_slice(tenant.unwrap_or_default().as_bytes());
+    out.push(b':');
+    out.extend_from_slice(user.as_bytes());
 }
 
 impl Record {
@@ -89,15 +94,26 @@ impl Record {
     /// Encodes metadata and payload: [`CODEC_VERSION`], then MessagePack (a two-element array of
     /// the metadata and the payload map).
     pub fn encode_body(&self) -> Result<Vec<u8>, CodecError> {
-        let encode = |e| CodecError::Encode(Box::new(e));
-        let mut out = Vec::with_capacity(64 + self.data.size() + 2 * self.data.len());
-        out.push(CODEC_VERSION);
-        rmp::encode::write_array_len(&mut out, 2)
-            .map_err(|e| encode(rmp_serde::encode::Error::from(e)))?;
-        rmp_serde::encode::write(&mut out, &self.meta).map_err(encode)?;
-        // Unchanged since it was decoded: the stored map, byte for byte.
-        self.data.write_map(&mut out);
+        let mut out = Vec::with_capacity(self.encoded_size_hint());
+        self.encode_body_into(&mut out)?;
         Ok(out)
+    }
+
+    /// About how many bytes [`encode_body`](Self::encode_body) writes, for sizing a buffer.
+    pub fn encoded_size_hint(&self) -> usize {
+        64 + self.data.size() + 3 * self.data.len()
+    }
+
+    /// [`encode_body`](Self::encode_body), appended to `out`.
+    pub fn encode_body_into(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        let encode = |e| CodecError::Encode(Box::new(e));
+        out.push(CODEC_VERSION);
+        rmp::encode::write_array_len(out, 2)
+            .map_err(|e| encode(rmp_serde::encode::Error::from(e)))?;
+        rmp_serde::encode::write(out, &self.meta).map_err(encode)?;
+        // Unchanged since it was decoded: the stored map, byte for byte.
+        self.data.write_map(out);
+        Ok(())
     }
 
     /// Rebuilds a record from the parts a store keeps. The body is copied; see

@@ -120,14 +120,25 @@ pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
 
 /// Encodes a record's body for storage, refusing it when larger than `limit` bytes.
 pub fn encode_record(record: &Record, limit: usize) -> Result<Vec<u8>, StoreError> {
-    let body = record.encode_body().map_err(StoreError::Corrupt)?;
-    if body.len() > limit {
-        return Err(StoreError::TooLarge {
-            size: body.len(),
-            limit,
-        });
-    }
+    let mut body = Vec::with_capacity(record.encoded_size_hint());
+    encode_record_into(record, limit, &mut body)?;
     Ok(body)
+}
+
+/// [`encode_record`], appended to `out` (a store that sends the body among other bytes writes it
+/// in place). On an error, `out` may hold part of the body.
+pub fn encode_record_into(
+    record: &Record,
+    limit: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), StoreError> {
+    let start = out.len();
+    record.encode_body_into(out).map_err(StoreError::Corrupt)?;
+    let size = out.len() - start;
+    if size > limit {
+        return Err(StoreError::TooLarge { size, limit });
+    }
+    Ok(())
 }
 
 /// Why a store operation failed.

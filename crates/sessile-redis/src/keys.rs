@@ -21,7 +21,7 @@
 //! can touch them together.
 
 use sessile_core::store::WriteId;
-use sessile_core::{SessionId, push_hex};
+use sessile_core::{SessionId, push_hex_bytes};
 
 #[derive(Debug, Clone)]
 pub(crate) struct KeySpace {
@@ -42,25 +42,37 @@ impl KeySpace {
         self.key(id.partition(), "s", id.as_bytes())
     }
 
-    /// The key that records the outcome of one write, in the slot of `id`'s record.
     pub(crate) fn write(&self, id: &SessionId, write: WriteId) -> String {
         self.key(id.partition(), "w", write.as_bytes())
     }
 
-    /// `<base>{<partition>}:<kind>:<hex>`, built without `fmt`.
-    fn key(&self, partition: u16, kind: &str, name: &[u8]) -> String {
-        let mut key = String::with_capacity(self.base.len() + 10 + kind.len() + 2 * name.len());
-        key.push_str(&self.base);
-        key.push('{');
-        push_hex(&mut key, &partition.to_be_bytes());
-        key.push_str("}:");
-        key.push_str(kind);
-        key.push(':');
-        push_hex(&mut key, name);
-        key
+    /// [`record`](Self::record), appended to `out`.
+    pub(crate) fn push_record(&self, out: &mut Vec<u8>, id: &SessionId) {
+        self.push_key(out, id.partition(), "s", id.as_bytes());
     }
 
-    /// The channel the scripts publish invalidations on.
+    /// [`write`](Self::write), appended to `out`.
+    pub(crate) fn push_write(&self, out: &mut Vec<u8>, id: &SessionId, write: WriteId) {
+        self.push_key(out, id.partition(), "w", write.as_bytes());
+    }
+
+    fn key(&self, partition: u16, kind: &str, name: &[u8]) -> String {
+        let mut key = Vec::with_capacity(self.base.len() + 10 + kind.len() + 2 * name.len());
+        self.push_key(&mut key, partition, kind, name);
+        // The base is a `String`, the rest ASCII.
+        String::from_utf8(key).unwrap_or_default()
+    }
+
+    fn push_key(&self, out: &mut Vec<u8>, partition: u16, kind: &str, name: &[u8]) {
+        out.extend_from_slice(self.base.as_bytes());
+        out.push(b'{');
+        push_hex_bytes(out, &partition.to_be_bytes());
+        out.extend_from_slice(b"}:");
+        out.extend_from_slice(kind.as_bytes());
+        out.push(b':');
+        push_hex_bytes(out, name);
+    }
+
     pub(crate) fn channel(&self) -> String {
         format!("{}inv", self.base)
     }

@@ -1,12 +1,13 @@
 //! The stored form of a record: one string, a fixed header then the user and the body (the table
 //! is in the [scripts' docs](crate::scripts)). Built here, read here and by the scripts.
 
+use std::ops::Range;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use fred::bytes::{BufMut, Bytes, BytesMut};
+use fred::bytes::Bytes;
 use sessile_core::SessionId;
 use sessile_core::clock::UnixMillis;
-use sessile_core::record::CodecError;
+use sessile_core::record::{CodecError, Record};
 use sessile_core::store::WriteId;
 
 /// First byte of a record.
@@ -55,23 +56,43 @@ pub(crate) fn parse(raw: Bytes) -> Result<Stored, CodecError> {
 }
 
 /// What goes before the generation: the tag, the version and the idle deadline.
-pub(crate) fn head(version: u64, idle_deadline: UnixMillis) -> Bytes {
-    let mut b = BytesMut::with_capacity(17);
-    b.put_u8(RECORD);
-    b.put_u64(version);
-    b.put_u64(idle_deadline);
-    b.freeze()
+#[cfg(test)]
+pub(crate) fn head(version: u64, idle_deadline: UnixMillis) -> Vec<u8> {
+    let mut b = Vec::with_capacity(17);
+    push_head(&mut b, version, idle_deadline);
+    b
+}
+
+/// [`head`], appended to `out`.
+pub(crate) fn push_head(out: &mut Vec<u8>, version: u64, idle_deadline: UnixMillis) {
+    out.push(RECORD);
+    out.extend_from_slice(&version.to_be_bytes());
+    out.extend_from_slice(&idle_deadline.to_be_bytes());
 }
 
 /// What goes after the generation: the user key's length and bytes, then the body. A user key
 /// longer than 65 535 bytes cannot be stored.
-pub(crate) fn tail(user: &str, body: &[u8]) -> Result<Bytes, CodecError> {
+#[cfg(test)]
+pub(crate) fn tail(user: &str, body: &[u8]) -> Result<Vec<u8>, CodecError> {
     let len = u16::try_from(user.len()).map_err(|_| CodecError::Layout)?;
-    let mut b = BytesMut::with_capacity(2 + user.len() + body.len());
-    b.put_u16(len);
-    b.put_slice(user.as_bytes());
-    b.put_slice(body);
-    Ok(b.freeze())
+    let mut b = Vec::with_capacity(2 + user.len() + body.len());
+    b.extend_from_slice(&len.to_be_bytes());
+    b.extend_from_slice(user.as_bytes());
+    b.extend_from_slice(body);
+    Ok(b)
+}
+
+/// The start of the tail, appended to `out`: the length and bytes of the record's user key
+/// (see [`Record::user_key`]; empty without a user). Returns where the user key lies in `out`.
+pub(crate) fn push_user(out: &mut Vec<u8>, record: &Record) -> Result<Range<usize>, CodecError> {
+    let at = out.len();
+    out.extend_from_slice(&[0, 0]);
+    if let Some(user) = record.meta.user_id.as_deref() {
+        sessile_core::record::push_user_key(out, record.meta.tenant.as_deref(), user);
+    }
+    let len = u16::try_from(out.len() - at - 2).map_err(|_| CodecError::Layout)?;
+    out[at..at + 2].copy_from_slice(&len.to_be_bytes());
+    Ok(at + 2..out.len())
 }
 
 /// A version (or a generation) as the scripts compare it.
@@ -113,6 +134,7 @@ pub(crate) fn now_ms() -> UnixMillis {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fred::bytes::{BufMut, BytesMut};
     use sessile_core::record::{Metadata, Payload, Record};
 
     /// The whole stored value of `record` at `generation`, as `SET` by the scripts (for tests).

@@ -1,6 +1,11 @@
 //! The store's machinery: running scripts with reload on `NOSCRIPT`, mapping replies and
 //! errors, indexing and pruning, and the batches of "log out everywhere".
 
+use std::ops::Range;
+
+use sessile_core::push_hex_bytes;
+use sessile_core::store::encode_record_into;
+
 use super::*;
 
 impl Inner {
@@ -163,27 +168,13 @@ impl Inner {
         Some(([index, self.keys.generation(tenant, user)], together))
     }
 
-    /// `ARGV` of `CREATE`, or of `SAVE`/`ROTATE` after the expected version: the record's head
-    /// and tail (the script puts the user's generation between them), its expiry, its user, its
-    /// id and its absolute deadline.
-    pub(super) fn write_args(record: &Record, body: &[u8]) -> Result<Vec<Value>, StoreError> {
-        // The user within its tenant: what the stored user and the index compare.
-        let user = record.user_key().unwrap_or_default();
-        let expires = record.expires_at();
-        Ok(vec![
-            Value::Bytes(layout::head(record.version, expires)),
-            Value::Bytes(layout::tail(&user, body).map_err(StoreError::Corrupt)?),
-            // `SET .. PXAT` refuses 0; 1 is as past as 0, so the record is gone at once either way.
-            int(expires.max(1)),
-            Value::from(user),
-            Value::from(record.id.to_hex()),
-            int(record.meta.absolute_deadline),
-        ])
-    }
-
     /// Writes a record with `script`: keys `leading` then the record, the write's id key (in the
     /// slot of the first key), then the user's index and generation when they can go along;
     /// `pre` arguments before the record's, `post` after.
+    ///
+    /// The record's arguments (see [`RecordArgs`]) follow the expected version, if any: the
+    /// record's head and tail (the script puts the user's generation between them), its expiry,
+    /// its user, its id and its absolute deadline.
     ///
     /// `SAVE` goes without the user's keys first, and its last argument says whether they live
     /// apart: it answers `3` (having written nothing) when the user changed and it needs them,
@@ -197,23 +188,28 @@ impl Inner {
         pre: Option<u64>,
         post: Vec<Value>,
     ) -> Result<(), StoreError> {
-        let body = encode_record(record, self.max_record_bytes)?;
-        let key = self.keys.record(&record.id);
         let first = leading.as_ref().map_or(record.id, |(id, _)| *id);
-        let write_key = self.keys.write(&first, write);
+        let a = RecordArgs::new(self, record, &first, write, pre)?;
         let saving = std::ptr::eq(script, &self.scripts.save);
-        // As fred's keys, which copy without copying their bytes.
+        // As fred's keys and values, which copy without copying their bytes.
         let mut keys: Vec<Key> = leading.map(|(_, k)| Key::from(k)).into_iter().collect();
-        keys.push(Key::from(key));
-        keys.push(Key::from(write_key));
-        let mut args: Vec<Value> = pre
-            .map(|v| Value::Bytes(layout::word(v)))
-            .into_iter()
-            .collect();
-        args.extend(Self::write_args(record, &body)?);
+        keys.push(Key::from(a.piece(&a.key)));
+        keys.push(Key::from(a.piece(&a.write_key)));
+        let mut args: Vec<Value> = Vec::with_capacity(10 + post.len());
+        args.extend(a.version.as_ref().map(|v| Value::Bytes(a.piece(v))));
+        let expires = record.expires_at();
+        args.extend([
+            Value::Bytes(a.piece(&a.head)),
+            Value::Bytes(a.piece(&a.tail)),
+            // `SET .. PXAT` refuses 0; 1 is as past as 0, so the record is gone at once either way.
+            int(expires.max(1)),
+            Value::Bytes(a.piece(&a.user)),
+            Value::Bytes(a.piece(&a.id)),
+            int(record.meta.absolute_deadline),
+        ]);
         args.extend(post);
         if saving {
-            args.push(Value::from("0"));
+            args.push(Value::from_static_str("0"));
         }
         // The user's keys, in the slot of the first key, go along (or are upkept apart after).
         let add_user_keys = |keys: &mut Vec<Key>, args: &mut Vec<Value>| {
@@ -221,7 +217,7 @@ impl Inner {
                 Some((user_keys, true)) => keys.extend(user_keys.map(Key::from)),
                 Some((user_keys, false)) => {
                     if saving && let Some(last) = args.last_mut() {
-                        *last = Value::from("1");
+                        *last = Value::from_static_str("1");
                     }
                     return Some(user_keys);
                 }
@@ -355,5 +351,63 @@ impl Inner {
             }
         }
         Ok(destroyed)
+    }
+}
+
+/// The bytes of a record write's keys and arguments, in one buffer: one allocation (two once
+/// shared), and the pieces copy for an attempt without allocating.
+struct RecordArgs {
+    bytes: Bytes,
+    key: Range<usize>,
+    write_key: Range<usize>,
+    version: Option<Range<usize>>,
+    head: Range<usize>,
+    tail: Range<usize>,
+    user: Range<usize>,
+    id: Range<usize>,
+}
+
+impl RecordArgs {
+    /// The record's key, the write's id key (in the slot of `first`), the expected version, the
+    /// record's head and tail (the body encoded in place, and refused when too large), the user
+    /// key (inside the tail) and the id in hex.
+    fn new(
+        inner: &Inner,
+        record: &Record,
+        first: &SessionId,
+        write: WriteId,
+        expected: Option<u64>,
+    ) -> Result<Self, StoreError> {
+        /// Appends what `f` writes; returns where it lies.
+        fn piece(b: &mut Vec<u8>, f: impl FnOnce(&mut Vec<u8>)) -> Range<usize> {
+            let at = b.len();
+            f(b);
+            at..b.len()
+        }
+        let mut b = Vec::with_capacity(256 + record.encoded_size_hint());
+        let key = piece(&mut b, |b| inner.keys.push_record(b, &record.id));
+        let write_key = piece(&mut b, |b| inner.keys.push_write(b, first, write));
+        let version = expected.map(|v| piece(&mut b, |b| b.extend_from_slice(&v.to_be_bytes())));
+        let expires = record.expires_at();
+        let head = piece(&mut b, |b| layout::push_head(b, record.version, expires));
+        let at = b.len();
+        let user = layout::push_user(&mut b, record).map_err(StoreError::Corrupt)?;
+        encode_record_into(record, inner.max_record_bytes, &mut b)?;
+        let tail = at..b.len();
+        let id = piece(&mut b, |b| push_hex_bytes(b, record.id.as_bytes()));
+        Ok(Self {
+            bytes: Bytes::from(b),
+            key,
+            write_key,
+            version,
+            head,
+            tail,
+            user,
+            id,
+        })
+    }
+
+    fn piece(&self, r: &Range<usize>) -> Bytes {
+        self.bytes.slice(r.clone())
     }
 }

@@ -14,7 +14,7 @@ use fred::types::{ClusterHash, CustomCommand, FromValue, Key, MultipleKeys, Valu
 use sessile_core::clock::UnixMillis;
 use sessile_core::record::{CodecError, Record};
 use sessile_core::store::{
-    DEFAULT_MAX_RECORD_BYTES, Deadline, ROTATED_MARKER_TTL_MS, Settled, WriteId, encode_record,
+    DEFAULT_MAX_RECORD_BYTES, Deadline, ROTATED_MARKER_TTL_MS, Settled, WriteId,
 };
 use sessile_core::{SessionId, SessionStore, StoreError};
 use thiserror::Error;
