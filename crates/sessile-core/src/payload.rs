@@ -133,6 +133,22 @@ impl Payload {
         self.put(Cow::Borrowed(key), value);
     }
 
+    /// [`set`](Self::set), unless `value` is there already (`Ok(false)`) or the payload would
+    /// then be larger than `limit` bytes (`Err` with that size; nothing changes). `Ok(true)`: it
+    /// changed.
+    pub fn set_within(&mut self, key: &str, value: Vec<u8>, limit: usize) -> Result<bool, usize> {
+        let size = match self.get(key) {
+            Some(old) if old == value.as_slice() => return Ok(false),
+            Some(old) => self.size - old.len() + value.len(),
+            None => self.size + key.len() + value.len(),
+        };
+        if size > limit {
+            return Err(size);
+        }
+        self.set(key, value);
+        Ok(true)
+    }
+
     fn put(&mut self, key: Cow<'_, str>, value: Vec<u8>) -> Option<Vec<u8>> {
         let new_len = value.len();
         let k = match &key {
@@ -461,6 +477,7 @@ mod tests {
         Set(String, Vec<u8>),
         Insert(String, Vec<u8>),
         Remove(String),
+        SetWithin(String, Vec<u8>, usize),
         Unshare,
     }
 
@@ -472,7 +489,9 @@ mod tests {
         prop_oneof![
             (key.clone(), value.clone()).prop_map(|(k, v)| Edit::Set(k, v)),
             (key.clone(), value).prop_map(|(k, v)| Edit::Insert(k, v)),
-            key.prop_map(Edit::Remove),
+            key.clone().prop_map(Edit::Remove),
+            (key, prop::collection::vec(any::<u8>(), 0..40), 0..200usize)
+                .prop_map(|(k, v, limit)| Edit::SetWithin(k, v, limit)),
             Just(Edit::Unshare),
         ]
     }
@@ -502,6 +521,20 @@ mod tests {
                     }
                     Edit::Remove(k) => {
                         proptest::prop_assert_eq!(p.remove(&k), model.remove(&k));
+                    }
+                    Edit::SetWithin(k, v, limit) => {
+                        let mut after = model.clone();
+                        after.insert(k.clone(), v.clone());
+                        let size: usize = after.iter().map(|(k, v)| k.len() + v.len()).sum();
+                        let expected = if model.get(&k) == Some(&v) {
+                            Ok(false)
+                        } else if size > limit {
+                            Err(size)
+                        } else {
+                            model = after;
+                            Ok(true)
+                        };
+                        proptest::prop_assert_eq!(p.set_within(&k, v, limit), expected);
                     }
                     Edit::Unshare => {
                         p.unshare();

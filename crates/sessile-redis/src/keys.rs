@@ -84,26 +84,29 @@ impl KeySpace {
 
     /// The index of `user` within `tenant`.
     pub(crate) fn index(&self, tenant: Option<&str>, user: &str) -> String {
-        self.user_key("i", tenant, user)
+        self.user_key(SessionId::user_partition(user), "i", tenant, user)
     }
 
-    /// The generation of `user` within `tenant`.
     pub(crate) fn generation(&self, tenant: Option<&str>, user: &str) -> String {
-        self.user_key("g", tenant, user)
+        self.user_key(SessionId::user_partition(user), "g", tenant, user)
     }
 
-    /// In the partition of the user id alone (where the layer puts the user's sessions), named by
-    /// the user's key within the tenant.
-    fn user_key(&self, kind: &str, tenant: Option<&str>, user: &str) -> String {
-        format!(
-            "{}{{{:04x}}}:{kind}:{}",
-            self.base,
-            SessionId::user_partition(user),
-            sessile_core::record::user_key(tenant, user)
-        )
+    /// [`index`](Self::index) and [`generation`](Self::generation), hashing the user once.
+    pub(crate) fn user_keys(&self, tenant: Option<&str>, user: &str) -> [String; 2] {
+        let partition = SessionId::user_partition(user);
+        ["i", "g"].map(|kind| self.user_key(partition, kind, tenant, user))
     }
 
-    /// The session id a record key names, for keys read back from an index.
+    fn user_key(&self, partition: u16, kind: &str, tenant: Option<&str>, user: &str) -> String {
+        let mut key = Vec::with_capacity(
+            self.base.len() + 10 + kind.len() + tenant.map_or(0, str::len) + user.len(),
+        );
+        self.push_key(&mut key, partition, kind, b"");
+        sessile_core::record::push_user_key(&mut key, tenant, user);
+        // The base and the user key are `str`s, the rest ASCII.
+        String::from_utf8(key).unwrap_or_default()
+    }
+
     pub(crate) fn record_for_hex(&self, hex: &str) -> Option<String> {
         SessionId::from_hex(hex).map(|id| self.record(&id))
     }
@@ -129,6 +132,13 @@ mod tests {
         assert_eq!(
             keys.generation(Some("t"), "alice"),
             "sessile:acme:{2bd8}:g:t:alice"
+        );
+        assert_eq!(
+            keys.user_keys(Some("t"), "alice"),
+            [
+                keys.index(Some("t"), "alice"),
+                keys.generation(Some("t"), "alice")
+            ]
         );
         for _ in 0..10 {
             let id = SessionId::random_for_user(Some("alice"));

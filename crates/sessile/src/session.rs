@@ -201,10 +201,9 @@ impl Session {
         *dirty |= put(data, key, bytes, self.limit())?;
         if base.is_some() {
             // Kept for a replay on a fresher record (a session not stored yet is never replayed).
-            let owned_key = key.to_owned();
-            let erased: Arc<UpdateFn> = Arc::new(move |old: Option<&[u8]>| {
-                let old = old.map(|b| decode::<T>(&owned_key, b)).transpose()?;
-                encode(&owned_key, &f(old))
+            let erased: Arc<UpdateFn> = Arc::new(move |key: &str, old: Option<&[u8]>| {
+                let old = old.map(|b| decode::<T>(key, b)).transpose()?;
+                encode(key, &f(old))
             });
             ops.push(Op::Update(key.to_owned(), erased));
         }

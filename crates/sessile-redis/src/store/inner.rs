@@ -163,9 +163,9 @@ impl Inner {
     pub(super) fn user_keys(&self, record: &Record, with: &str) -> Option<([String; 2], bool)> {
         let user = record.meta.user_id.as_deref()?;
         let tenant = record.meta.tenant.as_deref();
-        let index = self.keys.index(tenant, user);
-        let together = !self.clustered || slot(&index) == slot(with);
-        Some(([index, self.keys.generation(tenant, user)], together))
+        let keys = self.keys.user_keys(tenant, user);
+        let together = !self.clustered || slot(&keys[0]) == slot(with);
+        Some((keys, together))
     }
 
     /// Writes a record with `script`: keys `leading` then the record, the write's id key (in the

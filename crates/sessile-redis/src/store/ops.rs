@@ -230,8 +230,8 @@ impl SessionStore for RedisStore {
     /// start to end) and deletes in batches of about a hundred sessions, each one short script.
     async fn destroy_user(&self, tenant: Option<&str>, user_id: &str) -> Result<u64, StoreError> {
         let inner = &self.inner;
-        let index = inner.keys.index(tenant, user_id);
-        let keys = vec![index.clone(), inner.keys.generation(tenant, user_id)];
+        let keys = inner.keys.user_keys(tenant, user_id).to_vec();
+        let index = keys[0].clone();
         let g = inner.run(&inner.scripts.bump, keys, vec![]).await?;
         if g < 0 {
             return Ok(0);

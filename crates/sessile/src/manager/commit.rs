@@ -72,7 +72,7 @@ impl RequestSession {
         if self.nothing_may_be_written(status) {
             return out;
         }
-        let st = std::mem::take(&mut *self.state());
+        let mut st = std::mem::take(&mut *self.state());
         let now = self.shared.clock.now_ms();
         if st.degraded {
             // A stand-in session is never written: not over the real record, not as a new one,
@@ -104,7 +104,8 @@ impl RequestSession {
                 }
             }
         }
-        match st.base.clone() {
+        // Nothing reads the state's base after this.
+        match st.base.take() {
             None => self.commit_new(st, now, &mut out).await,
             Some(base) => self.commit_existing(base, st, now, &mut out).await,
         }

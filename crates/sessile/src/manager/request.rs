@@ -35,7 +35,10 @@ pub(crate) struct Base {
 }
 
 /// A closure from `update`, erased to bytes so it can be replayed on a fresher record.
-pub(crate) type UpdateFn = dyn Fn(Option<&[u8]>) -> Result<Vec<u8>, SessionError> + Send + Sync;
+/// It is given the key (which the operation keeps: the closure need not own a copy) and the
+/// encoded value under it.
+pub(crate) type UpdateFn =
+    dyn Fn(&str, Option<&[u8]>) -> Result<Vec<u8>, SessionError> + Send + Sync;
 
 /// One change a request made. Kept in order so that, on a version conflict, the same changes can be
 /// applied again to the record another request just saved.
@@ -60,7 +63,7 @@ impl Op {
             Self::Insert(k, v) => put(data, k, v.clone(), limit),
             Self::Remove(k) => Ok(data.remove(k).is_some()),
             Self::Update(k, f) => {
-                let new = f(data.get(k))?;
+                let new = f(k, data.get(k))?;
                 put(data, k, new, limit)
             }
             Self::Clear => {
@@ -84,15 +87,8 @@ pub(crate) fn put(
     value: Vec<u8>,
     limit: usize,
 ) -> Result<bool, SessionError> {
-    if data.get(key) == Some(value.as_slice()) {
-        return Ok(false);
-    }
-    let size = data.size_with(key, value.len());
-    if size > limit {
-        return Err(SessionError::PayloadTooLarge { size, limit });
-    }
-    data.set(key, value);
-    Ok(true)
+    data.set_within(key, value, limit)
+        .map_err(|size| SessionError::PayloadTooLarge { size, limit })
 }
 
 /// The mutable part of a request's session.
