@@ -77,10 +77,14 @@ static METADATA: Metadata<'static> =
 
 /// The static label tables: every operation (in the order of [`Op`]), and every operation and
 /// outcome (in the order of [`Op`] and [`Outcome`]).
+/// And the metric keys made of them, built (and hashed) at compile time.
 macro_rules! label_tables {
-    ($($op:literal),*) => {
+    ($($i:literal $op:literal),*) => {
         static OP_LABELS: [[Label; 1]; 8] = [$([Label::from_static_parts("op", $op)]),*];
         static OP_OUTCOME_LABELS: [[[Label; 2]; 9]; 8] = [$(label_tables!(@row $op)),*];
+        static OP_SECONDS_KEYS: [Key; 8] =
+            [$(Key::from_static_parts(OP_SECONDS, &OP_LABELS[$i])),*];
+        static OPS_TOTAL_KEYS: [[Key; 9]; 8] = [$(label_tables!(@keys $i)),*];
     };
     (@row $op:literal) => {
         label_tables!(@cells $op; "ok", "not_found", "rotated", "conflict", "timeout",
@@ -89,23 +93,29 @@ macro_rules! label_tables {
     (@cells $op:literal; $($out:literal),*) => {
         [$([Label::from_static_parts("op", $op), Label::from_static_parts("outcome", $out)]),*]
     };
+    (@keys $i:literal) => {
+        label_tables!(@key_cells $i; 0, 1, 2, 3, 4, 5, 6, 7, 8)
+    };
+    (@key_cells $i:literal; $($o:literal),*) => {
+        [$(Key::from_static_parts(OPS_TOTAL, &OP_OUTCOME_LABELS[$i][$o])),*]
+    };
 }
 
 label_tables!(
-    "load",
-    "create",
-    "save",
-    "touch",
-    "rotate",
-    "settle",
-    "destroy",
-    "destroy_user"
+    0 "load",
+    1 "create",
+    2 "save",
+    3 "touch",
+    4 "rotate",
+    5 "settle",
+    6 "destroy",
+    7 "destroy_user"
 );
 
 /// `sessile_store_ops_total{op, outcome}`.
 fn ops_counter(op: Op, outcome: Outcome) -> metrics::Counter {
-    let key = Key::from_static_parts(OPS_TOTAL, &OP_OUTCOME_LABELS[op as usize][outcome as usize]);
-    metrics::with_recorder(|r| r.register_counter(&key, &METADATA))
+    let key = &OPS_TOTAL_KEYS[op as usize][outcome as usize];
+    metrics::with_recorder(|r| r.register_counter(key, &METADATA))
 }
 
 /// Who keeps a store call's deadline.
@@ -237,14 +247,9 @@ impl StoreHandle {
         };
         let outcome = Outcome::of(&result);
         span.record("outcome", outcome.as_str());
-        // Keys made of static labels: no allocation per call.
-        metrics::with_recorder(|r| {
-            r.register_histogram(
-                &Key::from_static_parts(OP_SECONDS, &OP_LABELS[op as usize]),
-                &METADATA,
-            )
-        })
-        .record(started.elapsed().as_secs_f64());
+        // Keys built at compile time: no allocation or hashing per call.
+        metrics::with_recorder(|r| r.register_histogram(&OP_SECONDS_KEYS[op as usize], &METADATA))
+            .record(started.elapsed().as_secs_f64());
         ops_counter(op, outcome).increment(1);
         result
     }
@@ -380,6 +385,18 @@ mod tests {
             assert_eq!(op.as_str(), name);
             for row in &OP_OUTCOME_LABELS[op as usize] {
                 assert_eq!(row[0].value(), name);
+            }
+            // The prebuilt keys: the same names and labels, the same hashes as keys built now.
+            let i = op as usize;
+            let seconds = &OP_SECONDS_KEYS[i];
+            assert_eq!(seconds, &Key::from_static_parts(OP_SECONDS, &OP_LABELS[i]));
+            assert_eq!(
+                seconds.get_hash(),
+                Key::from_static_parts(OP_SECONDS, &OP_LABELS[i]).get_hash()
+            );
+            for (o, key) in OPS_TOTAL_KEYS[i].iter().enumerate() {
+                let now = Key::from_static_parts(OPS_TOTAL, &OP_OUTCOME_LABELS[i][o]);
+                assert_eq!((key, key.get_hash()), (&now, now.get_hash()));
             }
         }
     }
