@@ -87,6 +87,7 @@ impl KeySpace {
         self.user_key(SessionId::user_partition(user), "i", tenant, user)
     }
 
+    #[cfg(test)]
     pub(crate) fn generation(&self, tenant: Option<&str>, user: &str) -> String {
         self.user_key(SessionId::user_partition(user), "g", tenant, user)
     }
