@@ -56,7 +56,14 @@ async fn caches_on_a_cluster_stop_serving_what_another_instance_changed() {
             .connect()
             .await
             .expect("connect to the cluster");
-        let cache = CachedStore::new(store).await.expect("cache");
+        // Building waits for the stream's first heartbeat up to the copies' maximum age (3 s by
+        // default): under the whole suite one of three heartbeats in a row can come late. A
+        // longer age gives it time; invalidations below must still arrive within a second.
+        let cache = CachedStore::builder(store)
+            .max_age(std::time::Duration::from_secs(10))
+            .build()
+            .await
+            .expect("cache");
         assert!(!cache.is_paused(), "the stream works once built");
         caches.push(cache);
     }
