@@ -150,14 +150,9 @@ impl Payload {
     }
 
     fn put(&mut self, key: Cow<'_, str>, value: Vec<u8>) -> Option<Vec<u8>> {
-        let new_len = value.len();
-        let k = match &key {
-            Cow::Owned(k) => k.as_str(),
-            Cow::Borrowed(k) => k,
-        };
-        let key_len = k.len();
+        let (key_len, new_len) = (key.len(), value.len());
         let (bytes, entries) = self.edited();
-        match Self::find(bytes, entries, k) {
+        match Self::find(bytes, entries, &key) {
             Ok(i) => {
                 let old = std::mem::replace(&mut entries[i].value, Part::Owned(value));
                 let old = old.into_vec(bytes);
@@ -165,14 +160,10 @@ impl Payload {
                 Some(old)
             }
             Err(i) => {
-                let key = match key {
-                    Cow::Owned(k) => k,
-                    Cow::Borrowed(k) => k.to_owned(),
-                };
                 entries.insert(
                     i,
                     Entry {
-                        key: Part::Owned(key),
+                        key: Part::Owned(key.into_owned()),
                         value: Part::Owned(value),
                     },
                 );
@@ -263,7 +254,8 @@ impl Payload {
 
     /// The encoded map as stored, when the payload is still the one decoded: it can be written
     /// back as it is.
-    pub(crate) fn stored_bytes(&self) -> Option<&[u8]> {
+    #[cfg(test)]
+    fn stored_bytes(&self) -> Option<&[u8]> {
         match &self.repr {
             Repr::Stored { bytes, .. } => Some(bytes),
             Repr::Edited { .. } => None,
@@ -273,12 +265,9 @@ impl Payload {
     /// Appends the payload as a MessagePack map of string keys to binary values, in key order:
     /// what [`parse`](Self::parse) reads in place.
     pub(crate) fn write_map(&self, out: &mut Vec<u8>) {
-        if let Some(stored) = self.stored_bytes() {
-            out.extend_from_slice(stored);
-            return;
-        }
-        let Repr::Edited { bytes, entries } = &self.repr else {
-            return;
+        let (bytes, entries) = match &self.repr {
+            Repr::Stored { bytes, .. } => return out.extend_from_slice(bytes),
+            Repr::Edited { bytes, entries } => (bytes, entries),
         };
         // Writing to a `Vec` cannot fail, and a payload's lengths fit MessagePack's 32 bits
         // (stores refuse records far smaller).
