@@ -42,6 +42,7 @@ impl KeySpace {
         self.key(id.partition(), "s", id.as_bytes())
     }
 
+    /// The key that records the outcome of one write, in the slot of `id`'s record.
     pub(crate) fn write(&self, id: &SessionId, write: WriteId) -> String {
         self.key(id.partition(), "w", write.as_bytes())
     }
@@ -56,6 +57,7 @@ impl KeySpace {
         self.push_key(out, id.partition(), "w", write.as_bytes());
     }
 
+    /// `<base>{<partition>}:<kind>:<hex>`, built without `fmt`.
     fn key(&self, partition: u16, kind: &str, name: &[u8]) -> String {
         let mut key = Vec::with_capacity(self.base.len() + 10 + kind.len() + 2 * name.len());
         self.push_key(&mut key, partition, kind, name);
@@ -73,6 +75,7 @@ impl KeySpace {
         push_hex_bytes(out, name);
     }
 
+    /// The channel the scripts publish invalidations on.
     pub(crate) fn channel(&self) -> String {
         format!("{}inv", self.base)
     }
@@ -87,17 +90,14 @@ impl KeySpace {
         self.user_key(SessionId::user_partition(user), "i", tenant, user)
     }
 
-    #[cfg(test)]
-    pub(crate) fn generation(&self, tenant: Option<&str>, user: &str) -> String {
-        self.user_key(SessionId::user_partition(user), "g", tenant, user)
-    }
-
-    /// [`index`](Self::index) and [`generation`](Self::generation), hashing the user once.
+    /// The index and the generation of `user` within `tenant`, hashing the user once.
     pub(crate) fn user_keys(&self, tenant: Option<&str>, user: &str) -> [String; 2] {
         let partition = SessionId::user_partition(user);
         ["i", "g"].map(|kind| self.user_key(partition, kind, tenant, user))
     }
 
+    /// In the partition of the user id alone (where the layer puts the user's sessions), named by
+    /// the user's key within the tenant.
     fn user_key(&self, partition: u16, kind: &str, tenant: Option<&str>, user: &str) -> String {
         let mut key = Vec::with_capacity(
             self.base.len() + 10 + kind.len() + tenant.map_or(0, str::len) + user.len(),
@@ -108,6 +108,7 @@ impl KeySpace {
         String::from_utf8(key).unwrap_or_default()
     }
 
+    /// The session id a record key names, for keys read back from an index.
     pub(crate) fn record_for_hex(&self, hex: &str) -> Option<String> {
         SessionId::from_hex(hex).map(|id| self.record(&id))
     }
@@ -131,14 +132,10 @@ mod tests {
         let index = keys.index(None, "alice");
         assert_eq!(index, "sessile:acme:{2bd8}:i::alice");
         assert_eq!(
-            keys.generation(Some("t"), "alice"),
-            "sessile:acme:{2bd8}:g:t:alice"
-        );
-        assert_eq!(
             keys.user_keys(Some("t"), "alice"),
             [
-                keys.index(Some("t"), "alice"),
-                keys.generation(Some("t"), "alice")
+                "sessile:acme:{2bd8}:i:t:alice",
+                "sessile:acme:{2bd8}:g:t:alice"
             ]
         );
         for _ in 0..10 {

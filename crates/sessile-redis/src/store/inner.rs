@@ -193,18 +193,17 @@ impl Inner {
         let saving = std::ptr::eq(script, &self.scripts.save);
         // As fred's keys and values, which copy without copying their bytes.
         let mut keys: Vec<Key> = leading.map(|(_, k)| Key::from(k)).into_iter().collect();
-        keys.push(Key::from(a.piece(&a.key)));
-        keys.push(Key::from(a.piece(&a.write_key)));
+        keys.push(Key::from(a.key));
+        keys.push(Key::from(a.write_key));
         let mut args: Vec<Value> = Vec::with_capacity(10 + post.len());
-        args.extend(a.version.as_ref().map(|v| Value::Bytes(a.piece(v))));
-        let expires = record.expires_at();
+        args.extend(a.version.map(Value::Bytes));
         args.extend([
-            Value::Bytes(a.piece(&a.head)),
-            Value::Bytes(a.piece(&a.tail)),
+            Value::Bytes(a.head),
+            Value::Bytes(a.tail),
             // `SET .. PXAT` refuses 0; 1 is as past as 0, so the record is gone at once either way.
-            int(expires.max(1)),
-            Value::Bytes(a.piece(&a.user)),
-            Value::Bytes(a.piece(&a.id)),
+            int(record.expires_at().max(1)),
+            Value::Bytes(a.user),
+            Value::Bytes(a.id),
             int(record.meta.absolute_deadline),
         ]);
         args.extend(post);
@@ -354,17 +353,16 @@ impl Inner {
     }
 }
 
-/// The bytes of a record write's keys and arguments, in one buffer: one allocation (two once
-/// shared), and the pieces copy for an attempt without allocating.
+/// A record write's keys and arguments, all pieces of one buffer: one allocation (two once
+/// shared), and they copy for an attempt without allocating.
 struct RecordArgs {
-    bytes: Bytes,
-    key: Range<usize>,
-    write_key: Range<usize>,
-    version: Option<Range<usize>>,
-    head: Range<usize>,
-    tail: Range<usize>,
-    user: Range<usize>,
-    id: Range<usize>,
+    key: Bytes,
+    write_key: Bytes,
+    version: Option<Bytes>,
+    head: Bytes,
+    tail: Bytes,
+    user: Bytes,
+    id: Bytes,
 }
 
 impl RecordArgs {
@@ -395,19 +393,15 @@ impl RecordArgs {
         encode_record_into(record, inner.max_record_bytes, &mut b)?;
         let tail = at..b.len();
         let id = piece(&mut b, |b| push_hex_bytes(b, record.id.as_bytes()));
+        let b = Bytes::from(b);
         Ok(Self {
-            bytes: Bytes::from(b),
-            key,
-            write_key,
-            version,
-            head,
-            tail,
-            user,
-            id,
+            key: b.slice(key),
+            write_key: b.slice(write_key),
+            version: version.map(|v| b.slice(v)),
+            head: b.slice(head),
+            tail: b.slice(tail),
+            user: b.slice(user),
+            id: b.slice(id),
         })
-    }
-
-    fn piece(&self, r: &Range<usize>) -> Bytes {
-        self.bytes.slice(r.clone())
     }
 }
