@@ -90,21 +90,22 @@ async fn cache_built(
     (cache, inner, hold)
 }
 
-/// Starts this instance's save of version 2 of `r` (with a changed value) and returns once the
-/// save has begun (its key is stale) and waits before the store applies it: version 2 and the
-/// save's task.
+/// Starts this instance's save of the version after `r`'s (its `theme` changed) and returns
+/// once the save has begun (its key is stale) and waits before the store applies it: the new
+/// version and the save's task.
 async fn held_save(
     cache: &CachedStore<Inner>,
     hold: &HoldLoad,
     r: &Record,
+    theme: &str,
 ) -> (Record, tokio::task::JoinHandle<Result<(), StoreError>>) {
     let mut next = r.clone();
-    next.version = 2;
-    next.data.insert("theme".into(), b"light".to_vec());
+    next.version = r.version + 1;
+    next.data.insert("theme".into(), theme.as_bytes().to_vec());
     hold.armed_save.store(true, Ordering::SeqCst);
     let saving = {
-        let (cache, next) = (cache.clone(), next.clone());
-        tokio::spawn(async move { cache.save(&next, 1, WriteId::random()).await })
+        let (cache, next, expected) = (cache.clone(), next.clone(), r.version);
+        tokio::spawn(async move { cache.save(&next, expected, WriteId::random()).await })
     };
     hold.reached.notified().await;
     (next, saving)
@@ -279,7 +280,7 @@ async fn an_own_save_echoed_before_its_reply_is_cached() {
     let r = sessile_conformance::record(None, 1);
     cache.create(&r, WriteId::random()).await.expect("create");
     assert!(cache.serves(&r.id));
-    let (next, saving) = held_save(&cache, &hold, &r).await;
+    let (next, saving) = held_save(&cache, &hold, &r, "light").await;
     inner.emit(changed(r.id, 2));
     assert!(!cache.serves(&r.id), "the old copy went with the echo");
     hold.release.notify_one();
@@ -294,18 +295,10 @@ async fn an_own_save_echoed_before_its_reply_is_cached() {
     );
 
     // Version 3 is made elsewhere while this instance's save of version 3 is in flight.
-    let mut mine = next.clone();
-    mine.version = 3;
-    mine.data.insert("theme".into(), b"mine".to_vec());
     let mut theirs = next.clone();
     theirs.version = 3;
     theirs.data.insert("theme".into(), b"theirs".to_vec());
-    hold.armed_save.store(true, Ordering::SeqCst);
-    let saving = {
-        let (cache, mine) = (cache.clone(), mine.clone());
-        tokio::spawn(async move { cache.save(&mine, 2, WriteId::random()).await })
-    };
-    hold.reached.notified().await;
+    let (_mine, saving) = held_save(&cache, &hold, &next, "mine").await;
     inner
         .save(&theirs, 2, WriteId::random())
         .await
@@ -330,7 +323,7 @@ async fn a_late_load_reply_after_an_own_save_is_not_served() {
     let (cache, inner, hold) = cache().await;
     let r = sessile_conformance::record(None, 1);
     cache.create(&r, WriteId::random()).await.expect("create");
-    let (_next, saving) = held_save(&cache, &hold, &r).await;
+    let (_next, saving) = held_save(&cache, &hold, &r, "light").await;
     cache
         .destroy_user(None, "nobody")
         .await
@@ -487,7 +480,7 @@ async fn a_read_after_an_own_write_never_joins_an_older_load() {
     let r = sessile_conformance::record(None, 1);
     cache.create(&r, WriteId::random()).await.expect("create");
     // The write has begun (its key is stale) and waits before it is applied.
-    let (_next, saving) = held_save(&cache, &hold, &r).await;
+    let (_next, saving) = held_save(&cache, &hold, &r, "light").await;
     // A load reads version 1 and waits with its reply.
     hold.armed_reply.store(true, Ordering::SeqCst);
     let loading = {
